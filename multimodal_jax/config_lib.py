@@ -1,0 +1,135 @@
+"""Config helpers: the fields every config declares, `:arg` parsing, validation.
+
+Configs are locked ConfigDicts: every key is declared in the config file, so
+`--config.train.num_stpes=5` fails at once with the key's name. `validate`
+checks values (ranges, names, divisibility) before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from typing import Any
+
+import jax
+import ml_collections
+
+
+def parse_arg(arg: str | None, lazy: bool = False, **spec: Any) -> ml_collections.ConfigDict:
+  """Parses `variant=B,runlocal,steps=3` into typed fields (big_vision style).
+
+  Args:
+    arg: the text after `:` in `--config=configs/x.py:arg`, or None.
+    lazy: accept keys that `spec` does not declare (typed by literal_eval).
+    **spec: name -> default; a bare name in `arg` sets a bool default to True,
+      `name=value` is converted to the default's type.
+
+  Returns:
+    A locked ConfigDict with every key of `spec`.
+  """
+  out = ml_collections.ConfigDict(dict(spec))
+  for token in filter(None, (arg or "").split(",")):
+    name, has_value, value = token.partition("=")
+    name = name.strip()
+    if name not in spec and not lazy:
+      raise ValueError(f"Unknown config argument {name!r}; valid: {sorted(spec)}")
+    default = spec.get(name)
+    if not has_value:
+      if default is not None and not isinstance(default, bool):
+        raise ValueError(f"Config argument {name!r} needs a value ({name}=...)")
+      out[name] = True
+    elif isinstance(default, bool):
+      out[name] = value.lower() in ("1", "true", "yes")
+    elif isinstance(default, str):
+      out[name] = value
+    elif default is None:
+      try:
+        out[name] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        out[name] = value
+    else:
+      out[name] = type(default)(value)
+  out.lock()
+  return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field the loop reads, with defaults. Config files override values."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.method = "regression"
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "toy_scenes"
+  c.data.builder_config = ""  # A TFDS BuilderConfig name of the dataset; '' = its default.
+  c.data.data_dir = ""  # '' -> $MULTIMODAL_JAX_DATA_DIR or ~/tensorflow_datasets.
+  c.data.batch_size = 32  # Global, over all devices and processes.
+  c.data.num_workers = 0  # grain worker processes per host (0 = in the main process).
+  c.data.options = ml_collections.ConfigDict()  # Dataset-specific transform options.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "conv_generator"
+  c.model.features = 32
+  c.model.num_blocks = 4
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = "constant"
+  c.optimizer.warmup_steps = 0
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.grad_clip_norm = 0.0  # 0 = no clipping.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 1000
+  c.train.log_every = 50
+  c.train.checkpoint_every = 250
+  c.train.sample_every = 250  # 0 = only at the end.
+  c.train.num_grid_inputs = 4  # Rows of the sample grid.
+  c.train.num_grid_samples = 4  # Samples per row.
+  c.train.max_checkpoints_to_keep = 2
+  c.train.async_checkpointing = True
+  return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the key of the first invalid value."""
+  # Imported here: the registries import the method and dataset modules.
+  from multimodal_jax.data import registry as data_registry  # pylint: disable=g-import-not-at-top
+  from multimodal_jax.methods import base as methods_base  # pylint: disable=g-import-not-at-top
+
+  check = functools.partial(require, config)
+
+  t = config.train
+  for key in ("num_steps", "log_every", "checkpoint_every", "num_grid_inputs", "num_grid_samples",
+              "max_checkpoints_to_keep"):
+    check(t[key] > 0, f"train.{key}", "must be > 0")
+  check(t.sample_every >= 0, "train.sample_every", "must be >= 0 (0 = only at the end)")
+  check(config.data.batch_size > 0, "data.batch_size", "must be > 0")
+  n = jax.device_count()
+  check(config.data.batch_size % n == 0, "data.batch_size",
+          f"the global batch must be divisible by the number of devices ({n})")
+  check(config.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+  check(config.optimizer.learning_rate > 0, "optimizer.learning_rate", "must be > 0")
+  check(config.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")
+  check(config.optimizer.name in ("adam", "adamw"), "optimizer.name", "valid: ['adam', 'adamw']")
+  check(config.optimizer.schedule in ("constant", "cosine"), "optimizer.schedule",
+          "valid: ['constant', 'cosine']")
+  check(config.method in methods_base.METHODS, "method", f"valid: {sorted(methods_base.METHODS)}")
+  names = data_registry.dataset_names()
+  check(config.data.name in names, "data.name", f"valid: {names}")
+  methods_base.validate_method_config(config)
+
+
+def require(config: ml_collections.ConfigDict, ok: bool, key: str, why: str) -> None:
+  """Raises ValueError naming `config.<key>` and its value unless `ok`."""
+  if not ok:
+    raise ValueError(f"config.{key}={_get(config, key)!r} is invalid: {why}")
+
+
+def _get(config, dotted):
+  for part in dotted.split("."):
+    config = config[part]
+  return config

@@ -1,0 +1,115 @@
+"""What a method gives the one training loop, and the registry of methods.
+
+A method is a bundle of *pure* functions. The loop (train.py) owns everything
+else: the mesh, jit with shardings and donation, the data iterator, metrics,
+checkpoints. A method never imports the loop.
+
+The unit the loop iterates over is a *round*: it takes one global batch from
+the data iterator and calls `Method.run_round`, which calls the method's
+compiled steps (the loop compiled them from `Method.steps`) in whatever order
+the method's algorithm needs: `regression` does one update; conditional IMLE
+(Alg. 1 of cimle_srim_ijcv) does a selection step over the pool S followed by
+L update steps on minibatches of S; cGML (Alg. 1 of cgml_iclr2021) alternates
+z, Z-network and generator steps. `Method.steps_per_round` optimiser updates
+happen per round, and `state.step` counts optimiser updates.
+
+Every step has the signature `step(state, batch) -> (state, metrics)` where
+`metrics` is a flat dict of scalar float arrays (per-step means). Randomness
+comes from `jax.random.fold_in(state.rng, state.step)` inside the step, so a
+resumed run replays the same random stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable, Mapping, Protocol
+
+import jax
+import ml_collections
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+StepFn = Callable[[PyTree, Batch], tuple[PyTree, Metrics]]
+
+
+class CompiledSteps(Protocol):
+  """The loop's compiled versions of `Method.steps`, called by name.
+
+  Calling one also accumulates its metrics on device (no host sync).
+  """
+
+  def __call__(self, name: str, state: PyTree, batch: Batch) -> PyTree:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A training method bound to a config, as the loop sees it.
+
+  Attributes:
+    init: rng -> initial state pytree (a `flax.struct.dataclass` with at
+      least `step` and `rng` fields). The loop traces it with
+      `jax.eval_shape` for an abstract restore target, and jits it with
+      replicated output shardings.
+    steps: name -> pure step function (state, batch) -> (state, metrics).
+    run_round: (compiled_steps, state, batch) -> state. Host-side
+      orchestration of one round; must not sync with the device.
+    sample: (state, x_BxHxWxC, rng, num_samples) -> samples [B, N, H', W', C']
+      in [0, 1]. Pure; the loop jits it with `num_samples` static.
+    steps_per_round: optimiser updates one round makes.
+    description: a one-line summary for logs (e.g. the distance in use).
+  """
+  init: Callable[[jax.Array], PyTree]
+  steps: Mapping[str, StepFn]
+  run_round: Callable[[CompiledSteps, PyTree, Batch], PyTree]
+  sample: Callable[[PyTree, jax.Array, jax.Array, int], jax.Array]
+  steps_per_round: int = 1
+  description: str = ""
+  # Method-specific inference functions for the sample/evaluate CLIs, e.g.
+  # "interpolate" (IMLE: outputs along a line between two codes) or
+  # "trajectory" (cGML: outputs as z converges). Pure; the caller jits them.
+  extras: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
+
+
+def single_step_round(step_name: str = "train") -> Callable[[CompiledSteps, PyTree, Batch], PyTree]:
+  """The round of a method with one update per batch."""
+
+  def run_round(compiled: CompiledSteps, state: PyTree, batch: Batch) -> PyTree:
+    return compiled(step_name, state, batch)
+
+  return run_round
+
+
+METHODS: dict[str, str] = {
+    # name -> module defining `make_method(config, batch_spec) -> Method`,
+    # where batch_spec is the global batch as ShapeDtypeStructs.
+    "regression": "multimodal_jax.methods.regression",
+    "imle": "multimodal_jax.methods.imle",
+    "cgml": "multimodal_jax.methods.cgml",
+}
+
+
+def check_method_name(name: str) -> None:
+  if name not in METHODS:
+    raise ValueError(f"Unknown method {name!r}; valid methods: {sorted(METHODS)}")
+
+
+def validate_method_config(config: ml_collections.ConfigDict) -> None:
+  """Runs the method module's own `validate_config(config)`, if it has one.
+
+  A method checks the keys it alone reads (its model name, its section of
+  the config) so that bad values fail before anything compiles.
+  """
+  check_method_name(config.method)
+  module = importlib.import_module(METHODS[config.method])
+  if hasattr(module, "validate_config"):
+    module.validate_config(config)
+
+
+def make_method(config: ml_collections.ConfigDict, batch_spec: Batch) -> Method:
+  """Builds the method named by `config.method`, bound to `config` and the batch shapes."""
+  check_method_name(config.method)
+  module = importlib.import_module(METHODS[config.method])
+  return module.make_method(config, batch_spec)

@@ -1,0 +1,40 @@
+"""Installs multimodal_jax. `pip install -e .[test]` gives everything the tests need."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    # Versions that resolve together on CPU, GPU (jax[cuda12]) and TPU (jax[tpu]).
+    "jax==0.10.2",
+    "flax>=0.12,<0.13",
+    "optax==0.2.8",
+    "orbax-checkpoint>=0.12,<0.13",
+    "tensorflow-datasets==4.9.10",
+    "grain==0.2.18",
+    "ml-collections==1.1.0",
+    "clu==0.0.12",
+    # clu's metric writers and periodic actions import TensorFlow; tfds uses it to encode images.
+    "tensorflow-cpu>=2.21,<2.22",
+    "numpy>=2.0",
+    "dm-pix>=0.4.5",
+    "pillow",
+    # Offline source images for the embedded datasets.
+    "scikit-image>=0.26",
+    "scikit-learn>=1.9",
+    "matplotlib",
+    "tensorboard",
+    "portpicker",
+]
+
+setuptools.setup(
+    name="multimodal_jax",
+    version="0.1.0",
+    description="Multimodal conditional image synthesis (cIMLE/SRIM, cGML, latent drop-out codes, diversity loss) in JAX.",
+    packages=setuptools.find_packages(include=["multimodal_jax", "multimodal_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist", "chex>=0.1.90", "h5py"],
+        # Parity tests of the weight converters against PyTorch layers.
+        "torch": ["torch==2.13.0"],
+    },
+)
