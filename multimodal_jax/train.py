@@ -322,6 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> PyTre
   def flush_metrics(at_step: int, elapsed: float, steps_done: int):
     scalars, first_bad = compiled.flush()
     if first_bad is not None:
+      manager.wait_until_finished()  # Commit the last good checkpoint, if one is in flight.
       raise FloatingPointError(
           f"Non-finite loss or metric at step {first_bad} (run {config.method} on {config.data.name}). "
           f"The last good checkpoint is step {manager.latest_step()} in {workdir}; nothing later "
@@ -340,34 +341,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> PyTre
   last_log_step, last_log_time = step, time.time()
   global_batches = pipeline.iterate_global(data_iter, batch_sharding)
   preempted = False
-  with _Preemption() as preemption:
-    while step < num_steps:
-      batch = next(global_batches)
-      state = method.run_round(compiled, state, batch)
-      prev_step, step = step, step + steps_per_round
-      report_progress(step)
-      crossed = lambda every: step // every > prev_step // every or step >= num_steps
-      if crossed(config.train.log_every) or crossed(config.train.checkpoint_every):
-        now = time.time()
-        flush_metrics(step, now - last_log_time, step - last_log_step)
-        last_log_step, last_log_time = step, now
-      if config.train.sample_every and crossed(config.train.sample_every) and step < num_steps:
+  try:
+    with _Preemption() as preemption:
+      while step < num_steps:
+        batch = next(global_batches)
+        state = method.run_round(compiled, state, batch)
+        prev_step, step = step, step + steps_per_round
+        report_progress(step)
+        crossed = lambda every: step // every > prev_step // every or step >= num_steps
+        if crossed(config.train.log_every) or crossed(config.train.checkpoint_every):
+          now = time.time()
+          flush_metrics(step, now - last_log_time, step - last_log_step)
+          last_log_step, last_log_time = step, now
+        if config.train.sample_every and crossed(config.train.sample_every) and step < num_steps:
+          write_samples(step)
+          last_log_time = time.time()  # steps/s measures training, not sampling.
+        preempted = preemption.requested or manager.reached_preemption(step)
+        if crossed(config.train.checkpoint_every) or preempted:
+          save_checkpoint(manager, step, state, data_iter)
+          last_log_time = time.time()
+        if preempted:
+          print(f"Preempted: saved the checkpoint at step {step}; rerun the same command to resume.",
+                flush=True)
+          break
+      if not preempted and step > start_step:
         write_samples(step)
-        last_log_time = time.time()  # steps/s measures training, not sampling.
-      preempted = preemption.requested or manager.reached_preemption(step)
-      if crossed(config.train.checkpoint_every) or preempted:
-        save_checkpoint(manager, step, state, data_iter)
-        last_log_time = time.time()
-      if preempted:
-        print(f"Preempted: saved the checkpoint at step {step}; rerun the same command to resume.",
-              flush=True)
-        break
-    if not preempted and step > start_step:
-      write_samples(step)
-    elif not preempted and step == start_step:
-      print(f"Nothing to do: the checkpoint is already at step {step} >= train.num_steps.", flush=True)
-  manager.wait_until_finished()
-  writer.flush()
-  writer.close()
-  manager.close()
+      elif not preempted and step == start_step:
+        print(f"Nothing to do: the checkpoint is already at step {step} >= train.num_steps.", flush=True)
+  finally:
+    manager.wait_until_finished()
+    writer.flush()
+    writer.close()
+    manager.close()
   return state

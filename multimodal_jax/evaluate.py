@@ -1,0 +1,217 @@
+r"""Evaluates a trained run: `python -m multimodal_jax.evaluate --workdir=DIR`.
+
+  python -m multimodal_jax.evaluate --workdir=/tmp/regression [--num_inputs=16 --num_samples=16 --step=S]
+
+Restores the newest (or `--step`) checkpoint of DIR, draws `num_samples`
+samples for each of the first `num_inputs` eval examples and computes every
+metric that applies to the dataset (evaluation/metrics.py):
+
+  fwv_<d>_sigma{0.3,0.2,0.15}  faithfulness-weighted variance (cimle_srim_ijcv §5.1.5)
+  psnr_best, psnr_mean,        dm-pix PSNR / SSIM to the ground truth, of the best
+  ssim_best, ssim_mean         of N samples and averaged over the N samples
+  diversity_<d>                mean pairwise distance between samples of one input
+  per_class_variance/<class>   ICCV'19 Table 1 (datasets whose eval batches carry
+                               a `label` layout: toy_scenes)
+  mode_recall, mode_recall_nearest, mode_precision
+                               toy_scenes only, against its K exact modes
+
+<d> names the distance: `lpips` (LPIPS-alex) when its weights are found
+(docs/weights.md), else `mean_abs_pixel` (the l1 `pixel` distance: mean absolute
+pixel difference); the choice is logged and written to eval.json.
+
+Writes DIR/eval.json ({"step", ..., "metrics": {name: value}}) and the same
+scalars to TensorBoard under DIR with the prefix `eval/` at the checkpoint's
+step, and prints a short summary. ~10 s for a small model on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+from clu import metric_writers
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from multimodal_jax import train
+from multimodal_jax.data import pipeline
+from multimodal_jax.data import toy_scenes
+from multimodal_jax.evaluation import metrics
+from multimodal_jax.losses import perceptual
+
+EVAL_JSON = "eval.json"
+SUBSTITUTE_DISTANCE = "mean_abs_pixel"
+# Class names of datasets whose eval batches carry a `label` layout.
+CLASS_NAMES = {"toy_scenes": toy_scenes.CLASS_NAMES}
+MODE_DATASETS = ("toy_scenes",)
+
+
+def make_eval_distance(weights_dir: str | None = None) -> tuple[str, perceptual.Distance]:
+  """LPIPS-alex if its weights are found, else the mean absolute pixel difference.
+
+  Returns:
+    (the name used in metric keys, the distance).
+  """
+  try:
+    return "lpips", perceptual.make_distance(perceptual.default_distance_config("lpips"), weights_dir)
+  except perceptual.MissingWeightsError as e:
+    logging.warning("LPIPS unavailable; using %s instead. %s", SUBSTITUTE_DISTANCE, e)
+    missing = str(e).split(", which does not exist")[0]
+    print(f"LPIPS unavailable ({missing}; see docs/weights.md): diversity and FWV use "
+          f"{SUBSTITUTE_DISTANCE} (the mean absolute pixel difference) instead.", flush=True)
+    return SUBSTITUTE_DISTANCE, perceptual.make_distance(perceptual.default_distance_config("pixel"))
+
+
+def to_rgb(images: jax.Array) -> jax.Array:
+  """[..., 1] grey -> [..., 3]; [..., 3] unchanged (perceptual distances need RGB)."""
+  if images.shape[-1] == 1:
+    return jnp.repeat(images, 3, axis=-1)
+  if images.shape[-1] != 3:
+    raise ValueError(f"Cannot show {images.shape[-1]}-channel images as RGB.")
+  return images
+
+
+@jax.jit
+def _distance_terms(distance: perceptual.Distance, samples_BxNxHxWxC: jax.Array,
+                    y_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """FWV distances [B, N] x 2 and diversity [B], one input at a time (bounded memory)."""
+
+  def one_input(args):
+    samples_NxHxWxC, y_HxWxC = args
+    samples_1xNxHxWx3, y_1xHxWx3 = to_rgb(samples_NxHxWxC[None]), to_rgb(y_HxWxC[None])
+    d_to_mean_1xN, d_to_truth_1xN = metrics.fwv_distances(samples_1xNxHxWx3, y_1xHxWx3, distance)
+    diversity = metrics.mean_pairwise_distance(samples_1xNxHxWx3, distance)
+    return d_to_mean_1xN[0], d_to_truth_1xN[0], diversity
+
+  return jax.lax.map(one_input, (samples_BxNxHxWxC, y_BxHxWxC))
+
+
+def compute_metrics(samples_BxNxHxWxC: np.ndarray, batch: dict[str, np.ndarray], dataset_name: str,
+                    distance_name: str, distance: perceptual.Distance, num_modes: int | None
+                    ) -> dict[str, float]:
+  """Every metric that applies to `dataset_name`, as a flat dict of floats."""
+  y_BxHxWxC = batch["y"]
+  out: dict[str, float] = {}
+  d_to_mean_BxN, d_to_truth_BxN, diversity_B = _distance_terms(distance, samples_BxNxHxWxC, y_BxHxWxC)
+  for sigma in metrics.FWV_SIGMAS:
+    out[metrics.fwv_key(distance_name, sigma)] = float(
+        metrics.faithfulness_weighted_variance_from_distances(d_to_mean_BxN, d_to_truth_BxN, sigma))
+  out.update({k: float(v) for k, v in
+              jax.jit(metrics.psnr_ssim_best_and_mean)(samples_BxNxHxWxC, y_BxHxWxC).items()})
+  out[f"diversity_{distance_name}"] = float(jnp.mean(diversity_B))
+
+  if "label" in batch:
+    num_classes = batch["x"].shape[-1]
+    names = CLASS_NAMES.get(dataset_name, tuple(f"class{c}" for c in range(num_classes)))
+    per_class_K, overall = metrics.per_class_pixel_variance(samples_BxNxHxWxC, batch["label"], num_classes)
+    for name, value in zip(names, per_class_K):
+      if np.isfinite(value):  # Classes absent from every evaluated layout are left out.
+        out[f"per_class_variance/{name}"] = float(value)
+    out["per_class_variance/overall"] = overall
+  if dataset_name in MODE_DATASETS and "label" in batch:
+    out.update(metrics.toy_scenes_mode_metrics(samples_BxNxHxWxC, batch["label"], num_modes))
+  return out
+
+
+def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: int | None = None,
+             seed: int = 0, weights_dir: str | None = None) -> dict[str, Any]:
+  """Evaluates the run in `workdir`; writes eval.json and TensorBoard scalars; returns the json dict.
+
+  Args:
+    workdir: the --workdir of a training run.
+    num_inputs: how many eval examples (the first ones of the eval split).
+    num_samples: samples drawn per input (N >= 2).
+    step: the checkpoint to evaluate; None = the newest.
+    seed: the sampling rng seed.
+    weights_dir: where to look for the LPIPS weights first (perceptual.make_distance).
+  """
+  if num_samples < 2:
+    raise ValueError(f"--num_samples must be >= 2 to measure diversity; got {num_samples}.")
+  start = time.time()
+  config, method, state, _ = train.load_trained(workdir, step)
+  step = int(jax.device_get(state.step))
+  dataset_name = config.data.name
+  batch = pipeline.load_eval_examples(config, num_inputs)
+  sample_jit = jax.jit(method.sample, static_argnums=3)
+  samples_BxNxHxWxC = np.asarray(jax.device_get(
+      sample_jit(state, jnp.asarray(batch["x"]), jax.random.PRNGKey(seed), num_samples)), np.float32)
+  expected = (num_inputs, num_samples) + batch["y"].shape[1:]
+  if samples_BxNxHxWxC.shape != expected:
+    raise ValueError(f"method.sample returned {samples_BxNxHxWxC.shape}; expected {expected}.")
+
+  distance_name, distance = make_eval_distance(weights_dir)
+  num_modes = None
+  if dataset_name in MODE_DATASETS:
+    num_modes = pipeline.get_builder(config.data).builder_config.num_modes
+  scalars = compute_metrics(samples_BxNxHxWxC, batch, dataset_name, distance_name, distance, num_modes)
+
+  result = {
+      "workdir": os.path.abspath(workdir), "step": step, "method": config.method,
+      "dataset": dataset_name, "builder_config": config.data.builder_config,
+      "num_inputs": num_inputs, "num_samples": num_samples, "seed": seed,
+      "distance": distance_name, "distance_description": distance.describe(),
+      "fwv_sigmas": list(metrics.FWV_SIGMAS),
+  }
+  if num_modes is not None:
+    result.update(num_modes=num_modes, mode_tolerance=metrics.DEFAULT_MODE_TOLERANCE)
+  result["metrics"] = scalars
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, EVAL_JSON), "w") as f:
+      json.dump(result, f, indent=1)
+    writer = metric_writers.create_default_writer(workdir, asynchronous=False)
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items() if np.isfinite(v)})
+    writer.flush()
+    writer.close()
+  print(summary(result, time.time() - start), flush=True)
+  return result
+
+
+def summary(result: dict[str, Any], seconds: float) -> str:
+  """A few human-readable lines of eval.json."""
+  m = result["metrics"]
+  d = result["distance"]
+  lines = [f"Evaluated {result['method']} on {result['dataset']} at step {result['step']}: "
+           f"{result['num_inputs']} inputs x {result['num_samples']} samples, distance {d} "
+           f"({seconds:.1f}s).",
+           f"  quality    PSNR best/mean {m['psnr_best']:.2f}/{m['psnr_mean']:.2f} dB, "
+           f"SSIM best/mean {m['ssim_best']:.3f}/{m['ssim_mean']:.3f}",
+           f"  diversity  {d} {m[f'diversity_{d}']:.4g}; FWV "
+           + ", ".join(f"sigma={s:g}: {m[metrics.fwv_key(d, s)]:.3g}" for s in result["fwv_sigmas"])]
+  if "per_class_variance/overall" in m:
+    lines.append(f"  per-class pixel variance, overall {m['per_class_variance/overall']:.4g}")
+  if "mode_recall" in m:
+    k = result["num_modes"]
+    lines.append(f"  modes (K={k}, 1/K={1 / k:.3f})  recall {m['mode_recall']:.3f}, recall (nearest, "
+                 f"no tolerance) {m['mode_recall_nearest']:.3f}, precision {m['mode_precision']:.3f}")
+  lines.append(f"  written to {os.path.join(result['workdir'], EVAL_JSON)} and TensorBoard (eval/*).")
+  return "\n".join(lines)
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program, so tests can import this module next to
+  # main.py and sample.py, whose flags share names.
+  flags.DEFINE_string("workdir", None, "The --workdir of a training run.", required=True)
+  flags.DEFINE_integer("num_inputs", 16, "The first this many eval examples.")
+  flags.DEFINE_integer("num_samples", 16, "Samples per input.")
+  flags.DEFINE_integer("step", None, "The checkpoint step to evaluate (default: the newest).")
+  flags.DEFINE_integer("seed", 0, "Sampling rng seed.")
+  flags.DEFINE_string("weights_dir", None, "Where to look for the LPIPS weights first.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  evaluate(f.workdir, num_inputs=f.num_inputs, num_samples=f.num_samples, step=f.step, seed=f.seed,
+           weights_dir=f.weights_dir)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,197 @@
+r"""Draws samples from a trained run into a PNG grid: `python -m multimodal_jax.sample`.
+
+  python -m multimodal_jax.sample --workdir=DIR --num_samples=16 --out=grid.png
+  python -m multimodal_jax.sample --workdir=DIR --input=lr.png --out=grid.png
+  python -m multimodal_jax.sample --workdir=DIR --out=lerp.png --interpolate   # method extras
+  python -m multimodal_jax.sample --workdir=DIR --out=traj.png --trajectory
+
+Without --input the first `--num_inputs` eval examples are used. With --input a
+PNG is the conditioning input of one example:
+  * super-resolution runs (target larger than input): the image is converted to
+    the input's channels, centre-cropped to the input's aspect ratio and resized
+    (bicubic) to the model's input size, as recorded in run_info.json;
+  * other datasets: the PNG must already have the input's height and width;
+    grey/RGB PNGs are converted to the input's 1 or 3 channels, and for one-hot
+    layout inputs (more than 4 channels, e.g. toy_scenes) a single-channel PNG
+    of class ids 0..C-1 is one-hot encoded. Anything else is a clear error.
+
+The grid shows, for every input, a row `input | sample_1 ... sample_N` and under
+it the absolute differences |sample_k - sample_{k-1}| (under sample_k), as in
+cimle_srim_ijcv Fig. 1 / Fig. 5. `--interpolate` draws
+`method.extras["interpolate"]` (outputs along a line between two codes) instead
+of independent samples; `--trajectory` draws `method.extras["trajectory"]`
+([B, N, T+1, ...]: each sample's T+1 iterates, one row pair per sample).
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from multimodal_jax import train
+from multimodal_jax.data import pipeline
+from multimodal_jax.data import registry as data_registry
+
+
+def _rgb(images: np.ndarray) -> np.ndarray:
+  return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images[..., :3]
+
+
+def difference_grid(inputs_SxHxWx3: np.ndarray, rows_SxLxHxWxC: np.ndarray, pad: int = 2) -> np.ndarray:
+  """Rows of `input | image_1 ... image_L`, each above its adjacent differences.
+
+  Args:
+    inputs_SxHxWx3: the input of each row, as RGB at the images' size.
+    rows_SxLxHxWxC: S rows of L images in [0, 1] (samples, or iterates).
+    pad: white border between tiles.
+
+  Returns:
+    float32 [2 S (H + pad) + pad, (L + 1) (W + pad) + pad, 3] in [0, 1]: the
+    second row of each pair holds |image_k - image_{k-1}| under image_k; the
+    tiles under the input and image_1 stay white.
+  """
+  s, l, h, w, _ = rows_SxLxHxWxC.shape
+  rows = _rgb(np.asarray(rows_SxLxHxWxC, np.float32))
+  diffs_SxL1xHxWx3 = np.abs(rows[:, 1:] - rows[:, :-1])
+  grid = np.ones((2 * s * (h + pad) + pad, (l + 1) * (w + pad) + pad, 3), np.float32)
+
+  def put(row: int, col: int, tile: np.ndarray):
+    top, left = pad + row * (h + pad), pad + col * (w + pad)
+    grid[top:top + h, left:left + w] = tile
+
+  for i in range(s):
+    put(2 * i, 0, inputs_SxHxWx3[i])
+    for k in range(l):
+      put(2 * i, k + 1, rows[i, k])
+    for k in range(1, l):
+      put(2 * i + 1, k + 1, diffs_SxL1xHxWx3[i, k - 1])
+  return np.clip(grid, 0.0, 1.0)
+
+
+def load_input_png(path: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...],
+                   dataset_name: str) -> np.ndarray:
+  """Reads a PNG as one conditioning input [1, H, W, C] of the model (see the module docstring).
+
+  Args:
+    path: the PNG.
+    x_shape, y_shape: the global batch's input and target shapes, [B, H, W, C].
+    dataset_name: for error messages.
+  """
+  _, h, w, c = x_shape
+  image = Image.open(path)
+  width0, height0 = image.size
+  is_super_resolution = y_shape[1] > h
+  if is_super_resolution:
+    if c not in (1, 3):
+      raise ValueError(f"Super-resolution inputs with {c} channels are not supported.")
+    image = image.convert("L" if c == 1 else "RGB")
+    if (width0, height0) != (w, h):
+      # Centre crop to the input's aspect ratio, then resize.
+      crop_w, crop_h = min(width0, round(height0 * w / h)), min(height0, round(width0 * h / w))
+      left, top = (width0 - crop_w) // 2, (height0 - crop_h) // 2
+      image = image.crop((left, top, left + crop_w, top + crop_h)).resize((w, h), Image.BICUBIC)
+      print(f"Input {path}: {width0}x{height0} centre-cropped to {crop_w}x{crop_h} and resized to "
+            f"the model's input size {w}x{h}.", flush=True)
+    array = np.asarray(image, np.float32) / 255.0
+    return array.reshape(1, h, w, c)
+
+  expected = (f"the model ({dataset_name}) takes {w}x{h} inputs with {c} channel(s)"
+              + (f" (a one-hot layout: give a {w}x{h} single-channel PNG of class ids 0..{c - 1})"
+                 if c > 4 else ""))
+  if (width0, height0) != (w, h):
+    raise ValueError(f"Input {path} is {width0}x{height0}, but {expected}. Only super-resolution "
+                     "runs resize their input.")
+  array = np.asarray(image)
+  array = array[..., None] if array.ndim == 2 else array
+  if c > 4:
+    if array.shape[-1] != 1 or not np.issubdtype(array.dtype, np.integer) or array.max() >= c:
+      raise ValueError(f"Input {path} has {array.shape[-1]} channel(s) with values up to "
+                       f"{array.max()}, but {expected}.")
+    return np.eye(c, dtype=np.float32)[array[..., 0]][None]
+  if array.shape[-1] != c:
+    if c not in (1, 3) or array.shape[-1] not in (1, 3, 4):
+      raise ValueError(f"Input {path} has {array.shape[-1]} channel(s), but {expected}.")
+    array = np.asarray(image.convert("L" if c == 1 else "RGB"))
+    array = array[..., None] if array.ndim == 2 else array
+  return (array.astype(np.float32) / 255.0).reshape(1, h, w, c)
+
+
+def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_samples: int = 16,
+                  num_inputs: int = 4, interpolate: bool = False, trajectory: bool = False,
+                  step: int | None = None, seed: int = 0) -> np.ndarray:
+  """Draws samples (or an extra's outputs) of the run in `workdir` and writes the PNG grid.
+
+  Returns:
+    The grid, float32 [rows, cols, 3] in [0, 1], as written to `out`.
+  """
+  if interpolate and trajectory:
+    raise ValueError("Pass at most one of --interpolate and --trajectory.")
+  config, method, state, batch_spec = train.load_trained(workdir, step)
+  extra = "interpolate" if interpolate else "trajectory" if trajectory else None
+  if extra is None:
+    fn = method.sample
+  elif extra in method.extras:
+    fn = method.extras[extra]
+  else:
+    raise ValueError(f"Method {config.method!r} has no {extra!r} inference function; its extras: "
+                     f"{sorted(method.extras) or 'none'}.")
+  spec = data_registry.get_dataset(config.data.name)
+  if input_path:
+    x_BxHxWxC = load_input_png(input_path, batch_spec["x"].shape, batch_spec["y"].shape, config.data.name)
+  else:
+    x_BxHxWxC = pipeline.load_eval_examples(config, num_inputs)["x"]
+  outputs = np.asarray(jax.device_get(jax.jit(fn, static_argnums=3)(
+      state, jnp.asarray(x_BxHxWxC), jax.random.PRNGKey(seed), num_samples)), np.float32)
+
+  b = x_BxHxWxC.shape[0]
+  if extra == "trajectory":
+    if outputs.ndim != 6:
+      raise ValueError(f"extras['trajectory'] returned {outputs.shape}; expected [B, N, T+1, H, W, C].")
+    rows = outputs.reshape((-1,) + outputs.shape[2:])  # One row per (input, sample).
+    per_input = outputs.shape[1]
+  else:
+    if outputs.ndim != 5:
+      raise ValueError(f"{extra or 'sample'} returned {outputs.shape}; expected [B, N, H, W, C].")
+    rows, per_input = outputs, 1
+  h, w = rows.shape[2:4]
+  inputs_rgb = np.asarray(jax.image.resize(spec.input_to_rgb(x_BxHxWxC), (b, h, w, 3), "nearest"))
+  grid = difference_grid(np.repeat(inputs_rgb, per_input, axis=0), rows)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  Image.fromarray(np.round(grid * 255.0).astype(np.uint8)).save(out)
+  print(f"Wrote {out} ({grid.shape[1]}x{grid.shape[0]}): {config.method} "
+        f"{extra or 'samples'}, {b} input(s) x {outputs.shape[1]}"
+        + (f" x {outputs.shape[2]} iterates" if extra == "trajectory" else "") + ".", flush=True)
+  return grid
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program (see evaluate.py).
+  flags.DEFINE_string("workdir", None, "The --workdir of a training run.", required=True)
+  flags.DEFINE_string("out", None, "Where to write the PNG grid.", required=True)
+  flags.DEFINE_string("input", None, "A PNG input; default: the first eval examples.")
+  flags.DEFINE_integer("num_samples", 16, "Samples (or interpolation points) per input.")
+  flags.DEFINE_integer("num_inputs", 4, "Eval examples to use when --input is not given.")
+  flags.DEFINE_bool("interpolate", False, "Use the method's extras['interpolate'].")
+  flags.DEFINE_bool("trajectory", False, "Use the method's extras['trajectory'].")
+  flags.DEFINE_integer("step", None, "The checkpoint step (default: the newest).")
+  flags.DEFINE_integer("seed", 0, "Sampling rng seed.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  sample_to_png(f.workdir, f.out, input_path=f.input, num_samples=f.num_samples,
+                num_inputs=f.num_inputs, interpolate=f.interpolate, trajectory=f.trajectory,
+                step=f.step, seed=f.seed)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,236 @@
+"""Evaluation metrics (exact values on hand-made examples) and the evaluate / sample CLIs."""
+
+import dataclasses
+import glob
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from conftest import REPO
+from multimodal_jax import evaluate as evaluate_lib
+from multimodal_jax import sample as sample_lib
+from multimodal_jax import train
+from multimodal_jax.data import pipeline
+from multimodal_jax.data import toy_scenes
+from multimodal_jax.evaluation import metrics
+from multimodal_jax.losses import perceptual
+
+
+def pixel_l1():
+  """The mean absolute pixel difference (the `pixel` distance: l1, weight 1)."""
+  return perceptual.make_distance(perceptual.default_distance_config("pixel"))
+
+
+def constant_images(values_BxN, h=2, w=2, c=3):
+  """[B, N, h, w, c] images, each filled with one value."""
+  v = np.asarray(values_BxN, np.float32)
+  return np.broadcast_to(v[..., None, None, None], v.shape + (h, w, c)).copy()
+
+
+# ---------------------------------------------------------------- FWV
+
+
+def test_faithfulness_weighted_variance_equals_hand_computation():
+  # Input 1: samples 0.2, 0.6, truth 0.4 -> mean 0.4; d(., mean) = 0.2, 0.2; d(., truth) = 0.2, 0.2.
+  # Input 2: samples 0.0, 0.3, truth 0.3 -> mean 0.15; d(., mean) = 0.15, 0.15; d(., truth) = 0.3, 0.
+  # sigma = 0.5 -> 2 sigma^2 = 0.5, w = exp(-2 d(., truth)):
+  #   M = (0.2 e^-0.4 + 0.2 e^-0.4 + 0.15 e^-0.6 + 0.15 e^0) / 4
+  #     = (0.26812801841 + 0.08232174541 + 0.15) / 4 = 0.12511244096
+  samples = constant_images([[0.2, 0.6], [0.0, 0.3]])
+  truth = constant_images([0.4, 0.3])
+  fwv = metrics.faithfulness_weighted_variance(samples, truth, pixel_l1(), sigma=0.5)
+  assert float(fwv) == pytest.approx(0.12511244096, abs=1e-6)
+  # Identical samples have no variance, at any sigma.
+  same = constant_images([[0.2, 0.2], [0.7, 0.7]])
+  assert float(metrics.faithfulness_weighted_variance(same, truth, pixel_l1(), 0.3)) == 0.0
+  by_sigma = metrics.all_fwv(samples, truth, pixel_l1(), sigmas=(0.5, 0.15))
+  assert float(by_sigma[0.5]) == pytest.approx(0.12511244096, abs=1e-6)
+  # A smaller bandwidth only shrinks the weights of unfaithful samples.
+  assert float(by_sigma[0.15]) < float(by_sigma[0.5])
+
+
+# ---------------------------------------------------------------- quality and diversity
+
+
+def test_psnr_ssim_best_and_mean():
+  truth = constant_images([0.5], h=16, w=16)
+  identical = metrics.psnr_ssim_best_and_mean(truth[:, None].repeat(2, axis=1), truth)
+  assert math.isinf(float(identical["psnr_best"])) and float(identical["ssim_mean"]) == pytest.approx(1.0)
+  # Offsets 0.1 and 0.01 -> MSE 1e-2 and 1e-4 -> PSNR 20 dB and 40 dB.
+  samples = constant_images([[0.6, 0.51]], h=16, w=16)
+  q = metrics.psnr_ssim_best_and_mean(samples, truth)
+  assert float(q["psnr_best"]) == pytest.approx(40.0, abs=1e-3)
+  assert float(q["psnr_mean"]) == pytest.approx(30.0, abs=1e-3)
+  assert float(q["ssim_best"]) >= float(q["ssim_mean"])
+
+
+def test_mean_pairwise_distance():
+  # Pairs of (0, 0.2, 0.5): 0.2, 0.5, 0.3 -> 1/3; second input identical -> 0.
+  samples = constant_images([[0.0, 0.2, 0.5], [0.4, 0.4, 0.4]])
+  assert float(metrics.mean_pairwise_distance(samples, pixel_l1())) == pytest.approx(1 / 6, abs=1e-6)
+
+
+def test_per_class_pixel_variance():
+  # One layout [0, 1] (class 2 absent), two samples: pixel 0 takes 0 and 0.2 (variance 0.01),
+  # pixel 1 is 0.5 in both (variance 0).
+  samples = np.array([[[[[0.0], [0.5]]], [[[0.2], [0.5]]]]], np.float32)  # [1, 2, 1, 2, 1]
+  per_class, overall = metrics.per_class_pixel_variance(samples, np.array([[[0, 1]]]), num_classes=3)
+  np.testing.assert_allclose(per_class[:2], [0.01, 0.0], atol=1e-9)
+  assert np.isnan(per_class[2])
+  assert overall == pytest.approx(0.005)
+
+
+# ---------------------------------------------------------------- toy_scenes modes
+
+
+def _layouts(b=2, h=32, w=64):
+  rng = np.random.default_rng(0)
+  return np.stack([toy_scenes.sample_layout(rng, h, w) for _ in range(b)])
+
+
+def test_mode_metrics_on_exact_modes_copies_and_the_blurry_mean():
+  k = toy_scenes.DEFAULT_NUM_MODES
+  labels = _layouts()
+  modes_BxKxHxWx3 = np.stack([toy_scenes.render_all_modes(l, k) for l in labels])
+  every_mode = metrics.toy_scenes_mode_metrics(modes_BxKxHxWx3, labels, k)
+  assert every_mode == {"mode_recall": 1.0, "mode_recall_nearest": 1.0, "mode_precision": 1.0}
+
+  one_mode = np.repeat(modes_BxKxHxWx3[:, 3:4], k, axis=1)
+  copies = metrics.toy_scenes_mode_metrics(one_mode, labels, k)
+  assert copies == {"mode_recall": 1 / k, "mode_recall_nearest": 1 / k, "mode_precision": 1.0}
+
+  blurry_mean = np.repeat(modes_BxKxHxWx3.mean(axis=1, keepdims=True), k, axis=1)
+  blurry = metrics.toy_scenes_mode_metrics(blurry_mean, labels, k)
+  assert blurry == {"mode_recall": 0.0, "mode_recall_nearest": 1 / k, "mode_precision": 0.0}
+
+
+def test_real_toy_scenes_images_are_precise_and_nearest_their_mode(data_dir):
+  config = _tiny_regression_config(data_dir)
+  batch = pipeline.load_eval_examples(config, 16)
+  errors_BxNxK = metrics.toy_scenes_mode_errors(batch["y"][:, None], batch["label"],
+                                                toy_scenes.DEFAULT_NUM_MODES)
+  np.testing.assert_array_equal(np.argmin(errors_BxNxK, axis=-1)[:, 0], batch["mode"])
+  assert np.max(np.min(errors_BxNxK, axis=-1)) < metrics.DEFAULT_MODE_TOLERANCE
+
+
+# ---------------------------------------------------------------- the CLIs, end to end
+
+
+def _tiny_regression_config(data_dir):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("regression_cfg", REPO / "configs" / "regression.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("runlocal")
+  config.data.data_dir = data_dir
+  config.data.builder_config = "tiny"
+  config.data.batch_size = 4
+  config.train.sample_every = 0
+  return config
+
+
+@pytest.fixture(scope="module")
+def regression_workdir(tmp_path_factory, data_dir):
+  workdir = str(tmp_path_factory.mktemp("regression"))
+  train.train_and_evaluate(_tiny_regression_config(data_dir), workdir)
+  return workdir
+
+
+def _eval_tags(workdir):
+  from tensorflow.python.summary.summary_iterator import summary_iterator  # pylint: disable=g-import-not-at-top
+  tags = {}
+  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+    for event in summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag.startswith("eval/"):
+          tags[value.tag] = event.step
+  return tags
+
+
+def test_evaluate_regression_scores_one_mode_of_k(regression_workdir, tmp_path):
+  # An empty weights dir: LPIPS is unavailable, so the named substitute is used.
+  result = evaluate_lib.evaluate(regression_workdir, num_inputs=4, num_samples=3,
+                                 weights_dir=str(tmp_path / "no_weights"))
+  with open(os.path.join(regression_workdir, "eval.json")) as f:
+    written = json.load(f)
+  assert written == result
+  assert written["step"] == 6 and written["distance"] == "mean_abs_pixel"
+  m, k = written["metrics"], written["num_modes"]
+  assert k == toy_scenes.DEFAULT_NUM_MODES
+  for sigma in (0.3, 0.2, 0.15):
+    # Identical samples: no variance (up to the float rounding of their mean).
+    assert m[f"fwv_mean_abs_pixel_sigma{sigma:g}"] == pytest.approx(0.0, abs=1e-6)
+  assert m["diversity_mean_abs_pixel"] == 0.0
+  assert m["per_class_variance/overall"] == pytest.approx(0.0, abs=1e-9) and "per_class_variance/sky" in m
+  assert m["mode_recall_nearest"] == pytest.approx(1 / k)  # Its N samples are one image.
+  assert m["mode_recall"] <= 1 / k and 0.0 <= m["mode_precision"] <= 1.0
+  assert m["psnr_best"] == pytest.approx(m["psnr_mean"]) and 0 < m["psnr_mean"] < 60
+  assert -1.0 <= m["ssim_mean"] <= 1.0
+  tags = _eval_tags(regression_workdir)
+  assert tags["eval/mode_recall_nearest"] == 6 and "eval/psnr_best" in tags
+
+
+def test_sample_writes_a_difference_grid(regression_workdir, tmp_path):
+  out = str(tmp_path / "grid.png")
+  sample_lib.sample_to_png(regression_workdir, out, num_samples=3, num_inputs=2)
+  # 2 inputs x (sample row + difference row) of 32x64 tiles; input + 3 samples across; pad 2.
+  assert Image.open(out).size == (4 * 66 + 2, 4 * 34 + 2)
+  grid = np.asarray(Image.open(out))
+  assert np.all(grid[34 + 2:34 + 2 + 32, 2 * 66 + 2:2 * 66 + 2 + 64] == 0)  # Identical samples.
+
+
+def test_sample_from_a_png_input_and_its_errors(regression_workdir, tmp_path):
+  layout = str(tmp_path / "layout.png")
+  Image.fromarray(_layouts(b=1)[0]).save(layout)
+  out = str(tmp_path / "from_png.png")
+  sample_lib.sample_to_png(regression_workdir, out, input_path=layout, num_samples=2)
+  assert Image.open(out).size == (3 * 66 + 2, 2 * 34 + 2)
+
+  wrong_size = str(tmp_path / "small.png")
+  Image.fromarray(np.zeros((16, 16), np.uint8)).save(wrong_size)
+  with pytest.raises(ValueError, match=r"16x16, but the model \(toy_scenes\) takes 64x32 inputs"):
+    sample_lib.sample_to_png(regression_workdir, out, input_path=wrong_size)
+  with pytest.raises(ValueError, match=r"'regression' has no 'interpolate' .*extras: none"):
+    sample_lib.sample_to_png(regression_workdir, out, interpolate=True)
+
+
+def test_sample_trajectory_extra_gives_a_row_pair_per_sample(regression_workdir, tmp_path, monkeypatch):
+  load_trained = train.load_trained
+
+  def with_trajectory(workdir, step=None):
+    config, method, state, batch_spec = load_trained(workdir, step)
+    trajectory = lambda state, x, rng, n: jnp.stack([method.sample(state, x, rng, n)] * 3, axis=2)
+    return config, dataclasses.replace(method, extras={"trajectory": trajectory}), state, batch_spec
+
+  monkeypatch.setattr(sample_lib.train, "load_trained", with_trajectory)
+  out = str(tmp_path / "trajectory.png")
+  sample_lib.sample_to_png(regression_workdir, out, num_samples=2, num_inputs=1, trajectory=True)
+  # 1 input x 2 samples -> 2 row pairs; input + 3 iterates across.
+  assert Image.open(out).size == (4 * 66 + 2, 4 * 34 + 2)
+
+
+def test_super_resolution_png_input_is_cropped_and_resized(tmp_path):
+  path = str(tmp_path / "photo.png")
+  Image.fromarray(np.full((30, 40, 3), 128, np.uint8)).save(path)  # 40 wide, 30 high.
+  x = sample_lib.load_input_png(path, (2, 16, 16, 3), (2, 64, 64, 3), "local_photos_sr")
+  assert x.shape == (1, 16, 16, 3)
+  np.testing.assert_allclose(x, 128 / 255, atol=1e-6)
+
+
+def test_evaluate_uses_lpips_when_its_weights_exist(regression_workdir, tmp_path):
+  from multimodal_jax.models import alexnet as alexnet_lib  # pylint: disable=g-import-not-at-top
+  from multimodal_jax.models import vgg as vgg_lib  # pylint: disable=g-import-not-at-top
+  # Random trunk weights (the real ones are not on test machines); heads from third_party/.
+  vgg_lib.save_weights_file(str(tmp_path / "alexnet.msgpack"), alexnet_lib.init_alexnet_params(),
+                            {"arch": "alexnet", "input_norm": "torchvision", "source": "random"})
+  result = evaluate_lib.evaluate(regression_workdir, num_inputs=2, num_samples=2,
+                                 weights_dir=str(tmp_path))
+  assert result["distance"] == "lpips" and "LPIPS-alex" in result["distance_description"]
+  assert result["metrics"]["diversity_lpips"] == pytest.approx(0.0, abs=1e-6)
+  assert result["metrics"]["fwv_lpips_sigma0.3"] == pytest.approx(0.0, abs=1e-6)
