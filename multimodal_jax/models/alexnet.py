@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from multimodal_jax.models.vgg import normalize_input
+from multimodal_jax.models.vgg import random_he_params
 
 # (name, features, kernel, stride, padding, pool after the ReLU)
 ALEXNET_LAYERS = (
@@ -88,7 +89,6 @@ class AlexNet(nn.Module):
     return out
 
 
-def init_alexnet_params(rng: jax.Array | None = None, size: int = 64) -> dict:
-  """Random parameters with the AlexNet layout; for tests and timing only."""
-  rng = jax.random.PRNGKey(0) if rng is None else rng
-  return jax.jit(AlexNet().init)(rng, jnp.zeros((1, size, size, 3), jnp.float32))['params']
+def init_alexnet_params(seed: int = 0) -> dict:
+  """Random AlexNet parameters (`vgg.random_he_params`); for tests and timing only."""
+  return random_he_params(AlexNet(), (1, 64, 64, 3), seed)
