@@ -2,8 +2,8 @@ r"""The deterministic L1 regression baseline (the unimodal reference every paper
 
   python -m multimodal_jax.main --config=configs/regression.py --workdir=/tmp/regression
 
-Default: `toy_scenes` (layout -> image, 12 appearance modes per layout), 1500
-steps at batch 32: about 2-3 minutes on a 2-core CPU, plus ~30 s to build the
+Default: `toy_scenes` (layout -> image, 12 appearance modes per layout), 1000
+steps at batch 16: about 2 minutes on a 2-core CPU, plus ~20 s to build the
 dataset on first use. It learns the per-pixel median of the modes: sharp
 layouts, one washed-out appearance. Variants:
 
@@ -24,14 +24,14 @@ def get_config(arg=None):
   config = config_lib.base_config()
   config.method = "regression"
   config.data.name = arg.data
-  config.data.batch_size = 32
+  config.data.batch_size = 16
   config.model.features = 32
-  config.model.num_blocks = 4
+  config.model.num_blocks = 2
   config.optimizer.learning_rate = 1e-3
-  config.train.num_steps = 1500
+  config.train.num_steps = 1000
   config.train.log_every = 50
-  config.train.checkpoint_every = 500
-  config.train.sample_every = 500
+  config.train.checkpoint_every = 250
+  config.train.sample_every = 250
 
   if arg.runlocal:
     config.data.batch_size = 8

@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import ml_collections
 
+from multimodal_jax.losses import perceptual
+
 
 def parse_arg(arg: str | None, lazy: bool = False, **spec: Any) -> ml_collections.ConfigDict:
   """Parses `variant=B,runlocal,steps=3` into typed fields (big_vision style).
@@ -71,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = "conv_generator"
   c.model.features = 32
   c.model.num_blocks = 4
+
+  # The image distance of the method's loss (losses/perceptual.py); logged at start.
+  c.distance = perceptual.default_distance_config("pixel")
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"

@@ -334,8 +334,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> PyTre
     shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items() if k not in ("learning_rate",
                                                                               "train_steps_per_sec"))
     eta = (num_steps - at_step) / steps_per_sec if steps_per_sec > 0 else 0.0
+    # One write, so log lines from the writer thread cannot split it.
     print(f"[step {at_step}/{num_steps}] {shown} | {steps_per_sec:.2f} steps/s | "
-          f"ETA {_format_eta(eta)}", flush=True)
+          f"ETA {_format_eta(eta)}\n", end="", flush=True)
 
   start_step = step
   last_log_step, last_log_time = step, time.time()

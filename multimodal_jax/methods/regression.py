@@ -1,6 +1,7 @@
 """`regression`: the deterministic unimodal baseline every paper compares against.
 
-A conv generator G trained with the per-pixel L1 loss E|G(x) - y|. Given a
+A conv generator G trained with E d(G(x), y), d = `config.distance` (default:
+the per-pixel L1 distance, mean |G(x) - y|). Given a
 multimodal conditional p(y | x) it converges to the per-pixel median, a single
 blurry average: the failure the other methods exist to fix (e.g. IJCV §5, the
 "L1" baseline of cgml_iclr2021 Fig. 4). Its sampler returns the same image N
@@ -15,6 +16,7 @@ import ml_collections
 
 from multimodal_jax import config_lib
 from multimodal_jax.methods import base
+from multimodal_jax.losses import perceptual
 from multimodal_jax.methods import common
 from multimodal_jax.models import registry as models
 
@@ -35,6 +37,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch) -> base.Method:
   """The regression method bound to `config` and the batch shapes."""
+  distance = perceptual.make_distance(config.distance)
+  if distance.needs_calibration:
+    raise ValueError("regression needs explicit config.distance.layer_weights for a feature "
+                     "distance (equal-contribution calibration is done by the IMLE methods).")
   model = models.make_generator(
       config.model, out_channels=batch_spec["y"].shape[-1],
       upsample_factor=upsample_factor_of(batch_spec["x"].shape, batch_spec["y"].shape))
@@ -51,7 +57,7 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch) -> ba
   def train_step(state: common.TrainState, batch):
     def loss_fn(params):
       y_hat = apply(params, batch["x"])
-      return jnp.mean(jnp.abs(y_hat - batch["y"]))
+      return jnp.mean(distance(y_hat, batch["y"]))
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     # Under jit over a mesh, the mean above is over the *global* batch, so
@@ -65,7 +71,8 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch) -> ba
     return jnp.repeat(y_hat[:, None], num_samples, axis=1)
 
   return base.Method(init=init, steps={"train": train_step}, run_round=base.single_step_round("train"),
-                     sample=sample, steps_per_round=1, description="L1 regression (deterministic)")
+                     sample=sample, steps_per_round=1,
+                     description=f"deterministic regression, loss {distance.describe()}")
 
 
 def _global_norm(tree) -> jax.Array:
