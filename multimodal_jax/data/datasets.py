@@ -1,6 +1,9 @@
 """Imports every dataset module so that each registers itself with `registry`."""
 
 # pylint: disable=unused-import
+from multimodal_jax.data import colorization_photos
 from multimodal_jax.data import digits_completion
 from multimodal_jax.data import local_photos_sr
+from multimodal_jax.data import paper_sr
+from multimodal_jax.data import toy3d
 from multimodal_jax.data import toy_scenes

@@ -1,0 +1,136 @@
+r"""SRIM: conditional IMLE for x8 super-resolution (IJCV Alg. 1, §5.1).
+
+  python -m multimodal_jax.main --config=configs/srim.py --workdir=/tmp/srim
+
+Default: `local_photos_sr` (8x8 -> 64x64 patches of bundled photographs) with
+a small RRDB (nf 32, 4 blocks, growth 32) and a pixel l1 distance (no VGG
+weights exist on this machine; the log prints the distance in use). Pool
+|S| = 32, m = 16 codes per input, L = 50 updates of |S~| = 8 per selection;
+the first 150 updates use z = 0 (deterministic pretraining), bilinear
+upsampling from step 300. 600 updates: about 5 minutes on a busy 2-core CPU,
+compilation included (~2.5 steps/s; a selection takes ~4.5 s, an update
+~0.27 s); the mean selected distance falls from ~0.27 to ~0.11 by the end of
+the z = 0 phase and to ~0.06 by step 600. With converted VGG-19 weights
+(docs/weights.md) pass `:vgg` for the paper's pixel + relu5_4 distance.
+Variants:
+
+  :runlocal      the `tiny` photos, a 1-block RRDB, a few steps (smoke test, seconds)
+  :vgg           the paper's distance (l2 pixels + l2 VGG-19 relu5_4) on the default data
+  :imagenet      the paper's setting (§5.1.2-5.1.4): ImageNet 256^2 targets from 32^2
+                 inputs, 1280 training images, RRDB nf 64 / 24 blocks / growth 128,
+                 5 code channels, |S| = 640, m = 100, L = 200000, |S~| = 4, lr 1e-5,
+                 l2 pixels + l2 VGG-19 relu5_4 (needs prepared imagenet2012 and VGG weights)
+  :div2k         the same network and schedule on DIV2K bicubic x8 (256^2 crops)
+"""
+
+import ml_collections
+
+from multimodal_jax import config_lib
+from multimodal_jax.losses import perceptual
+
+# Every argument this file is meant to be run with (tests load each one).
+VARIANTS = ["", "runlocal", "vgg", "imagenet", "div2k", "imagenet,runlocal", "div2k,runlocal"]
+
+
+def srim_distance(**overrides) -> ml_collections.ConfigDict:
+  """IJCV §5.1.1: l2 on pixels + l2 on VGG-19 relu5_4 (Eq. 1).
+
+  lambda: the paper sets the weights so both terms have similar magnitude;
+  layer_weights=() computes exactly that at start-up from pairs of real
+  targets (perceptual.Distance.calibrate) and logs the values to pin.
+  """
+  return perceptual.default_distance_config(
+      "vgg", pixel_norm="l2", pixel_weight=1.0, layers=perceptual.SRIM_LAYERS, feature_norm="l2",
+      **overrides)
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, runlocal=False, vgg=False, imagenet=False, div2k=False)
+  config = config_lib.base_config()
+  config.method = "imle"
+  config.data.name = "local_photos_sr"
+  config.data.builder_config = "x8_64"
+  config.data.batch_size = 32  # the pool S
+  config.data.options = ml_collections.ConfigDict({"hr_size": 256, "augment": True})
+
+  config.model.name = "rrdb"
+  config.model.features = 32
+  config.model.num_blocks = 4
+  config.model.growth = 32
+  config.model.dense_conv_style = "split"  # same function as 'concat', faster (models/rrdb.py)
+
+  config.distance = perceptual.default_distance_config("pixel", pixel_norm="l1")  # the loss L
+  config.imle = ml_collections.ConfigDict()
+  config.imle.selection_distance = perceptual.default_distance_config("pixel", pixel_norm="l1")
+  config.imle.num_samples = 16  # m
+  config.imle.chunk_size = 16  # samples per input generated at once (memory ~ |S| x chunk)
+  config.imle.example_blocks = 1  # walk each device's share of S in blocks (memory / blocks)
+  config.imle.updates_per_selection = 50  # L
+  config.imle.minibatch_size = 8  # |S~|
+  config.imle.code_channels = 5  # IJCV §5.1.4
+  config.imle.perturbation = 0.1  # std of the noise added to a selected code (SRIM-pytorch)
+  config.imle.zero_code_steps = 150  # z = 0 before this step (§5.1.1 pretraining)
+  config.imle.bilinear_from_step = 300  # nearest-neighbour upsampling before, bilinear after; -1: never
+  config.imle.calibration_examples = 16  # real targets for equal-contribution distance weights
+  config.imle.time_steps = True  # select/seconds and update/seconds metrics
+
+  config.optimizer.learning_rate = 1e-3
+  config.train.num_steps = 600
+  config.train.log_every = 50
+  config.train.checkpoint_every = 300
+  config.train.sample_every = 300
+  config.train.num_grid_samples = 4
+
+  if arg.vgg:
+    config.distance = srim_distance()
+    config.imle.selection_distance = srim_distance()
+
+  if arg.imagenet or arg.div2k:
+    if arg.imagenet and arg.div2k:
+      raise ValueError("Choose one of :imagenet and :div2k.")
+    config.data.name = "imagenet_sr" if arg.imagenet else "div2k_x8"
+    config.data.builder_config = ""  # TFDS catalogue names (data/paper_sr.py)
+    config.data.batch_size = 640  # |S|
+    config.data.num_workers = 8
+    config.model.features = 64
+    config.model.num_blocks = 24
+    config.model.growth = 128
+    config.distance = srim_distance()
+    config.imle.selection_distance = srim_distance()
+    config.imle.num_samples = 100  # m
+    config.imle.chunk_size = 10
+    config.imle.example_blocks = 8
+    config.imle.updates_per_selection = 200_000  # L
+    config.imle.minibatch_size = 4  # |S~|
+    config.imle.zero_code_steps = 200_000  # one round of z = 0 pretraining
+    config.imle.bilinear_from_step = 400_000
+    config.optimizer.learning_rate = 1e-5  # eta
+    config.train.num_steps = 1_000_000
+    config.train.log_every = 1000
+    config.train.checkpoint_every = 10_000
+    config.train.sample_every = 10_000
+
+  if arg.runlocal:
+    config.data.builder_config = "tiny" if config.data.name == "local_photos_sr" else ""
+    config.data.batch_size = 8
+    config.data.num_workers = 0
+    config.data.options.hr_size = 64
+    config.model.features = 8
+    config.model.num_blocks = 1
+    config.model.growth = 8
+    config.imle.num_samples = 4
+    config.imle.chunk_size = 2
+    config.imle.example_blocks = 1
+    config.imle.updates_per_selection = 2
+    config.imle.minibatch_size = 2
+    config.imle.zero_code_steps = 2
+    config.imle.bilinear_from_step = 4
+    config.imle.calibration_examples = 2
+    config.train.num_steps = 6
+    config.train.log_every = 2
+    config.train.checkpoint_every = 4
+    config.train.sample_every = 4
+    config.train.num_grid_inputs = 2
+    config.train.num_grid_samples = 2
+  config.lock()
+  return config

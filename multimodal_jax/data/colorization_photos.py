@@ -1,0 +1,69 @@
+"""Paper-scale colourisation data (cgml_iclr2021 §5.2): STL-10 and ImageNet from the TFDS catalogue.
+
+Nothing here downloads at run time: these names read tfds' own `stl10` and
+`imagenet2012` builders from `config.data.data_dir`. Where they are not
+prepared, `data/pipeline.py` stops with its "not prepared" error saying how to
+prepare them (`tfds build stl10 ...`; ImageNet needs its manual download).
+
+Each record's image becomes
+  x: the grey image [S, S, 1] in [0, 1] (BT.601 luma, as toy_scenes' `grey`),
+  y: the RGB image [S, S, 3] in [0, 1],
+after a centre crop to a square and a bilinear resize to S
+(`data.options.image_size` if given, else 96 for STL-10 and 128 for ImageNet).
+"""
+
+from __future__ import annotations
+
+import grain
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from multimodal_jax.data import registry
+
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def square_resize(image_HxWx3: np.ndarray, size: int) -> np.ndarray:
+  """Centre crop to a square, then bilinear resize to size x size: uint8."""
+  h, w = image_HxWx3.shape[:2]
+  side = min(h, w)
+  top, left = (h - side) // 2, (w - side) // 2
+  crop = np.asarray(image_HxWx3[top:top + side, left:left + side], np.uint8)
+  if side != size:
+    crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
+  return crop
+
+
+class PhotoToGreyAndColour(grain.transforms.Map):
+  """Record {'image'} -> {x: grey [S, S, 1], y: RGB [S, S, 3]} in [0, 1]."""
+
+  def __init__(self, size: int):
+    self.size = size
+
+  def map(self, element):
+    rgb = square_resize(np.asarray(element['image']), self.size).astype(np.float32) / 255.0
+    grey = np.round(rgb @ _LUMA_WEIGHTS * 255.0) / 255.0
+    return {'x': grey[..., None].astype(np.float32), 'y': rgb}
+
+
+def _transforms_with_default_size(default_size: int):
+  def make(data_config: ml_collections.ConfigDict, train: bool):
+    del train
+    size = default_size
+    if data_config is not None and 'options' in data_config and 'image_size' in data_config.options:
+      size = int(data_config.options.image_size)
+    return [PhotoToGreyAndColour(size)]
+  return make
+
+
+def grey_to_rgb(x_BxHxWx1: np.ndarray) -> np.ndarray:
+  return np.repeat(np.asarray(x_BxHxWx1, np.float32), 3, axis=-1)
+
+
+registry.register('stl10_colorization', registry.DatasetSpec(
+    tfds_name='stl10', builder_cls=None, train_split='train', eval_split='test',
+    make_transforms=_transforms_with_default_size(96), input_to_rgb=grey_to_rgb))
+registry.register('imagenet_colorization', registry.DatasetSpec(
+    tfds_name='imagenet2012', builder_cls=None, train_split='train', eval_split='validation',
+    make_transforms=_transforms_with_default_size(128), input_to_rgb=grey_to_rgb))

@@ -1,0 +1,180 @@
+"""Conditional IMLE's nearest-sample selection, as one compiled, batched kernel.
+
+IJCV Alg. 1, lines 4-8: for every input x_i of the pool S, draw m codes
+z_{i,1..m} ~ N(0, I), generate y~_{i,j} = T(x_i, z_{i,j}) and keep
+    sigma(i) = argmin_j L(y~_{i,j}, y_i).
+This module computes sigma for a whole batch at once:
+
+  * Memory O(batch x chunk), not O(batch x m): a `lax.scan` walks over the m
+    samples in chunks of `chunk_size`; each chunk generates [B, chunk] samples
+    in one batched call and folds them into a running (min distance, code).
+  * The target's features (e.g. its VGG activations) are computed once per
+    input, not once per sample (`Distance.features` / `from_features`).
+  * Deterministic given the rng and independent of `chunk_size` and
+    `example_blocks`: code j of example i is always
+    normal(fold_in(fold_in(rng, i), j)); ties go to the smallest j.
+  * Sharded along the batch: every operation is per example and the batch
+    stays the major axis of every reshape ([B, chunk] -> [B * chunk]), so a
+    batch sharded over devices stays sharded, with no communication.
+    `example_blocks` additionally walks each device's shard in blocks (for
+    large pools of large images, e.g. |S| = 640 at 256^2).
+
+The optional perturbation of the chosen code (the authors' SRIM-pytorch
+`sample_perturbation_magnitude`, 0.1) adds perturbation * N(0, I).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from flax import struct
+import jax
+import jax.numpy as jnp
+
+from multimodal_jax.losses import perceptual
+
+# (x [N, ...], z [N, *latent_shape]) -> samples [N, H, W, C] in [0, 1].
+GenerateFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+@struct.dataclass
+class Selection:
+  """The result of `select_nearest_latents` for a batch of B inputs.
+
+  Attributes:
+    latents: [B, *latent_shape], z_{i, sigma(i)} (plus the perturbation, if any).
+    distances: [B], L(T(x_i, z_{i, sigma(i)}), y_i) of the unperturbed code.
+    indices: [B] int32, sigma(i) in [0, m).
+    mean_distances: [B], the mean of L over all m samples (how much selecting
+      the nearest gains over a random sample).
+  """
+  latents: jax.Array
+  distances: jax.Array
+  indices: jax.Array
+  mean_distances: jax.Array
+
+
+def draw_latents(rng: jax.Array, example_ids_B: jax.Array, sample_ids_C: jax.Array,
+                 latent_shape: tuple[int, ...]) -> jax.Array:
+  """Codes z_BxCx... with z[b, c] = normal(fold_in(fold_in(rng, example b), sample c)).
+
+  Keyed by (example, sample) index, so any chunking draws the same codes.
+  """
+  def one(i, j):
+    return jax.random.normal(jax.random.fold_in(jax.random.fold_in(rng, i), j), latent_shape)
+  return jax.vmap(lambda i: jax.vmap(lambda j: one(i, j))(sample_ids_C))(example_ids_B)
+
+
+def _select_block(generate: GenerateFn, distance: perceptual.Distance, x_BxX: jax.Array,
+                  y_BxHxWxC: jax.Array, ids_B: jax.Array, mask_B: jax.Array | None, rng: jax.Array,
+                  num_samples: int, chunk_size: int, latent_shape: tuple[int, ...], zero_codes: bool):
+  """Alg. 1 lines 5-7 for one block of B examples: (best z, best d, best j, mean d)."""
+  b = x_BxX.shape[0]
+  num_chunks = math.ceil(num_samples / chunk_size)
+  # Targets' features once per input; [B, 1, ...] broadcasts against [B, chunk, ...].
+  fy_Bx1 = jax.tree.map(lambda f: f[:, None], distance.features(y_BxHxWxC))
+  mask_Bx1 = None if mask_B is None else mask_B[:, None]
+
+  def scan_chunk(carry, chunk_index):
+    best_d_B, best_j_B, best_z_B, sum_d_B = carry
+    sample_ids_C = chunk_index * chunk_size + jnp.arange(chunk_size)
+    if zero_codes:
+      z_BxC = jnp.zeros((b, chunk_size) + latent_shape, jnp.float32)
+    else:
+      z_BxC = draw_latents(rng, ids_B, sample_ids_C, latent_shape)
+    # Batch-major flattening keeps a batch-sharded x sharded (see module docstring).
+    x_BC = jnp.broadcast_to(x_BxX[:, None], (b, chunk_size) + x_BxX.shape[1:]).reshape(
+        (b * chunk_size,) + x_BxX.shape[1:])
+    y_hat_BC = generate(x_BC, z_BxC.reshape((b * chunk_size,) + latent_shape))
+    y_hat_BxC = y_hat_BC.reshape((b, chunk_size) + y_hat_BC.shape[1:])
+    d_BxC = distance.from_features(fy_Bx1, distance.features(y_hat_BxC), mask_Bx1)
+    valid_C = sample_ids_C < num_samples  # the last chunk may overhang m
+    d_BxC = jnp.where(valid_C, d_BxC, jnp.inf)
+    j_B = jnp.argmin(d_BxC, axis=1)
+    d_B = jnp.take_along_axis(d_BxC, j_B[:, None], axis=1)[:, 0]
+    z_B = jnp.take_along_axis(z_BxC, j_B.reshape((b, 1) + (1,) * len(latent_shape)), axis=1)[:, 0]
+    better_B = d_B < best_d_B  # strict: ties keep the earlier chunk's (smaller) j
+    expand = lambda m: m.reshape((b,) + (1,) * len(latent_shape))
+    carry = (jnp.where(better_B, d_B, best_d_B),
+             jnp.where(better_B, sample_ids_C[j_B], best_j_B),
+             jnp.where(expand(better_B), z_B, best_z_B),
+             sum_d_B + jnp.sum(jnp.where(valid_C, d_BxC, 0.0), axis=1))
+    return carry, None
+
+  init = (jnp.full((b,), jnp.inf, jnp.float32), jnp.zeros((b,), jnp.int32),
+          jnp.zeros((b,) + latent_shape, jnp.float32), jnp.zeros((b,), jnp.float32))
+  (best_d, best_j, best_z, sum_d), _ = jax.lax.scan(scan_chunk, init, jnp.arange(num_chunks))
+  return best_z, best_d, best_j.astype(jnp.int32), sum_d / num_samples
+
+
+def select_nearest_latents(generate: GenerateFn, distance: perceptual.Distance, x: jax.Array,
+                           y_BxHxWxC: jax.Array, rng: jax.Array, *, num_samples: int,
+                           latent_shape: tuple[int, ...], chunk_size: int | None = None,
+                           perturbation: float = 0.0, example_blocks: int = 1, num_shards: int = 1,
+                           mask: jax.Array | None = None, zero_codes: bool = False) -> Selection:
+  """sigma(i) = argmin_j L(T(x_i, z_{i,j}), y_i) for every i of the batch (IJCV Alg. 1, l. 4-8).
+
+  Call it inside jit (the IMLE select step); it closes over nothing large.
+
+  Args:
+    generate: (x [N, ...], z [N, *latent_shape]) -> samples [N, H, W, C]; the
+      generator with its parameters bound.
+    distance: the selection distance L (`perceptual.make_distance`).
+    x: inputs [B, ...].
+    y_BxHxWxC: targets in [0, 1].
+    rng: the key the codes are drawn from.
+    num_samples: m, codes per input.
+    latent_shape: the shape of one code, e.g. (h, w, 5) for SRIM.
+    chunk_size: samples per input generated at once (default: all m); peak
+      memory grows with B * chunk_size. A divisor of m wastes no work.
+    perturbation: std of the Gaussian noise added to the chosen code (0: none).
+    example_blocks: walk each device's shard of the batch in this many
+      sequential blocks (memory / example_blocks); B must be divisible by
+      num_shards * example_blocks.
+    num_shards: the number of devices the batch is sharded over (the block
+      layout keeps every device busy; any value gives the same result).
+    mask: optional per-pixel distance weights [B, H, W(, 1)].
+    zero_codes: draw nothing, every code is z = 0 (SRIM's deterministic
+      pretraining, §5.1.1: with num_samples=1 this evaluates L(T(x, 0), y)).
+
+  Returns:
+    A `Selection` (latents, distances, indices, mean_distances), one row per input.
+  """
+  batch = x.shape[0]
+  chunk_size = min(chunk_size or num_samples, num_samples)
+  if chunk_size <= 0 or num_samples <= 0:
+    raise ValueError(f"num_samples ({num_samples}) and chunk_size ({chunk_size}) must be > 0.")
+  latent_shape = tuple(latent_shape)
+  rng_codes, rng_perturb = jax.random.split(rng)
+  ids_B = jnp.arange(batch)
+  select = lambda x_, y_, ids_, mask_: _select_block(generate, distance, x_, y_, ids_, mask_, rng_codes,
+                                                     num_samples, chunk_size, latent_shape,
+                                                     zero_codes)
+  if example_blocks <= 1:
+    z, d, j, mean_d = select(x, y_BxHxWxC, ids_B, mask)
+  else:
+    if batch % (num_shards * example_blocks):
+      raise ValueError(f"The batch ({batch}) must be divisible by num_shards ({num_shards}) x "
+                       f"example_blocks ({example_blocks}).")
+    per = batch // (num_shards * example_blocks)
+
+    # [B] -> [blocks, B / blocks] such that block k takes rows k*per..(k+1)*per-1
+    # of *every* device's contiguous shard: each device works on every block.
+    def to_blocks(a):
+      a = a.reshape((num_shards, example_blocks, per) + a.shape[1:])
+      return jnp.swapaxes(a, 0, 1).reshape((example_blocks, num_shards * per) + a.shape[3:])
+
+    def from_blocks(a):
+      a = a.reshape((example_blocks, num_shards, per) + a.shape[2:])
+      return jnp.swapaxes(a, 0, 1).reshape((batch,) + a.shape[3:])
+
+    blocks = (to_blocks(x), to_blocks(y_BxHxWxC), to_blocks(ids_B),
+              None if mask is None else to_blocks(mask))
+    outs = jax.lax.map(lambda args: select(*args), blocks)
+    z, d, j, mean_d = jax.tree.map(from_blocks, outs)
+  if perturbation and not zero_codes:
+    noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(rng_perturb, i), latent_shape))(ids_B)
+    z = z + perturbation * noise
+  return Selection(latents=z, distances=d, indices=j, mean_distances=mean_d)
+

@@ -1,0 +1,457 @@
+"""`cgml`: Conditional Generation by Modeling the Latent space (cgml_iclr2021).
+
+Networks (models/cgml_nets.py): encoder H, generator G(H(x), z) and the
+Z-network Z(z_t, H(x)) -> (z_hat_{t+1}, rho_hat). Latents live on the unit
+sphere S^n (§3), z in R^{n+1} = R^{cgml.z_dim}; every update of z is followed
+by a projection back onto it.
+
+Training, Algorithm 1, as three separately compiled pure steps that
+`run_round` calls `cgml.inner_steps` (= l) times per batch, in this order:
+  z     "Freeze H, G, Z and update z": z_{t+1} = project(z_t - beta_t grad_z E(G(H(x), z_t), y))
+        per example (E is a per-example mean, so each z gets its own gradient).
+        beta_t = `z_step_size` * `z_step_decay`^t at inner iteration t (our
+        choice; 1 = the paper's constant beta): the L1 energy's gradient does
+        not shrink near the optimum, so with a constant beta z keeps jumping
+        around it and the learned moves (and rho) never become small there,
+        which §2.2 relies on ("E[rho] -> 0 as z_{t+1}, z_t -> z*").
+  znet  "Freeze H, G, z and update Z": L1 between Z(z_t, H(x)) and the targets
+        (z_{t+1}, rho), rho = alpha ||z_{t+1} - z_t|| (§2.2; the paper writes
+        the momentum as alpha E[z_{t+1} - z_t] but uses it as a scalar step
+        length in Eq. 4, so its target is the length of the training move).
+  gen   "Freeze Z, z and update H, G": grad_w E(G(H(x), z_{t+1}), y).
+`state.step` counts `gen` updates, so a round makes l of them
+(`steps_per_round = l`) and `fold_in(rng, step)` never repeats.
+
+Per-example z does NOT persist across epochs (the design choice the paper
+leaves open: Alg. 1 writes z = {z_1..z_J} but no appendix survives in our copy):
+every batch starts from fresh z_0 ~ U(S^n) (drawn by the z step at the first
+inner iteration, step % l == 0) and runs l z-iterations. This way the Z-network
+is trained on exactly the trajectories it must reproduce at inference, which
+start from z_0 ~ U(S^n) too; persistent codes would only show Z moves near the
+converged codes. It also needs no example index in the batch, and stays
+correct when examples change between epochs (digits_completion's corruption).
+The batch's z (z_{t+1}) and z_t live in the state, replicated ([B, D] is
+small), so the three steps stay pure `(state, batch) -> (state, metrics)`.
+
+Inference (§2.2, Eq. 4): z_0 ~ U(S^n), then T = `cgml.inference_steps` times
+  z <- project(z + rho_hat (z_hat - z) / ||z_hat - z||),  (z_hat, rho_hat) = Z(z, H(x)),
+in one `lax.fori_loop`, vmapped over N starting points for N modes. With
+`cgml.use_momentum = False` (the "w/o rho" ablation of Fig. 3c, Tables 2-3)
+rho is ignored, in training and inference: z <- project(z_hat).
+
+Tasks (`cgml.task`), each a per-example energy E and a map from G's output to
+an image:
+  direct        E = mean |G - y| (the paper's L1, §3). The toy (§4) and any
+                dataset whose x and y are paired images.
+  completion    x = [masked image, mask] (digits_completion): G's output is
+                pasted into the hole, y_hat = x (1 - m) + G m, E = mean |y_hat - y|.
+  colorization  §5.2: H sees L/100 of x (the grey image read as an sRGB grey),
+                G predicts (a, b) normalised to [0, 1] by (v + AB_RANGE) /
+                (2 AB_RANGE); E = mean |a - a_gt| + mean |b - b_gt|
+                + lambda (KL(p_a || U) + KL(p_b || U)), with p_a, p_b the
+                per-image histograms of the predicted a, b made differentiable
+                by Gaussian soft binning (`soft_histogram`). The target (a, b)
+                come from y by `rgb_to_lab`; samples are `lab_to_rgb(L(x), a, b)`.
+                The RGB <-> CIELAB conversions (sRGB, D65) are written in jnp here.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from multimodal_jax import config_lib
+from multimodal_jax.methods import base
+from multimodal_jax.methods import common
+from multimodal_jax.models import cgml_nets
+
+PyTree = Any
+TASKS = ["direct", "completion", "colorization"]
+STEP_NAMES = ("z", "znet", "gen")
+
+
+# ---------------------------------------------------------------- the sphere
+
+
+def project_to_sphere(z_xD: jax.Array) -> jax.Array:
+  """z / ||z||: the projection onto S^n after every update (§3)."""
+  return z_xD / jnp.maximum(jnp.linalg.norm(z_xD, axis=-1, keepdims=True), 1e-12)
+
+
+def sample_sphere(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Uniform samples on the unit sphere S^{shape[-1] - 1} (normalised Gaussians)."""
+  return project_to_sphere(jax.random.normal(rng, shape, jnp.float32))
+
+
+def momentum_update(z_BxD: jax.Array, z_hat_BxD: jax.Array, rho_hat_B: jax.Array,
+                    use_momentum: bool = True) -> jax.Array:
+  """One inference iteration, Eq. 4: z + rho_hat (z_hat - z) / ||z_hat - z||, projected.
+
+  Without momentum (ablation), z_{t+1} = r'(z_t, x) = z_hat (§2.1), projected.
+  """
+  if not use_momentum:
+    return project_to_sphere(z_hat_BxD)
+  delta_BxD = z_hat_BxD - z_BxD
+  norm_Bx1 = jnp.linalg.norm(delta_BxD, axis=-1, keepdims=True)
+  return project_to_sphere(z_BxD + rho_hat_B[:, None] * delta_BxD / jnp.maximum(norm_Bx1, 1e-12))
+
+
+# ---------------------------------------------------------------- CIELAB (colorization task)
+
+# sRGB (D65) -> XYZ, and the D65 white point.
+_RGB_TO_XYZ = jnp.array([[0.412453, 0.357580, 0.180423],
+                         [0.212671, 0.715160, 0.072169],
+                         [0.019334, 0.119193, 0.950227]], jnp.float32)
+_WHITE_D65 = jnp.array([0.950456, 1.0, 1.088754], jnp.float32)
+_DELTA = 6.0 / 29.0
+# (a, b) are normalised to [0, 1] by (v + AB_RANGE) / (2 AB_RANGE); the sRGB
+# gamut spans a in [-86, 98], b in [-108, 95].
+AB_RANGE = 110.0
+
+
+def _srgb_to_linear(c):
+  return jnp.where(c <= 0.04045, c / 12.92, ((jnp.maximum(c, 0.04045) + 0.055) / 1.055)**2.4)
+
+
+def _linear_to_srgb(c):
+  return jnp.where(c <= 0.0031308, 12.92 * c, 1.055 * jnp.maximum(c, 0.0031308)**(1 / 2.4) - 0.055)
+
+
+def _lab_f(t):
+  return jnp.where(t > _DELTA**3, jnp.cbrt(jnp.maximum(t, _DELTA**3)), t / (3 * _DELTA**2) + 4.0 / 29.0)
+
+
+def _lab_f_inv(f):
+  return jnp.where(f > _DELTA, f**3, 3 * _DELTA**2 * (f - 4.0 / 29.0))
+
+
+def rgb_to_lab(rgb_xx3: jax.Array) -> jax.Array:
+  """sRGB in [0, 1] -> CIELAB (L in [0, 100], a, b about [-110, 110]), D65 white."""
+  xyz = _srgb_to_linear(jnp.clip(rgb_xx3, 0.0, 1.0)) @ _RGB_TO_XYZ.T / _WHITE_D65
+  fx, fy, fz = (_lab_f(xyz[..., i]) for i in range(3))
+  return jnp.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
+
+
+def lab_to_rgb(lab_xx3: jax.Array) -> jax.Array:
+  """CIELAB -> sRGB clipped to [0, 1] (the inverse of `rgb_to_lab` inside the gamut)."""
+  fy = (lab_xx3[..., 0] + 16.0) / 116.0
+  fx = fy + lab_xx3[..., 1] / 500.0
+  fz = fy - lab_xx3[..., 2] / 200.0
+  xyz = jnp.stack([_lab_f_inv(fx), _lab_f_inv(fy), _lab_f_inv(fz)], axis=-1) * _WHITE_D65
+  rgb_linear = xyz @ jnp.linalg.inv(_RGB_TO_XYZ).T
+  return jnp.clip(_linear_to_srgb(jnp.clip(rgb_linear, 0.0, 1.0)), 0.0, 1.0)
+
+
+def grey_to_lightness(grey_xx1: jax.Array) -> jax.Array:
+  """L of an sRGB grey (r = g = b = grey): the lightness channel the network sees."""
+  y = _srgb_to_linear(jnp.clip(grey_xx1, 0.0, 1.0))
+  return 116.0 * _lab_f(y) - 16.0
+
+
+def soft_histogram(v_BxP: jax.Array, num_bins: int) -> jax.Array:
+  """Differentiable histogram of values in [0, 1]: Gaussian soft binning, [B, K] summing to 1.
+
+  Each value spreads over bin centres (k + 0.5) / K with weights
+  exp(-(v - c_k)^2 / (2 w^2)), w = one bin width, normalised per value.
+  """
+  centres_K = (jnp.arange(num_bins, dtype=jnp.float32) + 0.5) / num_bins
+  logits_BxPxK = -0.5 * jnp.square((v_BxP[..., None] - centres_K) * num_bins)
+  weights_BxPxK = jax.nn.softmax(logits_BxPxK, axis=-1)
+  return jnp.mean(weights_BxPxK, axis=1)
+
+
+def kl_to_uniform(p_BxK: jax.Array) -> jax.Array:
+  """KL(p || U) = sum_k p_k log p_k + log K, per row."""
+  k = p_BxK.shape[-1]
+  return jnp.sum(p_BxK * jnp.log(jnp.maximum(p_BxK, 1e-12)), axis=-1) + jnp.log(float(k))
+
+
+# ---------------------------------------------------------------- tasks
+
+
+class Task(NamedTuple):
+  """How G's raw output relates to x and y for one task (see the module docstring)."""
+  out_shape: tuple[int, ...]  # G's output (H, W, C)
+  encoder_input: Callable[[jax.Array], jax.Array]  # x -> H's input
+  energy: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (x, g, y) -> E [B]
+  to_image: Callable[[jax.Array, jax.Array], jax.Array]  # (x, g) -> image in [0, 1]
+
+
+def _per_example_mean(a_Bx_: jax.Array) -> jax.Array:
+  return jnp.mean(a_Bx_.reshape(a_Bx_.shape[0], -1), axis=-1)
+
+
+def make_task(cgml: ml_collections.ConfigDict, x_shape, y_shape) -> Task:
+  """The `cgml.task` for batches with x of `x_shape` and y of `y_shape` ([B, H, W, C])."""
+  if cgml.task == "direct":
+    return Task(out_shape=tuple(y_shape[1:]), encoder_input=lambda x: x,
+                energy=lambda x, g, y: _per_example_mean(jnp.abs(g - y)),
+                to_image=lambda x, g: jnp.clip(g, 0.0, 1.0))
+
+  if cgml.task == "completion":
+    c = y_shape[-1]
+    if x_shape[-1] != c + 1 or x_shape[1:3] != y_shape[1:3]:
+      raise ValueError(f"cgml.task='completion' needs x = [masked image, mask] with {c + 1} channels "
+                       f"and y's size; got x {x_shape}, y {y_shape}.")
+
+    def composite(x, g):
+      mask = x[..., c:]
+      return x[..., :c] * (1.0 - mask) + g * mask
+
+    return Task(out_shape=tuple(y_shape[1:]), encoder_input=lambda x: x,
+                energy=lambda x, g, y: _per_example_mean(jnp.abs(composite(x, g) - y)),
+                to_image=lambda x, g: jnp.clip(composite(x, g), 0.0, 1.0))
+
+  if cgml.task == "colorization":
+    if x_shape[-1] != 1 or y_shape[-1] != 3:
+      raise ValueError(f"cgml.task='colorization' needs a grey x and an RGB y; got x {x_shape}, "
+                       f"y {y_shape}.")
+
+    def energy(x, g_ab, y):
+      del x
+      ab_gt = (rgb_to_lab(y)[..., 1:] + AB_RANGE) / (2 * AB_RANGE)
+      l1 = _per_example_mean(jnp.abs(g_ab[..., 0] - ab_gt[..., 0])) + _per_example_mean(
+          jnp.abs(g_ab[..., 1] - ab_gt[..., 1]))
+      b = g_ab.shape[0]
+      kl = sum(kl_to_uniform(soft_histogram(g_ab[..., i].reshape(b, -1), cgml.histogram_bins))
+               for i in range(2))
+      return l1 + cgml.kl_weight * kl
+
+    def to_image(x, g_ab):
+      lab = jnp.concatenate([grey_to_lightness(x), g_ab * (2 * AB_RANGE) - AB_RANGE], axis=-1)
+      return lab_to_rgb(lab)
+
+    return Task(out_shape=tuple(y_shape[1:3]) + (2,),
+                encoder_input=lambda x: grey_to_lightness(x) / 100.0, energy=energy, to_image=to_image)
+  raise ValueError(f"Unknown cgml.task {cgml.task!r}; valid: {TASKS}")
+
+
+# ---------------------------------------------------------------- state
+
+
+@flax.struct.dataclass
+class CgmlState:
+  """All of cGML's training state (replicated across devices).
+
+  Attributes:
+    step: `gen` updates so far (l per round).
+    rng: the base key; steps fold `step` into it.
+    gen_params: {'encoder': H, 'generator': G}, updated by the `gen` step.
+    gen_opt_state: their optimiser state.
+    znet_params / znet_opt_state: the Z-network, updated by the `znet` step.
+    z_BxD: the current batch's latents z_{t+1}, on S^n (written by the z step).
+    z_prev_BxD: the latents before the last z step, z_t.
+  """
+  step: jax.Array
+  rng: jax.Array
+  gen_params: PyTree
+  gen_opt_state: PyTree
+  znet_params: PyTree
+  znet_opt_state: PyTree
+  z_BxD: jax.Array
+  z_prev_BxD: jax.Array
+  gen_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  znet_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+# ---------------------------------------------------------------- config
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  require = functools.partial(config_lib.require, config)
+  cg = config.cgml
+  require(config.model.name in cgml_nets.MODEL_NAMES, "model.name", f"valid: {cgml_nets.MODEL_NAMES}")
+  require(cg.task in TASKS, "cgml.task", f"valid: {TASKS}")
+  require(cg.lipschitz in cgml_nets.LIPSCHITZ_METHODS, "cgml.lipschitz",
+          f"valid: {cgml_nets.LIPSCHITZ_METHODS}")
+  require(config.model.output_activation in ("sigmoid", "linear"), "model.output_activation",
+          "valid: ['sigmoid', 'linear']")
+  require(cg.z_dim >= 2, "cgml.z_dim", "must be >= 2 (z lives on S^{z_dim - 1})")
+  require(cg.inner_steps >= 1, "cgml.inner_steps", "must be >= 1")
+  require(cg.inference_steps >= 0, "cgml.inference_steps", "must be >= 0")
+  require(cg.z_step_size > 0, "cgml.z_step_size", "must be > 0")
+  require(0 < cg.z_step_decay <= 1, "cgml.z_step_decay", "must be in (0, 1]")
+  require(cg.momentum_scale > 0, "cgml.momentum_scale", "must be > 0")
+  require(cg.lipschitz_scale > 0, "cgml.lipschitz_scale", "must be > 0")
+  require(cg.znet_lipschitz_scale > 0, "cgml.znet_lipschitz_scale", "must be > 0")
+  require(cg.power_iterations >= 1, "cgml.power_iterations", "must be >= 1")
+  require(cg.histogram_bins >= 2, "cgml.histogram_bins", "must be >= 2")
+  require(cg.kl_weight >= 0, "cgml.kl_weight", "must be >= 0")
+  require(config.train.num_steps % cg.inner_steps == 0, "train.num_steps",
+          f"must be a multiple of cgml.inner_steps={cg.inner_steps} (a round makes that many "
+          "generator updates)")
+  opt = cg.znet_optimizer
+  require(opt.name in ("adam", "adamw"), "cgml.znet_optimizer.name", "valid: ['adam', 'adamw']")
+  require(opt.learning_rate > 0, "cgml.znet_optimizer.learning_rate", "must be > 0")
+
+
+# ---------------------------------------------------------------- the method
+
+
+def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch) -> base.Method:
+  """cGML bound to `config` and the global batch shapes."""
+  cg = config.cgml
+  x_shape, y_shape = tuple(batch_spec["x"].shape), tuple(batch_spec["y"].shape)
+  batch_size, z_dim, num_inner = x_shape[0], cg.z_dim, cg.inner_steps
+  task = make_task(cg, x_shape, y_shape)
+  encoder, generator, znet = cgml_nets.make_networks(config.model, cg, out_shape=task.out_shape)
+
+  def encode(gen_params, x):
+    return encoder.apply({"params": gen_params["encoder"]}, task.encoder_input(x))
+
+  def generate(gen_params, h, skips, z_BxD):
+    return generator.apply({"params": gen_params["generator"]}, h, skips, z_BxD)
+
+  def predict_move(znet_params, z_BxD, h):
+    return znet.apply({"params": znet_params}, z_BxD, h)
+
+  def init(rng):
+    enc_rng, gen_rng, znet_rng, state_rng = jax.random.split(rng, 4)
+    x = jnp.zeros((1,) + x_shape[1:], jnp.float32)
+    z = jnp.zeros((1, z_dim), jnp.float32).at[:, 0].set(1.0)
+    enc_params = encoder.init(enc_rng, task.encoder_input(x))["params"]
+    h, skips = encoder.apply({"params": enc_params}, task.encoder_input(x))
+    gen_params = {"encoder": enc_params,
+                  "generator": generator.init(gen_rng, h, skips, z)["params"]}
+    znet_params = znet.init(znet_rng, z, h)["params"]
+    gen_tx = common.make_optimizer(config.optimizer, config.train.num_steps)
+    znet_tx = common.make_optimizer(cg.znet_optimizer, config.train.num_steps)
+    z_BxD = jnp.zeros((batch_size, z_dim), jnp.float32).at[:, 0].set(1.0)
+    return CgmlState(step=jnp.zeros((), jnp.int32), rng=state_rng,
+                     gen_params=gen_params, gen_opt_state=gen_tx.init(gen_params),
+                     znet_params=znet_params, znet_opt_state=znet_tx.init(znet_params),
+                     z_BxD=z_BxD, z_prev_BxD=z_BxD, gen_tx=gen_tx, znet_tx=znet_tx)
+
+  def z_step(state: CgmlState, batch):
+    """Alg. 1, first line of the inner loop: z <- project(z - beta grad_z E), H, G, Z frozen."""
+    rngs = common.step_rngs(state.rng, state.step, "z_init")
+    fresh = state.step % num_inner == 0  # The first inner iteration of a round: a new batch.
+    z_t = jnp.where(fresh, sample_sphere(rngs["z_init"], (batch_size, z_dim)), state.z_BxD)
+    h, skips = encode(state.gen_params, batch["x"])
+
+    def total_energy(z_BxD):
+      energy_B = task.energy(batch["x"], generate(state.gen_params, h, skips, z_BxD), batch["y"])
+      # Each example's E depends on its own z only: the gradient of the sum is
+      # the per-example gradient.
+      return jnp.sum(energy_B), energy_B
+
+    (_, energy_B), grad_BxD = jax.value_and_grad(total_energy, has_aux=True)(z_t)
+    inner = (state.step % num_inner).astype(jnp.float32)
+    beta = cg.z_step_size * cg.z_step_decay**inner
+    z_next = project_to_sphere(z_t - beta * grad_BxD)
+    move_B = jnp.linalg.norm(z_next - z_t, axis=-1)
+    return state.replace(z_BxD=z_next, z_prev_BxD=z_t), {
+        "energy": jnp.mean(energy_B),
+        "grad_norm": jnp.mean(jnp.linalg.norm(grad_BxD, axis=-1)),
+        "move": jnp.mean(move_B),
+    }
+
+  def znet_step(state: CgmlState, batch):
+    """Alg. 1: update Z by L1[(z_{t+1}, rho), Z(z_t, H(x))], H, G, z frozen."""
+    h, _ = encode(state.gen_params, batch["x"])
+    h = jax.lax.stop_gradient(h)
+    z_t, z_next = state.z_prev_BxD, state.z_BxD
+    rho_B = cg.momentum_scale * jnp.linalg.norm(z_next - z_t, axis=-1)
+
+    def loss_fn(znet_params):
+      z_hat, rho_hat = predict_move(znet_params, z_t, h)
+      z_l1 = jnp.mean(jnp.abs(z_hat - z_next))
+      rho_l1 = jnp.mean(jnp.abs(rho_hat - rho_B))
+      # The L1 over the D + 1 outputs (z_hat, rho_hat), averaged.
+      loss = (z_dim * z_l1 + (rho_l1 if cg.use_momentum else 0.0)) / (z_dim + 1)
+      return loss, (z_l1, rho_l1, rho_hat)
+
+    (loss, (z_l1, rho_l1, rho_hat)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.znet_params)
+    updates, opt_state = state.znet_tx.update(grads, state.znet_opt_state, state.znet_params)
+    return state.replace(znet_params=optax.apply_updates(state.znet_params, updates),
+                         znet_opt_state=opt_state), {
+        "loss": loss, "z_l1": z_l1, "rho_l1": rho_l1, "rho_target": jnp.mean(rho_B),
+        "rho_pred": jnp.mean(rho_hat), "grad_norm": optax.tree.norm(grads),
+    }
+
+  def gen_step(state: CgmlState, batch):
+    """Alg. 1: update H, G by grad_w E at the current z, Z and z frozen."""
+    z = jax.lax.stop_gradient(state.z_BxD)
+
+    def loss_fn(gen_params):
+      h, skips = encode(gen_params, batch["x"])
+      return jnp.mean(task.energy(batch["x"], generate(gen_params, h, skips, z), batch["y"]))
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.gen_params)
+    updates, opt_state = state.gen_tx.update(grads, state.gen_opt_state, state.gen_params)
+    return state.replace(step=state.step + 1,
+                         gen_params=optax.apply_updates(state.gen_params, updates),
+                         gen_opt_state=opt_state), {
+        "energy": loss, "grad_norm": optax.tree.norm(grads)}
+
+  def run_round(compiled, state, batch):
+    for _ in range(num_inner):
+      for name in STEP_NAMES:
+        state = compiled(name, state, batch)
+    return state
+
+  def inference_update(znet_params, h, z_BxD):
+    z_hat, rho_hat = predict_move(znet_params, z_BxD, h)
+    return momentum_update(z_BxD, z_hat, rho_hat, cg.use_momentum)
+
+  def infer_latents(znet_params, h, z0_BxD, num_steps):
+    """T iterations of Eq. 4 from z0, one compiled loop: z_T [B, D]."""
+    return jax.lax.fori_loop(0, num_steps, lambda _, z: inference_update(znet_params, h, z), z0_BxD)
+
+  def latent_trajectory(znet_params, h, z0_BxD, num_steps):
+    """z_0 .. z_T: [B, T + 1, D]."""
+    def body(z, _):
+      z_next = inference_update(znet_params, h, z)
+      return z_next, z_next
+    _, zs_TxBxD = jax.lax.scan(body, z0_BxD, None, length=num_steps)
+    return jnp.concatenate([z0_BxD[:, None], jnp.moveaxis(zs_TxBxD, 0, 1)], axis=1)
+
+  def images_of(state, x, h, skips, z_BxD):
+    return task.to_image(x, generate(state.gen_params, h, skips, z_BxD))
+
+  def sample(state, x, rng, num_samples):
+    """N modes per input: N z_0 ~ U(S^n), T iterations of Eq. 4 each -> [B, N, H, W, C]."""
+    h, skips = encode(state.gen_params, x)
+    z0_BxNxD = sample_sphere(rng, (x.shape[0], num_samples, z_dim))
+    z_BxNxD = jax.vmap(lambda z0: infer_latents(state.znet_params, h, z0, cg.inference_steps),
+                       in_axes=1, out_axes=1)(z0_BxNxD)
+    return jax.vmap(lambda z: images_of(state, x, h, skips, z), in_axes=1, out_axes=1)(z_BxNxD)
+
+  def trajectory(state, x, rng, num_samples):
+    """Outputs along the inference iterations (Fig. 6): [B, N, T + 1, H, W, C]."""
+    h, skips = encode(state.gen_params, x)
+    z0_BxNxD = sample_sphere(rng, (x.shape[0], num_samples, z_dim))
+    zs_BxNxTxD = jax.vmap(
+        lambda z0: latent_trajectory(state.znet_params, h, z0, cg.inference_steps),
+        in_axes=1, out_axes=1)(z0_BxNxD)
+    over_t = jax.vmap(lambda z: images_of(state, x, h, skips, z), in_axes=1, out_axes=1)
+    return jax.vmap(over_t, in_axes=1, out_axes=1)(zs_BxNxTxD)
+
+  def latents(state, x, rng, num_samples):
+    """The inferred codes z_T [B, N, D] of `sample` (same rng -> same codes)."""
+    h, _ = encode(state.gen_params, x)
+    z0_BxNxD = sample_sphere(rng, (x.shape[0], num_samples, z_dim))
+    return jax.vmap(lambda z0: infer_latents(state.znet_params, h, z0, cg.inference_steps),
+                    in_axes=1, out_axes=1)(z0_BxNxD)
+
+  def decode(state, x, z_BxNxD):
+    """Images for given codes: [B, N, H, W, C] (no Z-network iterations)."""
+    h, skips = encode(state.gen_params, x)
+    return jax.vmap(lambda z: images_of(state, x, h, skips, z), in_axes=1, out_axes=1)(z_BxNxD)
+
+  description = (f"cGML ({cg.task}, {config.model.name}, z on S^{z_dim - 1}, l={num_inner}, "
+                 f"beta={cg.z_step_size}, alpha={cg.momentum_scale}, T={cg.inference_steps}, "
+                 f"Lipschitz: {cg.lipschitz} x{cg.lipschitz_scale} (Z x{cg.znet_lipschitz_scale}), "
+                 f"{'with' if cg.use_momentum else 'without'} momentum)")
+  return base.Method(
+      init=init, steps={"z": z_step, "znet": znet_step, "gen": gen_step}, run_round=run_round,
+      sample=sample, steps_per_round=num_inner, description=description,
+      extras={"trajectory": trajectory, "latents": latents, "decode": decode,
+              "inference_update": inference_update})

@@ -1,0 +1,334 @@
+"""cGML (cgml_iclr2021): the three steps of Alg. 1, the sphere, Eq. 4, the networks, the tasks, a run."""
+
+import functools
+import glob
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from multimodal_jax import config_lib
+from multimodal_jax import train
+from multimodal_jax.data import toy3d
+from multimodal_jax.methods import cgml
+from multimodal_jax.models import cgml_nets
+
+CONFIG = str(REPO / "configs" / "cgml.py")
+
+
+def load_config(arg=None):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("cgml_cfg", CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+# (config arg, x shape, y shape) with tiny shapes, batch 2.
+SETUPS = {
+    "toy3d": ("toy3d,runlocal", (2, 1, 1, 1), (2, 1, 1, 3)),
+    "completion": ("completion,runlocal", (2, 8, 8, 2), (2, 8, 8, 1)),
+    "colorization": ("colorization,runlocal", (2, 8, 16, 1), (2, 8, 16, 3)),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def make(setup):
+  """(config, method, state, batch), built once per session (compiling is the slow part)."""
+  arg, x_shape, y_shape = SETUPS[setup]
+  config = load_config(arg)
+  config.unlock()
+  config.model.num_levels = 1  # The smallest U-Net: compiling dominates these tests.
+  config.lock()
+  rng = np.random.default_rng(0)
+  batch = {"x": jnp.asarray(rng.random(x_shape, dtype=np.float32)),
+           "y": jnp.asarray(rng.random(y_shape, dtype=np.float32))}
+  if setup == "completion":  # x = [masked image, mask]
+    mask = np.zeros(x_shape[:3] + (1,), np.float32)
+    mask[:, :4] = 1.0
+    batch["x"] = jnp.concatenate([batch["y"] * (1 - mask), mask], axis=-1)
+  spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), batch)
+  method = cgml.make_method(config, spec)
+  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  return config, method, state, batch
+
+
+@functools.lru_cache(maxsize=None)
+def jitted(setup, name):
+  """The jitted step `name` (or 'sample' / 'trajectory') of `make(setup)`'s method."""
+  _, method, _, _ = make(setup)
+  if name == "sample":
+    return jax.jit(method.sample, static_argnums=3)
+  if name == "trajectory":
+    return jax.jit(method.extras["trajectory"], static_argnums=3)
+  return jax.jit(method.steps[name])
+
+
+def assert_trees_identical(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def assert_trees_differ(a, b):
+  assert any(not np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+# ---------------------------------------------------------------- the sphere and Eq. 4
+
+
+def test_projection_and_sampling_keep_unit_norm():
+  z = jax.random.normal(jax.random.PRNGKey(0), (5, 7)) * 3.0
+  np.testing.assert_allclose(np.linalg.norm(cgml.project_to_sphere(z), axis=-1), 1.0, rtol=1e-6)
+  s = cgml.sample_sphere(jax.random.PRNGKey(1), (4, 3, 16))
+  np.testing.assert_allclose(np.linalg.norm(s, axis=-1), 1.0, rtol=1e-6)
+
+
+def test_momentum_update_is_eq4_exactly():
+  z = jnp.array([[1.0, 0.0]])
+  z_hat = jnp.array([[1.0, 2.0]])
+  rho = jnp.array([0.5])
+  # z + 0.5 * (0, 2) / 2 = (1, 0.5), projected.
+  np.testing.assert_allclose(cgml.momentum_update(z, z_hat, rho), [[1 / np.sqrt(1.25), 0.5 / np.sqrt(1.25)]],
+                             rtol=1e-6)
+  # Without momentum: z_hat, projected.
+  np.testing.assert_allclose(cgml.momentum_update(z, z_hat, rho, use_momentum=False),
+                             [[1 / np.sqrt(5), 2 / np.sqrt(5)]], rtol=1e-6)
+
+
+def test_one_inference_iteration_equals_eq4_by_hand():
+  config, method, state, batch = make("toy3d")
+  h = jax.random.normal(jax.random.PRNGKey(2), (2, config.model.h_dim))
+  z = cgml.sample_sphere(jax.random.PRNGKey(3), (2, config.cgml.z_dim))
+  znet = cgml_nets.ZNetwork(hidden=config.model.znet_hidden, num_layers=config.model.znet_layers,
+                            power_iterations=config.cgml.power_iterations)
+  z_hat, rho_hat = (np.asarray(a, np.float64) for a in znet.apply({"params": state.znet_params}, z, h))
+  z_np = np.asarray(z, np.float64)
+  step = z_hat - z_np
+  expected = z_np + rho_hat[:, None] * step / np.linalg.norm(step, axis=-1, keepdims=True)
+  expected /= np.linalg.norm(expected, axis=-1, keepdims=True)
+  got = method.extras["inference_update"](state.znet_params, h, z)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the three steps
+
+
+@pytest.mark.parametrize("setup", sorted(SETUPS))
+def test_each_step_changes_only_what_it_should(setup):
+  config, method, state, batch = make(setup)
+
+  # z step: H, G, Z (and their optimiser states) frozen; z moves on the sphere.
+  after_z, metrics = jitted(setup, "z")(state, batch)
+  for field in ("gen_params", "gen_opt_state", "znet_params", "znet_opt_state", "step"):
+    assert_trees_identical(getattr(state, field), getattr(after_z, field))
+  assert not np.array_equal(after_z.z_BxD, after_z.z_prev_BxD)
+  np.testing.assert_allclose(np.linalg.norm(after_z.z_BxD, axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(after_z.z_prev_BxD, axis=-1), 1.0, rtol=1e-5)
+  assert set(metrics) == {"energy", "grad_norm", "move"}
+
+  # Z step: H, G and z frozen; only the Z-network moves.
+  after_znet, metrics = jitted(setup, "znet")(after_z, batch)
+  for field in ("gen_params", "gen_opt_state", "z_BxD", "z_prev_BxD", "step"):
+    assert_trees_identical(getattr(after_z, field), getattr(after_znet, field))
+  assert_trees_differ(after_z.znet_params, after_znet.znet_params)
+  assert {"loss", "z_l1", "rho_l1", "rho_target", "rho_pred"} <= set(metrics)
+
+  # G/H step: Z and z frozen; H and G move, the update counter advances.
+  after_gen, metrics = jitted(setup, "gen")(after_znet, batch)
+  for field in ("znet_params", "znet_opt_state", "z_BxD", "z_prev_BxD"):
+    assert_trees_identical(getattr(after_znet, field), getattr(after_gen, field))
+  assert_trees_differ(after_znet.gen_params["encoder"], after_gen.gen_params["encoder"])
+  assert_trees_differ(after_znet.gen_params["generator"], after_gen.gen_params["generator"])
+  assert int(after_gen.step) == int(after_znet.step) + 1
+  assert set(metrics) == {"energy", "grad_norm"}
+
+
+def test_z_step_draws_fresh_codes_per_batch_then_continues_them():
+  config, method, state, batch = make("toy3d")
+  z_step = jitted("toy3d", "z")
+  # First inner iteration (step % l == 0): z_t ~ U(S^n), whatever the state holds.
+  a, _ = z_step(state, batch)
+  b, _ = z_step(state.replace(z_BxD=-state.z_BxD), batch)
+  np.testing.assert_array_equal(a.z_prev_BxD, b.z_prev_BxD)
+  # Later inner iterations continue from the state's z.
+  mid = state.replace(step=jnp.int32(1), z_BxD=a.z_BxD)
+  c, _ = z_step(mid, batch)
+  np.testing.assert_array_equal(c.z_prev_BxD, a.z_BxD)
+  assert config.cgml.inner_steps == 2 and method.steps_per_round == 2
+
+
+def test_z_step_is_a_projected_gradient_step_on_the_per_example_energy():
+  config, method, state, batch = make("toy3d")
+  after, _ = jitted("toy3d", "z")(state, batch)
+  z_t = after.z_prev_BxD
+  params = state.gen_params
+  encoder, generator, _ = cgml_nets.make_networks(config.model, config.cgml, out_shape=(1, 1, 3))
+
+  def energy_of_first(z_D):  # Example 0 alone: its gradient must not depend on example 1.
+    h, skips = encoder.apply({"params": params["encoder"]}, batch["x"][:1])
+    g = generator.apply({"params": params["generator"]}, h, skips, z_D[None])
+    return jnp.mean(jnp.abs(g - batch["y"][:1]))
+
+  grad = jax.grad(energy_of_first)(z_t[0])
+  expected = cgml.project_to_sphere(z_t[0] - config.cgml.z_step_size * grad)
+  np.testing.assert_allclose(after.z_BxD[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_each_compiled_step_traces_once():
+  config, method, state, batch = make("toy3d")
+  traced = {name: chex.assert_max_traces(fn, n=1) for name, fn in method.steps.items()}
+  mesh = train.make_mesh()
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  compiled = train.CompiledSteps(traced, replicated, sharded)
+  state = jax.device_put(jax.tree.map(jnp.copy, state), replicated)  # The loop donates it.
+  for _ in range(3):
+    state = method.run_round(compiled, state, jax.device_put(batch, sharded))
+  scalars, first_bad = compiled.flush()
+  assert first_bad is None
+  assert int(state.step) == 3 * config.cgml.inner_steps
+  assert {"z/energy", "znet/loss", "znet/rho_pred", "gen/energy"} <= set(scalars)
+
+
+# ---------------------------------------------------------------- inference
+
+
+def test_sample_and_trajectory_shapes_and_agreement():
+  config, method, state, batch = make("toy3d")
+  rng = jax.random.PRNGKey(7)
+  samples = jitted("toy3d", "sample")(state, batch["x"], rng, 3)
+  out_shape = batch["y"].shape[1:]
+  assert samples.shape == (2, 3) + out_shape
+  assert float(samples.min()) >= 0.0 and float(samples.max()) <= 1.0
+  traj = jitted("toy3d", "trajectory")(state, batch["x"], rng, 3)
+  assert traj.shape == (2, 3, config.cgml.inference_steps + 1) + out_shape
+  np.testing.assert_allclose(traj[:, :, -1], samples, atol=1e-5)
+  # Different starting codes give different outputs.
+  assert float(jnp.std(samples, axis=1).max()) > 0
+  codes = method.extras["latents"](state, batch["x"], rng, 3)
+  np.testing.assert_allclose(np.linalg.norm(codes, axis=-1), 1.0, rtol=1e-5)
+
+
+def test_colorization_outputs_rgb_from_the_input_lightness_and_predicted_ab():
+  config = load_config("colorization,runlocal")
+  task = cgml.make_task(config.cgml, (1, 2, 2, 1), (1, 2, 2, 3))
+  rgb = jnp.array([[[[0.8, 0.2, 0.1], [0.1, 0.6, 0.3]], [[0.2, 0.3, 0.9], [0.5, 0.5, 0.5]]]])
+  lab = cgml.rgb_to_lab(rgb)
+  ab01 = (lab[..., 1:] + cgml.AB_RANGE) / (2 * cgml.AB_RANGE)
+  grey_like = cgml.lab_to_rgb(jnp.concatenate([lab[..., :1], jnp.zeros_like(lab[..., 1:])], -1))[..., :1]
+  # With the exact lightness and (a, b), the image is recovered.
+  np.testing.assert_allclose(task.to_image(grey_like, ab01), rgb, atol=2e-3)
+  # The energy at the ground truth is the KL term alone.
+  energy = task.energy(grey_like, ab01, rgb)
+  kl = sum(cgml.kl_to_uniform(cgml.soft_histogram(ab01[..., i].reshape(1, -1), 32)) for i in range(2))
+  np.testing.assert_allclose(energy, config.cgml.kl_weight * kl, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- networks and tasks
+
+
+def test_spectral_normalisation_gives_unit_spectral_norm():
+  kernel = jax.random.normal(jax.random.PRNGKey(0), (12, 7)) * 5.0
+  normalised = cgml_nets.spectral_normalize(kernel, power_iterations=50)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(normalised), ord=2), 1.0, rtol=1e-4)
+  conv_kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 6))
+  normalised = cgml_nets.spectral_normalize(conv_kernel, power_iterations=50)
+  assert normalised.shape == conv_kernel.shape
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(normalised).reshape(36, 6), ord=2), 1.0,
+                             rtol=1e-4)
+
+
+def test_generator_is_lipschitz_in_z():
+  config, method, state, batch = make("toy3d")
+  encoder, generator, _ = cgml_nets.make_networks(config.model, config.cgml, out_shape=(1, 1, 3))
+  params = state.gen_params
+  h, skips = encoder.apply({"params": params["encoder"]}, batch["x"])
+  z1 = cgml.sample_sphere(jax.random.PRNGKey(1), (2, config.cgml.z_dim))
+  z2 = cgml.sample_sphere(jax.random.PRNGKey(2), (2, config.cgml.z_dim))
+  g1 = generator.apply({"params": params["generator"]}, h, skips, z1).reshape(2, -1)
+  g2 = generator.apply({"params": params["generator"]}, h, skips, z2).reshape(2, -1)
+  ratio = np.linalg.norm(g1 - g2, axis=-1) / np.linalg.norm(z1 - z2, axis=-1)
+  assert np.all(ratio <= 1.0 + 1e-3), ratio
+
+
+def test_lab_conversion_known_values_and_round_trip():
+  lab = np.asarray(cgml.rgb_to_lab(jnp.array([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])))
+  np.testing.assert_allclose(lab[0], [100.0, 0.0, 0.0], atol=0.05)
+  np.testing.assert_allclose(lab[1], [53.24, 80.09, 67.20], atol=0.1)
+  np.testing.assert_allclose(lab[2], [0.0, 0.0, 0.0], atol=0.05)
+  rgb = jax.random.uniform(jax.random.PRNGKey(0), (64, 3))
+  np.testing.assert_allclose(cgml.lab_to_rgb(cgml.rgb_to_lab(rgb)), rgb, atol=1e-4)
+  grey = jnp.linspace(0, 1, 5)[:, None]
+  np.testing.assert_allclose(cgml.grey_to_lightness(grey)[:, 0],
+                             cgml.rgb_to_lab(jnp.repeat(grey, 3, axis=-1))[:, 0], atol=1e-3)
+
+
+def test_soft_histogram_and_kl_to_uniform():
+  values = jnp.array([[0.1, 0.1, 0.1, 0.1], [0.125, 0.375, 0.625, 0.875]])
+  hist = cgml.soft_histogram(values, num_bins=4)
+  np.testing.assert_allclose(hist.sum(-1), 1.0, rtol=1e-6)
+  kl = cgml.kl_to_uniform(hist)
+  assert float(kl[0]) > float(kl[1]) > 0.0  # Peaked >> spread out.
+  np.testing.assert_allclose(cgml.kl_to_uniform(jnp.full((1, 8), 1 / 8)), [0.0], atol=1e-6)
+  grad = jax.grad(lambda v: cgml.kl_to_uniform(cgml.soft_histogram(v, 4)).sum())(values)
+  assert np.all(np.isfinite(grad)) and float(jnp.abs(grad[0]).sum()) > 0
+
+
+def test_completion_pastes_the_output_into_the_hole_only():
+  config = load_config("completion,runlocal")
+  task = cgml.make_task(config.cgml, (1, 4, 4, 2), (1, 4, 4, 1))
+  y = jnp.arange(16, dtype=jnp.float32).reshape(1, 4, 4, 1) / 16
+  mask = jnp.zeros((1, 4, 4, 1)).at[:, :2].set(1.0)
+  x = jnp.concatenate([y * (1 - mask), mask], axis=-1)
+  image = task.to_image(x, jnp.full((1, 4, 4, 1), 0.5))
+  np.testing.assert_array_equal(image[:, 2:], y[:, 2:])
+  np.testing.assert_array_equal(image[:, :2], 0.5)
+  np.testing.assert_allclose(task.energy(x, y, y), [0.0])
+
+
+def test_validate_names_bad_cgml_keys():
+  config = load_config("toy3d")
+  config.cgml.task = "inpainting"
+  with pytest.raises(ValueError, match=r"cgml.task='inpainting' is invalid: valid: \['direct'"):
+    config_lib.validate(config)
+  config = load_config("toy3d")
+  config.train.num_steps = config.cgml.inner_steps * 3 + 1
+  with pytest.raises(ValueError, match="multiple of cgml.inner_steps"):
+    config_lib.validate(config)
+
+
+# ---------------------------------------------------------------- toy3d data
+
+
+def test_toy3d_branches_and_errors():
+  np.testing.assert_allclose(toy3d.branch_points(np.float32(0.5)), [[2.0, 1.0, 0.5], [-2.0, -1.0, -0.5]])
+  err = toy3d.branch_errors(np.float32(0.5), np.array([2.0, 1.0, 0.9]))
+  np.testing.assert_allclose(err, [0.4 / 8, 4.0 / 8], rtol=1e-6)
+  np.testing.assert_allclose(toy3d.denormalize(toy3d.normalize(np.array([-4.0, 0.0, 4.0]))),
+                             [-4.0, 0.0, 4.0])
+  example = toy3d.make_example(0, 0, 3)
+  assert toy3d.branch_errors(example["x"], example["y"]).min() == 0.0
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def test_toy3d_runlocal_trains_through_the_loop(tmp_path, data_dir):
+  config = load_config("toy3d,runlocal")
+  config.data.data_dir = data_dir
+  config.data.builder_config = "tiny"
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == config.train.num_steps
+  from tensorflow.python.summary.summary_iterator import summary_iterator  # pylint: disable=g-import-not-at-top
+  tags = set()
+  for path in glob.glob(os.path.join(tmp_path, "events.out.tfevents.*")):
+    for event in summary_iterator(path):
+      tags.update(value.tag for value in event.summary.value)
+  for tag in ("z/energy", "z/move", "znet/loss", "znet/rho_target", "gen/energy", "samples"):
+    assert tag in tags, (tag, sorted(tags))
+  assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == str(config.train.num_steps)
