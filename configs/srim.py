@@ -98,8 +98,10 @@ def get_config(arg=None):
     config.distance = srim_distance()
     config.imle.selection_distance = srim_distance()
     config.imle.num_samples = 100  # m
-    config.imle.chunk_size = 10
-    config.imle.example_blocks = 8
+    # One device: 640 / 16 = 40 inputs x 4 codes = 160 samples at 256^2 per
+    # generator call, ~10 GB of activations; on N devices each holds 1/N of that.
+    config.imle.chunk_size = 4
+    config.imle.example_blocks = 16
     config.imle.updates_per_selection = 200_000  # L
     config.imle.minibatch_size = 4  # |S~|
     config.imle.zero_code_steps = 200_000  # one round of z = 0 pretraining

@@ -45,9 +45,21 @@ _RESIDUAL_SCALE = 0.2
 DENSE_CONV_STYLES = ("split", "concat")
 
 
-def _conv(features: int, name: str | None = None, use_bias: bool = True, dtype: Any = jnp.float32) -> nn.Conv:
-  return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=_KERNEL_INIT,
+def _conv(features: int, name: str | None = None, use_bias: bool = True, dtype: Any = jnp.float32,
+          kernel_init=_KERNEL_INIT) -> nn.Conv:
+  return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=kernel_init,
                  use_bias=use_bias, dtype=dtype, name=name)
+
+
+def _split_kernel_init(fan_ins: list[int], widths: list[int]):
+  """ESRGAN's init for a stacked 'from_j' kernel: column block r is a slice of a
+  conv whose whole (concatenated) input has fan_in fan_ins[r] x 9, so it gets
+  std 0.1 * sqrt(2 / (9 fan_ins[r])), as in the 'concat' layout."""
+  def init(key, shape, dtype=jnp.float32):
+    std = jnp.concatenate([jnp.full((w,), 0.1 * math.sqrt(2.0 / (9 * f)), dtype)
+                           for f, w in zip(fan_ins, widths)])
+    return jax.random.normal(key, shape, dtype) * std
+  return init
 
 
 def _lrelu(h: jax.Array) -> jax.Array:
@@ -79,7 +91,9 @@ class ResidualDenseBlock(nn.Module):
     for j in range(5):
       # Map j (x for j = 0, else x_j) feeds convs j+1..5, as one wide conv.
       readers = widths[j:]
-      out = _conv(sum(readers), f"from{j}", use_bias=False, dtype=self.dtype)(current)
+      fan_ins = [self.features + k * self.growth for k in range(j, 5)]
+      out = _conv(sum(readers), f"from{j}", use_bias=False, dtype=self.dtype,
+                  kernel_init=_split_kernel_init(fan_ins, readers))(current)
       offsets = [0] + list(itertools.accumulate(readers))
       for r, k in enumerate(range(j, 5)):
         piece = out[..., offsets[r]:offsets[r + 1]]
