@@ -17,8 +17,10 @@ max-abs over the 3 coordinates):
 Saves the figure (samples per output coordinate, and precision / coverage
 along the inference iterations t = 0..100) to --out.
 
-About 10 minutes on a 2-core CPU (the two cGML runs dominate: 30000
-generator updates each, i.e. 3000 batches x l = 10 rounds of z, Z and G/H steps).
+About 20 minutes on a shared 2-core CPU (the two cGML runs dominate: 30000
+generator updates each, i.e. 3000 batches x l = 10 rounds of z, Z and G/H steps,
+~8 minutes each). The G/H and z updates do not depend on Z (Alg. 1 trains Z on
+the side), so both cGML runs share G/H exactly and differ only in Z and Eq. 4.
 """
 
 import importlib.util

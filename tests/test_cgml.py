@@ -332,3 +332,33 @@ def test_toy3d_runlocal_trains_through_the_loop(tmp_path, data_dir):
   for tag in ("z/energy", "z/move", "znet/loss", "znet/rho_target", "gen/energy", "samples"):
     assert tag in tags, (tag, sorted(tags))
   assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == str(config.train.num_steps)
+
+
+# ---------------------------------------------------------------- two-mode digits (§5.1, Fig. 5)
+
+
+def test_digits_box_masks_always_hide_the_box():
+  from multimodal_jax.data import digits_box  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  top, bottom, left, right = digits_box.BOX
+  for _ in range(50):
+    mask = digits_box.sample_mask_covering_box(rng)
+    assert mask[top:bottom, left:right].min() == 1.0 and mask[16:].max() == 0.0
+  image = np.zeros((32, 32, 1), np.uint8)
+  transform = digits_box.BoxAndMask(box_rate=1.0)
+  example = transform.random_map({"image": image}, rng)
+  assert example["has_box"] == 1 and digits_box.box_present(example["y"][None])[0]
+  np.testing.assert_array_equal(example["x"][..., 0], 0.0)  # The box is under the mask.
+  clean = digits_box.FixedMaskBothModes().map({"image": image})
+  assert not digits_box.box_present(clean["y"][None])[0]
+  assert digits_box.box_present(clean["y_box"][None])[0]
+
+
+def test_paper_colorization_transform_crops_resizes_and_greys():
+  from multimodal_jax.data import colorization_photos  # pylint: disable=g-import-not-at-top
+  image = np.zeros((40, 60, 3), np.uint8)
+  image[..., 0] = 255  # Pure red.
+  example = colorization_photos.PhotoToGreyAndColour(16).map({"image": image})
+  assert example["x"].shape == (16, 16, 1) and example["y"].shape == (16, 16, 3)
+  np.testing.assert_allclose(example["y"][..., 0], 1.0)
+  np.testing.assert_allclose(example["x"], round(0.299 * 255) / 255, atol=1e-6)

@@ -2,6 +2,7 @@
 
 # pylint: disable=unused-import
 from multimodal_jax.data import colorization_photos
+from multimodal_jax.data import digits_box
 from multimodal_jax.data import digits_completion
 from multimodal_jax.data import local_photos_sr
 from multimodal_jax.data import paper_sr

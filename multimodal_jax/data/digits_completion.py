@@ -26,7 +26,6 @@ import dataclasses
 import functools
 import zlib
 
-from etils import epath
 import grain
 import ml_collections
 import numpy as np
@@ -79,7 +78,7 @@ class DigitsCompletionConfig(tfds.core.BuilderConfig):
   num_test: int | None = None
 
 
-class DigitsCompletion(tfds.core.GeneratorBasedBuilder):
+class DigitsCompletion(registry.LocalBuilder):
   """scikit-learn digits at 32x32 (clean; corruption happens in the pipeline)."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -90,14 +89,6 @@ class DigitsCompletion(tfds.core.GeneratorBasedBuilder):
       DigitsCompletionConfig(name='tiny', num_train=64, num_test=16,
                              description='64 / 16.'),
   ]
-
-  # tfds' default `code_path` evaluates `importlib_resources.abc` (a backport
-  # it only declares for Python < 3.9) for packages installed in place; this
-  # module's own file is the same answer without that import.
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from etils import epath
 import grain
 import ml_collections
 import numpy as np
@@ -118,19 +117,12 @@ class LocalPhotosSRConfig(tfds.core.BuilderConfig):
   test_photos: tuple[str, ...] = TEST_PHOTOS
 
 
-class LocalPhotosSR(tfds.core.GeneratorBasedBuilder):
+class LocalPhotosSR(registry.LocalBuilder):
   """HR/LR patch pairs from photographs bundled with scikit-image/-learn."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
 
-  # tfds' default `code_path` evaluates `importlib_resources.abc` (a backport
-  # it only declares for Python < 3.9) for packages installed in place; this
-  # module's own file is the same answer without that import.
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
   BUILDER_CONFIGS = [
       LocalPhotosSRConfig(name='x8_64', factor=8, patch_size=64,
                           description='64x64 HR, 8x8 LR.'),

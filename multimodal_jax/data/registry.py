@@ -12,11 +12,28 @@ only says how one stored record becomes one such dict.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, Callable, Sequence
 
+from etils import epath
 import grain
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
+
+
+class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of this package's offline builders (they download nothing).
+
+  tfds' default `code_path` evaluates `importlib_resources.abc` (a backport it
+  only declares for Python < 3.9) for packages installed in place; the
+  subclass's own module file is the same answer without that import.
+  """
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    return epath.Path(sys.modules[cls.__module__].__file__)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from etils import epath
 import grain
 import ml_collections
 import numpy as np
@@ -82,7 +81,7 @@ class Toy3dConfig(tfds.core.BuilderConfig):
 _SPLIT_CODES = {'train': 0, 'test': 1}
 
 
-class Toy3d(tfds.core.GeneratorBasedBuilder):
+class Toy3d(registry.LocalBuilder):
   """x ~ U[-1, 1], y = ±4 (x, x², x³) with equal probability (cgml_iclr2021 Fig. 3)."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -91,14 +90,6 @@ class Toy3d(tfds.core.GeneratorBasedBuilder):
       Toy3dConfig(name='default', description='8192 / 512 examples.'),
       Toy3dConfig(name='tiny', num_train=64, num_test=16, description='64 / 16 examples.'),
   ]
-
-  # tfds' default `code_path` evaluates `importlib_resources.abc` (a backport
-  # it only declares for Python < 3.9) for packages installed in place; this
-  # module's own file is the same answer without that import.
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from etils import epath
 import grain
 import ml_collections
 import numpy as np
@@ -226,19 +225,12 @@ class ToyScenesConfig(tfds.core.BuilderConfig):
 _SPLIT_CODES = {'train': 0, 'test': 1}
 
 
-class ToyScenes(tfds.core.GeneratorBasedBuilder):
+class ToyScenes(registry.LocalBuilder):
   """Procedural scenes with an exactly known, K-modal p(image | layout)."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
 
-  # tfds' default `code_path` evaluates `importlib_resources.abc` (a backport
-  # it only declares for Python < 3.9) for packages installed in place; this
-  # module's own file is the same answer without that import.
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
   BUILDER_CONFIGS = [
       ToyScenesConfig(name='default', description='32x64, 12 modes.'),
       ToyScenesConfig(name='modes16', num_modes=16,

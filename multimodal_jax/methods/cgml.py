@@ -20,7 +20,9 @@ Training, Algorithm 1, as three separately compiled pure steps that
         length in Eq. 4, so its target is the length of the training move).
   gen   "Freeze Z, z and update H, G": grad_w E(G(H(x), z_{t+1}), y).
 `state.step` counts `gen` updates, so a round makes l of them
-(`steps_per_round = l`) and `fold_in(rng, step)` never repeats.
+(`steps_per_round = l`) and `fold_in(rng, step)` never repeats. Z never feeds
+back into the z or G/H updates (Alg. 1 trains it on the side), so runs that
+differ only in Z's settings (e.g. the no-momentum ablation) share G and H exactly.
 
 Per-example z does NOT persist across epochs (the design choice the paper
 leaves open: Alg. 1 writes z = {z_1..z_J} but no appendix survives in our copy):
@@ -38,6 +40,12 @@ Inference (§2.2, Eq. 4): z_0 ~ U(S^n), then T = `cgml.inference_steps` times
 in one `lax.fori_loop`, vmapped over N starting points for N modes. With
 `cgml.use_momentum = False` (the "w/o rho" ablation of Fig. 3c, Tables 2-3)
 rho is ignored, in training and inference: z <- project(z_hat).
+Z fits rho by L1, i.e. the conditional median of the move length, well below
+its mean, hence alpha > 1 in the configs. The unit direction in Eq. 4 also
+turns Z's small biases into full rho_hat steps where the true moves are tiny,
+so samples keep drifting after convergence: T is a chosen budget, not "until
+converged" (on toy3d, coverage of both branches falls after ~25 iterations,
+see experiments/cgml_toy3d.png).
 
 Tasks (`cgml.task`), each a per-example energy E and a map from G's output to
 an image:
