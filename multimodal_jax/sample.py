@@ -17,7 +17,8 @@ PNG is the conditioning input of one example:
 
 The grid shows, for every input, a row `input | sample_1 ... sample_N` and under
 it the absolute differences |sample_k - sample_{k-1}| (under sample_k), as in
-cimle_srim_ijcv Fig. 1 / Fig. 5. `--interpolate` draws
+cimle_srim_ijcv Fig. 1 / Fig. 5, multiplied by `--diff_gain` (default 4, clipped
+to [0, 1]) so that small differences are visible; the gain is printed. `--interpolate` draws
 `method.extras["interpolate"]` (outputs along a line between two codes) instead
 of independent samples; `--trajectory` draws `method.extras["trajectory"]`
 ([B, N, T+1, ...]: each sample's T+1 iterates, one row pair per sample).
@@ -43,22 +44,24 @@ def _rgb(images: np.ndarray) -> np.ndarray:
   return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images[..., :3]
 
 
-def difference_grid(inputs_SxHxWx3: np.ndarray, rows_SxLxHxWxC: np.ndarray, pad: int = 2) -> np.ndarray:
+def difference_grid(inputs_SxHxWx3: np.ndarray, rows_SxLxHxWxC: np.ndarray, pad: int = 2,
+                    diff_gain: float = 1.0) -> np.ndarray:
   """Rows of `input | image_1 ... image_L`, each above its adjacent differences.
 
   Args:
     inputs_SxHxWx3: the input of each row, as RGB at the images' size.
     rows_SxLxHxWxC: S rows of L images in [0, 1] (samples, or iterates).
     pad: white border between tiles.
+    diff_gain: the differences are shown multiplied by this (then clipped).
 
   Returns:
     float32 [2 S (H + pad) + pad, (L + 1) (W + pad) + pad, 3] in [0, 1]: the
-    second row of each pair holds |image_k - image_{k-1}| under image_k; the
+    second row of each pair holds diff_gain |image_k - image_{k-1}| under image_k; the
     tiles under the input and image_1 stay white.
   """
   s, l, h, w, _ = rows_SxLxHxWxC.shape
   rows = _rgb(np.asarray(rows_SxLxHxWxC, np.float32))
-  diffs_SxL1xHxWx3 = np.abs(rows[:, 1:] - rows[:, :-1])
+  diffs_SxL1xHxWx3 = diff_gain * np.abs(rows[:, 1:] - rows[:, :-1])
   grid = np.ones((2 * s * (h + pad) + pad, (l + 1) * (w + pad) + pad, 3), np.float32)
 
   def put(row: int, col: int, tile: np.ndarray):
@@ -124,7 +127,7 @@ def load_input_png(path: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...]
 
 def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_samples: int = 16,
                   num_inputs: int = 4, interpolate: bool = False, trajectory: bool = False,
-                  step: int | None = None, seed: int = 0) -> np.ndarray:
+                  step: int | None = None, seed: int = 0, diff_gain: float = 1.0) -> np.ndarray:
   """Draws samples (or an extra's outputs) of the run in `workdir` and writes the PNG grid.
 
   Returns:
@@ -132,6 +135,8 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
   """
   if interpolate and trajectory:
     raise ValueError("Pass at most one of --interpolate and --trajectory.")
+  if diff_gain <= 0:
+    raise ValueError(f"--diff_gain must be > 0, got {diff_gain}.")
   config, method, state, batch_spec = train.load_trained(workdir, step)
   extra = "interpolate" if interpolate else "trajectory" if trajectory else None
   if extra is None:
@@ -161,12 +166,13 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
     rows, per_input = outputs, 1
   h, w = rows.shape[2:4]
   inputs_rgb = np.asarray(jax.image.resize(spec.input_to_rgb(x_BxHxWxC), (b, h, w, 3), "nearest"))
-  grid = difference_grid(np.repeat(inputs_rgb, per_input, axis=0), rows)
+  grid = difference_grid(np.repeat(inputs_rgb, per_input, axis=0), rows, diff_gain=diff_gain)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   Image.fromarray(np.round(grid * 255.0).astype(np.uint8)).save(out)
   print(f"Wrote {out} ({grid.shape[1]}x{grid.shape[0]}): {config.method} "
         f"{extra or 'samples'}, {b} input(s) x {outputs.shape[1]}"
-        + (f" x {outputs.shape[2]} iterates" if extra == "trajectory" else "") + ".", flush=True)
+        + (f" x {outputs.shape[2]} iterates" if extra == "trajectory" else "")
+        + f"; difference rows x{diff_gain:g}.", flush=True)
   return grid
 
 
@@ -181,6 +187,7 @@ def _define_flags() -> None:
   flags.DEFINE_bool("trajectory", False, "Use the method's extras['trajectory'].")
   flags.DEFINE_integer("step", None, "The checkpoint step (default: the newest).")
   flags.DEFINE_integer("seed", 0, "Sampling rng seed.")
+  flags.DEFINE_float("diff_gain", 4.0, "Difference rows show gain x |sample_k - sample_{k-1}|.")
 
 
 def main(argv):
@@ -189,7 +196,7 @@ def main(argv):
   f = flags.FLAGS
   sample_to_png(f.workdir, f.out, input_path=f.input, num_samples=f.num_samples,
                 num_inputs=f.num_inputs, interpolate=f.interpolate, trajectory=f.trajectory,
-                step=f.step, seed=f.seed)
+                step=f.step, seed=f.seed, diff_gain=f.diff_gain)
 
 
 if __name__ == "__main__":

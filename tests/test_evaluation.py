@@ -185,6 +185,17 @@ def test_sample_writes_a_difference_grid(regression_workdir, tmp_path):
   assert np.all(grid[34 + 2:34 + 2 + 32, 2 * 66 + 2:2 * 66 + 2 + 64] == 0)  # Identical samples.
 
 
+def test_difference_grid_rows_and_gain():
+  inputs = np.zeros((1, 2, 2, 3), np.float32)
+  rows = np.stack([np.full((2, 2, 1), v, np.float32) for v in (0.1, 0.3, 0.2)])[None]  # [1, 3, 2, 2, 1]
+  grid = sample_lib.difference_grid(inputs, rows, pad=1, diff_gain=4.0)
+  assert grid.shape == (2 * 3 + 1, 4 * 3 + 1, 3)
+  np.testing.assert_allclose(grid[1, 1 + 3], 0.1)  # Sample 1 in column 1, grey to RGB.
+  np.testing.assert_allclose(grid[4, 1 + 3 * 2], 0.8)  # 4 |0.3 - 0.1|, under sample 2.
+  np.testing.assert_allclose(grid[4, 1 + 3 * 3], 0.4)  # 4 |0.2 - 0.3|, under sample 3.
+  np.testing.assert_allclose(grid[4, 1 + 3], 1.0)  # Nothing under sample 1: white.
+
+
 def test_sample_from_a_png_input_and_its_errors(regression_workdir, tmp_path):
   layout = str(tmp_path / "layout.png")
   Image.fromarray(_layouts(b=1)[0]).save(layout)
