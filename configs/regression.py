@@ -37,11 +37,6 @@ def get_config(arg=None):
     config.data.batch_size = 8
     config.model.features = 8
     config.model.num_blocks = 1
-    config.train.num_steps = 6
-    config.train.log_every = 2
-    config.train.checkpoint_every = 3
-    config.train.sample_every = 3
-    config.train.num_grid_inputs = 2
-    config.train.num_grid_samples = 2
+    config_lib.set_runlocal_schedule(config, checkpoint_every=3)
   config.lock()
   return config

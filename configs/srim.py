@@ -128,11 +128,6 @@ def get_config(arg=None):
     config.imle.zero_code_steps = 2
     config.imle.bilinear_from_step = 4
     config.imle.calibration_examples = 2
-    config.train.num_steps = 6
-    config.train.log_every = 2
-    config.train.checkpoint_every = 4
-    config.train.sample_every = 4
-    config.train.num_grid_inputs = 2
-    config.train.num_grid_samples = 2
+    config_lib.set_runlocal_schedule(config)
   config.lock()
   return config

@@ -27,8 +27,6 @@ Saves a grid (both-mode inputs first) (input | regression | N samples | ground t
 About 8 minutes on a shared 2-core CPU (cGML 5, regression 2, evaluation 1).
 """
 
-import importlib.util
-import json
 import os
 import tempfile
 
@@ -42,10 +40,11 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
+import exp_util  # experiments/exp_util.py
 from multimodal_jax import train  # pylint: disable=g-import-not-at-top
 from multimodal_jax.data import pipeline
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = exp_util.REPO
 _WORKDIR = flags.DEFINE_string("workdir", os.path.join(tempfile.gettempdir(), "cgml_completion"),
                                "Where the runs live (reused if finished).")
 _OUT = flags.DEFINE_string("out", os.path.join(REPO, "experiments", "cgml_completion.png"),
@@ -67,27 +66,6 @@ def runs() -> dict[str, tuple[str, str]]:
   box = _DATASET.value == "digits_completion_box"
   return {"cgml": ("cgml.py", "completion,box" if box else "completion"),
           "l1": ("regression.py", f"data={_DATASET.value}")}
-
-
-def train_or_reuse(config, workdir: str) -> None:
-  """Trains `config` in workdir, resuming a partial run; refuses a run of another config."""
-  info_path = os.path.join(workdir, train.RUN_INFO)
-  if os.path.exists(info_path):
-    with open(info_path) as f:
-      saved = json.load(f)["config"]
-    if saved != json.loads(config.to_json_best_effort()):
-      raise ValueError(f"{workdir} holds a run of another config: delete it or pass another --workdir.")
-  train.train_and_evaluate(config, workdir)
-
-
-def load_config(name: str, arg: str | None):
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join(REPO, "configs", name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  config.seed = _SEED.value
-  config.data.data_dir = _DATA_DIR.value
-  return config
 
 
 def psnr(a: np.ndarray, b: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -113,7 +91,7 @@ def main(argv):
   test = None
   for name, (config_file, arg) in runs().items():
     workdir = os.path.join(_WORKDIR.value, _DATASET.value, name)
-    train_or_reuse(load_config(config_file, arg), workdir)
+    exp_util.train_or_reuse(exp_util.load_config(config_file, arg, _SEED.value, _DATA_DIR.value), workdir)
     config, method, state, _ = train.load_trained(workdir)
     if test is None:
       test = pipeline.load_eval_examples(config, _NUM_TEST.value)

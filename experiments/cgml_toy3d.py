@@ -23,8 +23,6 @@ generator updates each, i.e. 3000 batches x l = 10 rounds of z, Z and G/H steps,
 the side), so both cGML runs share G/H exactly and differ only in Z and Eq. 4.
 """
 
-import importlib.util
-import json
 import os
 import tempfile
 
@@ -38,12 +36,13 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
+import exp_util  # experiments/exp_util.py
 from multimodal_jax import train  # pylint: disable=g-import-not-at-top
 from multimodal_jax.data import pipeline
 from multimodal_jax.data import toy3d
 from multimodal_jax.methods import base as methods_base
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = exp_util.REPO
 _WORKDIR = flags.DEFINE_string("workdir", os.path.join(tempfile.gettempdir(), "cgml_toy3d"),
                                "Where the three runs live (reused if finished).")
 _OUT = flags.DEFINE_string("out", os.path.join(REPO, "experiments", "cgml_toy3d.png"), "Figure path.")
@@ -60,24 +59,8 @@ RUNS = {
 }
 
 
-def train_or_reuse(config, workdir: str) -> None:
-  """Trains `config` in workdir, resuming a partial run; refuses a run of another config."""
-  info_path = os.path.join(workdir, train.RUN_INFO)
-  if os.path.exists(info_path):
-    with open(info_path) as f:
-      saved = json.load(f)["config"]
-    if saved != json.loads(config.to_json_best_effort()):
-      raise ValueError(f"{workdir} holds a run of another config: delete it or pass another --workdir.")
-  train.train_and_evaluate(config, workdir)
-
-
 def load_config(name: str, arg: str):
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join(REPO, "configs", name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  config.seed = _SEED.value
-  config.data.data_dir = _DATA_DIR.value
+  config = exp_util.load_config(name, arg, _SEED.value, _DATA_DIR.value)
   if name == "regression.py":  # Converges (to a point between the branches) in ~500 steps.
     config.data.batch_size = 64
     config.train.num_steps = 1500
@@ -104,7 +87,7 @@ def main(argv):
   for name, (config_file, arg) in RUNS.items():
     workdir = os.path.join(_WORKDIR.value, name)
     config = load_config(config_file, arg)
-    train_or_reuse(config, workdir)
+    exp_util.train_or_reuse(config, workdir)
     config, method, state, batch_spec = train.load_trained(workdir)
     if test is None:
       test = pipeline.load_eval_examples(config, 512)

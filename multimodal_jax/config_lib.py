@@ -99,6 +99,16 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def set_runlocal_schedule(config: ml_collections.ConfigDict, checkpoint_every: int = 4) -> None:
+  """The `:runlocal` smoke-test schedule shared by the configs: 6 steps, every output exercised."""
+  config.train.num_steps = 6
+  config.train.log_every = 2
+  config.train.checkpoint_every = checkpoint_every
+  config.train.sample_every = checkpoint_every
+  config.train.num_grid_inputs = 2
+  config.train.num_grid_samples = 2
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the key of the first invalid value."""
   # Imported here: the registries import the method and dataset modules.

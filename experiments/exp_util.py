@@ -1,0 +1,33 @@
+"""Helpers shared by the experiment scripts (run as `python experiments/<name>.py`)."""
+
+import importlib.util
+import json
+import os
+
+import ml_collections
+
+from multimodal_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, arg: str | None, seed: int, data_dir: str) -> ml_collections.ConfigDict:
+  """`configs/<name>`'s get_config(arg), with the experiment's seed and data dir (unlocked)."""
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join(REPO, "configs", name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  config.seed = seed
+  config.data.data_dir = data_dir
+  return config
+
+
+def train_or_reuse(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Trains `config` in workdir, resuming a partial run; refuses a run of another config."""
+  info_path = os.path.join(workdir, train.RUN_INFO)
+  if os.path.exists(info_path):
+    with open(info_path) as f:
+      saved = json.load(f)["config"]
+    if saved != json.loads(config.to_json_best_effort()):
+      raise ValueError(f"{workdir} holds a run of another config: delete it or pass another --workdir.")
+  train.train_and_evaluate(config, workdir)
