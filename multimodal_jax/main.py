@@ -4,7 +4,15 @@ Flags `--config.x.y=...` override any config field. On a multi-host system
 (TPU pod, SLURM) pass `--distributed`, or give the coordinator explicitly
 (`--coordinator_address`, `--num_processes`, `--process_id`), e.g. for several
 CPU processes on one machine.
+
+`--cpu_devices=N` splits a CPU into N XLA devices (the batch is sharded over
+them like over GPUs). XLA:CPU parallelises one convolution over threads
+poorly, so one device per core speeds up convolution-heavy forward passes
+(IMLE's selection: 1.9x on 2 cores) but can slow small backward passes (IMLE's
+|S~| = 8 update: ~10% slower); measure before using it for training.
 """
+
+import os
 
 from absl import app
 from absl import flags
@@ -22,6 +30,8 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many XLA devices "
+                                    "(0: JAX's default, one). Only affects the CPU backend.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,9 +47,21 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def set_cpu_devices(n: int) -> None:
+  """Splits the CPU backend into n devices; must run before JAX starts a backend."""
+  if n < 0:
+    raise app.UsageError(f"--cpu_devices must be >= 0, got {n}.")
+  if n and "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    raise app.UsageError("Pass either --cpu_devices or XLA_FLAGS=--xla_force_host_platform_device_count, "
+                         "not both.")
+  if n:
+    jax.config.update("jax_num_cpu_devices", n)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  set_cpu_devices(_CPU_DEVICES.value)
   initialize_distributed()
   logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
   train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)

@@ -108,6 +108,21 @@ def test_typo_on_the_command_line_fails_before_compiling(tmp_path):
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
+def test_cpu_devices_flag_shards_the_run_over_that_many_devices(tmp_path, data_dir):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.run(
+      [sys.executable, "-m", "multimodal_jax.main", f"--config={CONFIG}:runlocal", f"--workdir={tmp_path}",
+       "--cpu_devices=2", f"--config.data.data_dir={data_dir}", "--config.train.num_steps=2"],
+      capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "global batch 8, 2 device(s)" in proc.stdout + proc.stderr
+  both = subprocess.run(
+      [sys.executable, "-m", "multimodal_jax.main", f"--config={CONFIG}:runlocal", f"--workdir={tmp_path}",
+       "--cpu_devices=2"], capture_output=True, text=True, timeout=120, cwd=REPO,
+      env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+  assert both.returncode != 0 and "not both" in both.stderr
+
+
 # ---------------------------------------------------------------- steps
 
 
