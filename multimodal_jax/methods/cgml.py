@@ -377,9 +377,9 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch) -> ba
 
     (loss, (z_l1, rho_l1, rho_hat)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.znet_params)
-    updates, opt_state = state.znet_tx.update(grads, state.znet_opt_state, state.znet_params)
-    return state.replace(znet_params=optax.apply_updates(state.znet_params, updates),
-                         znet_opt_state=opt_state), {
+    znet_params, opt_state = common.optimizer_step(state.znet_tx, state.znet_params,
+                                                   state.znet_opt_state, grads)
+    return state.replace(znet_params=znet_params, znet_opt_state=opt_state), {
         "loss": loss, "z_l1": z_l1, "rho_l1": rho_l1, "rho_target": jnp.mean(rho_B),
         "rho_pred": jnp.mean(rho_hat), "grad_norm": optax.tree.norm(grads),
     }
@@ -393,10 +393,9 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch) -> ba
       return jnp.mean(task.energy(batch["x"], generate(gen_params, h, skips, z), batch["y"]))
 
     loss, grads = jax.value_and_grad(loss_fn)(state.gen_params)
-    updates, opt_state = state.gen_tx.update(grads, state.gen_opt_state, state.gen_params)
-    return state.replace(step=state.step + 1,
-                         gen_params=optax.apply_updates(state.gen_params, updates),
-                         gen_opt_state=opt_state), {
+    gen_params, opt_state = common.optimizer_step(state.gen_tx, state.gen_params, state.gen_opt_state,
+                                                  grads)
+    return state.replace(step=state.step + 1, gen_params=gen_params, gen_opt_state=opt_state), {
         "energy": loss, "grad_norm": optax.tree.norm(grads)}
 
   def run_round(compiled, state, batch):
@@ -421,38 +420,37 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch) -> ba
     _, zs_TxBxD = jax.lax.scan(body, z0_BxD, None, length=num_steps)
     return jnp.concatenate([z0_BxD[:, None], jnp.moveaxis(zs_TxBxD, 0, 1)], axis=1)
 
-  def images_of(state, x, h, skips, z_BxD):
-    return task.to_image(x, generate(state.gen_params, h, skips, z_BxD))
+  def images_of(state, x, h, skips, z_BxNxD):
+    """Images for N codes per input: [B, N, H, W, C]."""
+    one = lambda z_BxD: task.to_image(x, generate(state.gen_params, h, skips, z_BxD))
+    return jax.vmap(one, in_axes=1, out_axes=1)(z_BxNxD)
+
+  def inferred_latents(state, h, rng, num_samples, run=infer_latents):
+    """N z_0 ~ U(S^n) per input, each run through T iterations of Eq. 4 by `run`."""
+    z0_BxNxD = sample_sphere(rng, (h.shape[0], num_samples, z_dim))
+    return jax.vmap(lambda z0: run(state.znet_params, h, z0, cg.inference_steps),
+                    in_axes=1, out_axes=1)(z0_BxNxD)
 
   def sample(state, x, rng, num_samples):
     """N modes per input: N z_0 ~ U(S^n), T iterations of Eq. 4 each -> [B, N, H, W, C]."""
     h, skips = encode(state.gen_params, x)
-    z0_BxNxD = sample_sphere(rng, (x.shape[0], num_samples, z_dim))
-    z_BxNxD = jax.vmap(lambda z0: infer_latents(state.znet_params, h, z0, cg.inference_steps),
-                       in_axes=1, out_axes=1)(z0_BxNxD)
-    return jax.vmap(lambda z: images_of(state, x, h, skips, z), in_axes=1, out_axes=1)(z_BxNxD)
+    return images_of(state, x, h, skips, inferred_latents(state, h, rng, num_samples))
 
   def trajectory(state, x, rng, num_samples):
     """Outputs along the inference iterations (Fig. 6): [B, N, T + 1, H, W, C]."""
     h, skips = encode(state.gen_params, x)
-    z0_BxNxD = sample_sphere(rng, (x.shape[0], num_samples, z_dim))
-    zs_BxNxTxD = jax.vmap(
-        lambda z0: latent_trajectory(state.znet_params, h, z0, cg.inference_steps),
-        in_axes=1, out_axes=1)(z0_BxNxD)
-    over_t = jax.vmap(lambda z: images_of(state, x, h, skips, z), in_axes=1, out_axes=1)
-    return jax.vmap(over_t, in_axes=1, out_axes=1)(zs_BxNxTxD)
+    zs_BxNxTxD = inferred_latents(state, h, rng, num_samples, run=latent_trajectory)
+    return jax.vmap(lambda z: images_of(state, x, h, skips, z), in_axes=2, out_axes=2)(zs_BxNxTxD)
 
   def latents(state, x, rng, num_samples):
     """The inferred codes z_T [B, N, D] of `sample` (same rng -> same codes)."""
     h, _ = encode(state.gen_params, x)
-    z0_BxNxD = sample_sphere(rng, (x.shape[0], num_samples, z_dim))
-    return jax.vmap(lambda z0: infer_latents(state.znet_params, h, z0, cg.inference_steps),
-                    in_axes=1, out_axes=1)(z0_BxNxD)
+    return inferred_latents(state, h, rng, num_samples)
 
   def decode(state, x, z_BxNxD):
     """Images for given codes: [B, N, H, W, C] (no Z-network iterations)."""
     h, skips = encode(state.gen_params, x)
-    return jax.vmap(lambda z: images_of(state, x, h, skips, z), in_axes=1, out_axes=1)(z_BxNxD)
+    return images_of(state, x, h, skips, z_BxNxD)
 
   description = (f"cGML ({cg.task}, {config.model.name}, z on S^{z_dim - 1}, l={num_inner}, "
                  f"beta={cg.z_step_size}, alpha={cg.momentum_scale}, T={cg.inference_steps}, "

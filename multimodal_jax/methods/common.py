@@ -32,9 +32,15 @@ class TrainState:
                opt_state=tx.init(params), tx=tx)
 
   def apply_gradients(self, grads: PyTree) -> "TrainState":
-    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
-                        opt_state=opt_state)
+    params, opt_state = optimizer_step(self.tx, self.params, self.opt_state, grads)
+    return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
+
+
+def optimizer_step(tx: optax.GradientTransformation, params: PyTree, opt_state: PyTree,
+                   grads: PyTree) -> tuple[PyTree, PyTree]:
+  """One optax update of `params`: (new params, new optimiser state)."""
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:

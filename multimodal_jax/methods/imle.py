@@ -67,33 +67,20 @@ _SELECT_STREAM, _UPDATE_STREAM = 1, 2
 
 
 @flax.struct.dataclass
-class IMLEState:
-  """Generator, optimiser, the pool's selected codes, frozen distance parameters.
+class IMLEState(common.TrainState):
+  """The generator's TrainState plus the pool's selected codes and frozen distance parameters.
 
-  Attributes:
-    step: optimiser updates done.
-    rng: the base key; steps fold the step in (common.step_rngs).
-    params / opt_state: the generator T's parameters and Adam state.
+  Attributes (beyond common.TrainState's step, rng, params = T's, opt_state, tx):
     pool_latents: [|S|, *latent_shape], z_{i, sigma(i)} of the current pool.
     pool_distances: [|S|], their selection distances.
     last_selected_distance: the previous round's mean selected distance (NaN
       before the first selection).
     frozen: {weights source: {'params', 'heads'}} of the distances' networks.
   """
-  step: jax.Array
-  rng: jax.Array
-  params: PyTree
-  opt_state: PyTree
   pool_latents: jax.Array
   pool_distances: jax.Array
   last_selected_distance: jax.Array
   frozen: PyTree
-  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-
-  def apply_gradients(self, grads: PyTree) -> "IMLEState":
-    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
-                        opt_state=opt_state)
 
 
 class CodeConcatGenerator(nn.Module):
