@@ -20,8 +20,7 @@ import numpy as np
 from PIL import Image
 
 from multimodal_jax.data import registry
-
-_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+from multimodal_jax.data import toy_scenes
 
 
 def square_resize(image_HxWx3: np.ndarray, size: int) -> np.ndarray:
@@ -42,9 +41,9 @@ class PhotoToGreyAndColour(grain.transforms.Map):
     self.size = size
 
   def map(self, element):
-    rgb = square_resize(np.asarray(element['image']), self.size).astype(np.float32) / 255.0
-    grey = np.round(rgb @ _LUMA_WEIGHTS * 255.0) / 255.0
-    return {'x': grey[..., None].astype(np.float32), 'y': rgb}
+    rgb_uint8 = square_resize(np.asarray(element['image']), self.size)
+    return {'x': toy_scenes.luminance(rgb_uint8).astype(np.float32) / 255.0,
+            'y': rgb_uint8.astype(np.float32) / 255.0}
 
 
 def _transforms_with_default_size(default_size: int):
@@ -57,13 +56,9 @@ def _transforms_with_default_size(default_size: int):
   return make
 
 
-def grey_to_rgb(x_BxHxWx1: np.ndarray) -> np.ndarray:
-  return np.repeat(np.asarray(x_BxHxWx1, np.float32), 3, axis=-1)
-
-
 registry.register('stl10_colorization', registry.DatasetSpec(
     tfds_name='stl10', builder_cls=None, train_split='train', eval_split='test',
-    make_transforms=_transforms_with_default_size(96), input_to_rgb=grey_to_rgb))
+    make_transforms=_transforms_with_default_size(96), input_to_rgb=toy_scenes.grey_to_rgb))
 registry.register('imagenet_colorization', registry.DatasetSpec(
     tfds_name='imagenet2012', builder_cls=None, train_split='train', eval_split='validation',
-    make_transforms=_transforms_with_default_size(128), input_to_rgb=grey_to_rgb))
+    make_transforms=_transforms_with_default_size(128), input_to_rgb=toy_scenes.grey_to_rgb))
