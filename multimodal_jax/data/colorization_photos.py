@@ -49,10 +49,7 @@ class PhotoToGreyAndColour(grain.transforms.Map):
 def _transforms_with_default_size(default_size: int):
   def make(data_config: ml_collections.ConfigDict, train: bool):
     del train
-    size = default_size
-    if data_config is not None and 'options' in data_config and 'image_size' in data_config.options:
-      size = int(data_config.options.image_size)
-    return [PhotoToGreyAndColour(size)]
+    return [PhotoToGreyAndColour(int(registry.data_option(data_config, 'image_size', default_size)))]
   return make
 
 

@@ -20,8 +20,6 @@ Options (`data.options`): box_rate.
 
 from __future__ import annotations
 
-import zlib
-
 import grain
 import ml_collections
 import numpy as np
@@ -63,9 +61,7 @@ def sample_mask_covering_box(rng: np.random.Generator) -> np.ndarray:
 
 def _example(image_HxWx1: np.ndarray, mask_HxWx1: np.ndarray, has_box: bool):
   target = add_box(image_HxWx1) if has_box else image_HxWx1
-  y = target.astype(np.float32) / 255.0
-  return {'x': np.concatenate([y * (1.0 - mask_HxWx1), mask_HxWx1], axis=-1), 'y': y,
-          'mask': mask_HxWx1, 'has_box': np.int32(has_box)}
+  return dc.completion_example(target, mask_HxWx1, has_box=has_box)
 
 
 class BoxAndMask(grain.transforms.RandomMap):
@@ -85,16 +81,14 @@ class FixedMaskBothModes(grain.transforms.Map):
 
   def map(self, element):
     image_HxWx1 = np.asarray(element['image'], np.uint8)
-    mask = sample_mask_covering_box(np.random.default_rng(zlib.crc32(image_HxWx1.tobytes())))
+    mask = sample_mask_covering_box(dc.content_rng(image_HxWx1))
     example = _example(image_HxWx1, mask, has_box=False)
     example['y_box'] = add_box(image_HxWx1).astype(np.float32) / 255.0
     return example
 
 
 def make_transforms(data_config: ml_collections.ConfigDict, train: bool):
-  rate = DEFAULT_BOX_RATE
-  if data_config is not None and 'options' in data_config and 'box_rate' in data_config.options:
-    rate = float(data_config.options.box_rate)
+  rate = float(registry.data_option(data_config, 'box_rate', DEFAULT_BOX_RATE))
   if not 0.0 <= rate <= 1.0:
     raise ValueError(f'box_rate must be in [0, 1], got {rate}.')
   return [BoxAndMask(rate)] if train else [FixedMaskBothModes()]

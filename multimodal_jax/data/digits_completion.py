@@ -135,15 +135,21 @@ def overlap_top_half(image_HxWx1: np.ndarray,
   return corrupted
 
 
-def _completion_example(image_HxWx1: np.ndarray, mask_HxWx1: np.ndarray,
-                        corrupted: bool) -> dict[str, np.ndarray]:
+def completion_example(image_HxWx1: np.ndarray, mask_HxWx1: np.ndarray,
+                       **flags: bool) -> dict[str, np.ndarray]:
+  """{x: [masked image, mask], y: the image in [0, 1], mask, and each flag as int32}."""
   y = image_HxWx1.astype(np.float32) / 255.0
   return {
       'x': np.concatenate([y * (1.0 - mask_HxWx1), mask_HxWx1], axis=-1),
       'y': y,
       'mask': mask_HxWx1,
-      'corrupted': np.int32(corrupted),
+      **{name: np.int32(value) for name, value in flags.items()},
   }
+
+
+def content_rng(image: np.ndarray) -> np.random.Generator:
+  """An rng seeded by the pixels (crc32): the same in every run and pipeline order."""
+  return np.random.default_rng(zlib.crc32(image.tobytes()))
 
 
 class CorruptAndMask(grain.transforms.RandomMap):
@@ -168,7 +174,7 @@ class CorruptAndMask(grain.transforms.RandomMap):
           rng.integers(len(self.train_images_Nx32x32x1))]
       image_HxWx1 = overlap_top_half(image_HxWx1, other)
     mask_HxWx1 = sample_top_mask(rng, self.mask_min_size, self.mask_max_size)
-    return _completion_example(image_HxWx1, mask_HxWx1, corrupted)
+    return completion_example(image_HxWx1, mask_HxWx1, corrupted=corrupted)
 
 
 class FixedMask(grain.transforms.Map):
@@ -184,27 +190,18 @@ class FixedMask(grain.transforms.Map):
 
   def map(self, element):
     image_HxWx1 = np.asarray(element['image'], np.uint8)
-    rng = np.random.default_rng(zlib.crc32(image_HxWx1.tobytes()))
-    mask_HxWx1 = sample_top_mask(rng, self.mask_min_size, self.mask_max_size)
-    return _completion_example(image_HxWx1, mask_HxWx1, corrupted=False)
-
-
-def _option(data_config: ml_collections.ConfigDict, key: str, default):
-  # Configs without `options` (or without this key) get the paper's defaults.
-  if data_config is not None and 'options' in data_config:
-    if key in data_config.options:
-      return data_config.options[key]
-  return default
+    mask_HxWx1 = sample_top_mask(content_rng(image_HxWx1), self.mask_min_size, self.mask_max_size)
+    return completion_example(image_HxWx1, mask_HxWx1, corrupted=False)
 
 
 def make_transforms(data_config: ml_collections.ConfigDict, train: bool):
-  min_size = int(_option(data_config, 'mask_min_size', DEFAULT_MASK_MIN_SIZE))
-  max_size = int(_option(data_config, 'mask_max_size', DEFAULT_MASK_MAX_SIZE))
+  min_size = int(registry.data_option(data_config, 'mask_min_size', DEFAULT_MASK_MIN_SIZE))
+  max_size = int(registry.data_option(data_config, 'mask_max_size', DEFAULT_MASK_MAX_SIZE))
   if not 1 <= min_size <= max_size:
     raise ValueError(f'Need 1 <= mask_min_size <= mask_max_size, got '
                      f'{min_size}, {max_size}.')
   if train:
-    rate = float(_option(data_config, 'corruption_rate',
+    rate = float(registry.data_option(data_config, 'corruption_rate',
                          DEFAULT_CORRUPTION_RATE))
     return [CorruptAndMask(rate, min_size, max_size)]
   return [FixedMask(min_size, max_size)]

@@ -36,6 +36,13 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return epath.Path(sys.modules[cls.__module__].__file__)
 
 
+def data_option(data_config: ml_collections.ConfigDict | None, key: str, default: Any) -> Any:
+  """`data_config.options[key]`, or `default` for configs without it (the paper's value)."""
+  if data_config is not None and 'options' in data_config and key in data_config.options:
+    return data_config.options[key]
+  return default
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
   """How the training loop reads one dataset.
