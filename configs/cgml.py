@@ -22,10 +22,11 @@ on the most probable (clean) completion. Variants:
                        128x128 centre crops; same caveat.
   :no_momentum         the "w/o rho" ablation (Fig. 3c, Tables 2-3): rho is
                        neither learned nor used, inference is z <- project(z_hat).
-  :runlocal            a few tiny steps (smoke test, seconds).
+  :runlocal            a few tiny steps on the `tiny` data (smoke test, seconds).
 Flags combine: `:toy3d,no_momentum`, `:toy3d,runlocal`, `:completion,box,no_momentum`.
 
-Choices the paper leaves to its missing appendix (all in `config.cgml`):
+Choices the paper leaves to its missing appendix (in `config.cgml`; the
+Lipschitz settings are the networks' own, in `config.model`):
   z_dim            z lives on S^{z_dim - 1}.
   inner_steps      l of Alg. 1: (z, Z, G/H) iterations per batch. z is drawn
                    afresh on the sphere for every batch (it does not persist
@@ -34,9 +35,9 @@ Choices the paper leaves to its missing appendix (all in `config.cgml`):
   z_step_decay     ... with beta_t = z_step_size * z_step_decay^t, t = 0..l-1.
   momentum_scale   alpha of rho = alpha ||z_{t+1} - z_t|| (§2.2).
   inference_steps  T iterations of Eq. 4.
-  lipschitz        'spectral_norm' on every G and Z layer (or 'none'), each
-                   normalised kernel times lipschitz_scale (G) or
-                   znet_lipschitz_scale (Z).
+  model.lipschitz  'spectral_norm' on every G and Z layer (or 'none'), each
+                   normalised kernel times model.lipschitz_scale (G) or
+                   model.znet_lipschitz_scale (Z), model.power_iterations.
 `train.num_steps` counts generator updates: a batch makes l of them.
 """
 
@@ -78,6 +79,10 @@ def get_config(arg=None):
   config.model.znet_hidden = 256
   config.model.znet_layers = 3
   config.model.output_activation = "sigmoid"
+  config.model.lipschitz = "spectral_norm"
+  config.model.lipschitz_scale = 1.5  # G: ~1.5^6 in z, enough to separate two completions.
+  config.model.znet_lipschitz_scale = 1.0
+  config.model.power_iterations = 5
 
   config.cgml = ml_collections.ConfigDict()
   config.cgml.task = "completion"
@@ -92,10 +97,6 @@ def get_config(arg=None):
   config.cgml.momentum_scale = 3.0
   config.cgml.inference_steps = 10
   config.cgml.use_momentum = not arg.no_momentum
-  config.cgml.lipschitz = "spectral_norm"
-  config.cgml.lipschitz_scale = 1.5  # G: ~1.5^6 in z, enough to separate two completions.
-  config.cgml.znet_lipschitz_scale = 1.0
-  config.cgml.power_iterations = 5
   config.cgml.kl_weight = 0.0  # lambda of the colorization energy.
   config.cgml.histogram_bins = 32
   config.cgml.znet_optimizer = _optimizer(1e-3)
@@ -130,7 +131,7 @@ def get_config(arg=None):
     # are ~30x the last): alpha = 6 makes Eq. 4 steps comparable to them.
     config.cgml.momentum_scale = 6.0
     config.cgml.inference_steps = 20
-    config.cgml.lipschitz_scale = 1.0
+    config.model.lipschitz_scale = 1.0
     config.train.num_steps = 30000
     config.train.log_every = 1000
     config.train.checkpoint_every = 10000
@@ -160,6 +161,7 @@ def get_config(arg=None):
       config.model.num_levels = 5
 
   if arg.runlocal:
+    config.data.builder_config = "tiny"  # every local dataset has one (builds in seconds)
     config.data.batch_size = 8
     config.model.features = 8
     config.model.num_levels = 2

@@ -7,7 +7,7 @@ steps at batch 16: about 2 minutes on a 2-core CPU, plus ~20 s to build the
 dataset on first use. It learns the per-pixel median of the modes: sharp
 layouts, one washed-out appearance. Variants:
 
-  :runlocal            a few tiny steps (smoke test, seconds)
+  :runlocal            a few tiny steps on the `tiny` data (smoke test, seconds)
   :data=NAME           any registered dataset: toy_scenes, toy_scenes_colorization,
                        local_photos_sr, digits_completion
 """
@@ -34,6 +34,7 @@ def get_config(arg=None):
   config.train.sample_every = 250
 
   if arg.runlocal:
+    config.data.builder_config = "tiny"  # every local dataset has one (builds in seconds)
     config.data.batch_size = 8
     config.model.features = 8
     config.model.num_blocks = 1

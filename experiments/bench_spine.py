@@ -17,6 +17,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from multimodal_jax import inference
 from multimodal_jax import train
 from multimodal_jax.data import pipeline
 from multimodal_jax.methods import base as methods_base
@@ -42,7 +43,7 @@ def main(argv):
   pipe_examples_per_s = n_batches * batch_size / (time.perf_counter() - t0)
 
   # 2. The compiled step alone.
-  mesh = train.make_mesh()
+  mesh = inference.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   method = methods_base.make_method(config, pipeline.global_batch_spec(config, local))

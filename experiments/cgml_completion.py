@@ -41,7 +41,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 import exp_util  # experiments/exp_util.py
-from multimodal_jax import train  # pylint: disable=g-import-not-at-top
+from multimodal_jax import inference  # pylint: disable=g-import-not-at-top
 from multimodal_jax.data import pipeline
 
 REPO = exp_util.REPO
@@ -92,7 +92,7 @@ def main(argv):
   for name, (config_file, arg) in runs().items():
     workdir = os.path.join(_WORKDIR.value, _DATASET.value, name)
     exp_util.train_or_reuse(exp_util.load_config(config_file, arg, _SEED.value, _DATA_DIR.value), workdir)
-    config, method, state, _ = train.load_trained(workdir)
+    config, method, state, _ = inference.load_trained(workdir)
     if test is None:
       test = pipeline.load_eval_examples(config, _NUM_TEST.value)
     sample = jax.jit(method.sample, static_argnums=3)

@@ -37,7 +37,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 import exp_util  # experiments/exp_util.py
-from multimodal_jax import train  # pylint: disable=g-import-not-at-top
+from multimodal_jax import inference  # pylint: disable=g-import-not-at-top
 from multimodal_jax.data import pipeline
 from multimodal_jax.data import toy3d
 from multimodal_jax.methods import base as methods_base
@@ -88,7 +88,7 @@ def main(argv):
     workdir = os.path.join(_WORKDIR.value, name)
     config = load_config(config_file, arg)
     exp_util.train_or_reuse(config, workdir)
-    config, method, state, batch_spec = train.load_trained(workdir)
+    config, method, state, batch_spec = inference.load_trained(workdir)
     if test is None:
       test = pipeline.load_eval_examples(config, 512)
     x = jnp.asarray(test["x"])

@@ -6,6 +6,7 @@ import os
 
 import ml_collections
 
+from multimodal_jax import inference
 from multimodal_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,7 @@ def load_config(name: str, arg: str | None, seed: int, data_dir: str) -> ml_coll
 
 def train_or_reuse(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Trains `config` in workdir, resuming a partial run; refuses a run of another config."""
-  info_path = os.path.join(workdir, train.RUN_INFO)
+  info_path = os.path.join(workdir, inference.RUN_INFO)
   if os.path.exists(info_path):
     with open(info_path) as f:
       saved = json.load(f)["config"]

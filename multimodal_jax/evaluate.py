@@ -1,6 +1,7 @@
 r"""Evaluates a trained run: `python -m multimodal_jax.evaluate --workdir=DIR`.
 
   python -m multimodal_jax.evaluate --workdir=/tmp/regression [--num_inputs=16 --num_samples=16 --step=S]
+  python -m multimodal_jax.evaluate --workdir=DIR --import=my_data   # a user dataset or method module
 
 Restores the newest (or `--step`) checkpoint of DIR, draws `num_samples`
 samples for each of the first `num_inputs` eval examples and computes every
@@ -11,9 +12,11 @@ metric that applies to the dataset (evaluation/metrics.py):
   ssim_best, ssim_mean         of N samples and averaged over the N samples
   diversity_<d>                mean pairwise distance between samples of one input
   per_class_variance/<class>   ICCV'19 Table 1 (datasets whose eval batches carry
-                               a `label` layout: toy_scenes)
+                               a `label` layout, e.g. toy_scenes); class names
+                               from `DatasetSpec.class_names`, else class<c>
   mode_recall, mode_recall_nearest, mode_precision
-                               toy_scenes only, against its K exact modes
+                               datasets whose `DatasetSpec.true_modes` gives the
+                               exact modes of an example (toy_scenes: K = 12)
 
 <d> names the distance: `lpips` (LPIPS-alex) when its weights are found
 (docs/weights.md), else `mean_abs_pixel` (the l1 `pixel` distance: mean absolute
@@ -22,6 +25,9 @@ pixel difference); the choice is logged and written to eval.json.
 Writes DIR/eval.json ({"step", ..., "metrics": {name: value}}) and the same
 scalars to TensorBoard under DIR with the prefix `eval/` at the checkpoint's
 step, and prints a short summary. ~10 s for a small model on a CPU.
+
+Modules given with `--import` (and those the run was trained with, recorded in
+run_info.json) are imported first, so user datasets and methods work.
 """
 
 from __future__ import annotations
@@ -39,17 +45,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from multimodal_jax import train
+from multimodal_jax import inference
+from multimodal_jax import plugins
 from multimodal_jax.data import pipeline
-from multimodal_jax.data import toy_scenes
+from multimodal_jax.data import registry as data_registry
 from multimodal_jax.evaluation import metrics
 from multimodal_jax.losses import perceptual
 
 EVAL_JSON = "eval.json"
 SUBSTITUTE_DISTANCE = "mean_abs_pixel"
-# Class names of datasets whose eval batches carry a `label` layout.
-CLASS_NAMES = {"toy_scenes": toy_scenes.CLASS_NAMES}
-MODE_DATASETS = ("toy_scenes",)
 
 
 def make_eval_distance(weights_dir: str | None = None) -> tuple[str, perceptual.Distance]:
@@ -92,10 +96,21 @@ def _distance_terms(distance: perceptual.Distance, samples_BxNxHxWxC: jax.Array,
   return jax.lax.map(one_input, (samples_BxNxHxWxC, y_BxHxWxC))
 
 
-def compute_metrics(samples_BxNxHxWxC: np.ndarray, batch: dict[str, np.ndarray], dataset_name: str,
-                    distance_name: str, distance: perceptual.Distance, num_modes: int | None
+def compute_metrics(samples_BxNxHxWxC: np.ndarray, batch: dict[str, np.ndarray], distance_name: str,
+                    distance: perceptual.Distance, class_names: tuple[str, ...] | None = None,
+                    true_modes_BxKxHxWxC: np.ndarray | None = None, mode_tolerance: float | None = None
                     ) -> dict[str, float]:
-  """Every metric that applies to `dataset_name`, as a flat dict of floats."""
+  """Every metric that applies to the batch, as a flat dict of floats.
+
+  Args:
+    samples_BxNxHxWxC: N samples of each of the B inputs of `batch`.
+    batch: eval examples; a `label` [B, H, W] (class ids of the one-hot x)
+      adds the per-class variance.
+    distance_name, distance: the image distance of diversity and FWV.
+    class_names: names of the classes of `label` (default `class{c}`).
+    true_modes_BxKxHxWxC: the exact modes of each input (`true_modes_of_batch`);
+      given, adds mode recall and precision at `mode_tolerance`.
+  """
   y_BxHxWxC = batch["y"]
   out: dict[str, float] = {}
   d_to_mean_BxN, d_to_truth_BxN, diversity_B = _distance_terms(distance, samples_BxNxHxWxC, y_BxHxWxC)
@@ -108,15 +123,36 @@ def compute_metrics(samples_BxNxHxWxC: np.ndarray, batch: dict[str, np.ndarray],
 
   if "label" in batch:
     num_classes = batch["x"].shape[-1]
-    names = CLASS_NAMES.get(dataset_name, tuple(f"class{c}" for c in range(num_classes)))
+    names = class_names or tuple(f"class{c}" for c in range(num_classes))
+    if len(names) != num_classes:
+      raise ValueError(f"class_names has {len(names)} names for the {num_classes} classes of the one-hot "
+                       f"input: {names}.")
     per_class_K, overall = metrics.per_class_pixel_variance(samples_BxNxHxWxC, batch["label"], num_classes)
     for name, value in zip(names, per_class_K):
       if np.isfinite(value):  # Classes absent from every evaluated layout are left out.
         out[f"per_class_variance/{name}"] = float(value)
     out["per_class_variance/overall"] = overall
-  if dataset_name in MODE_DATASETS and "label" in batch:
-    out.update(metrics.toy_scenes_mode_metrics(samples_BxNxHxWxC, batch["label"], num_modes))
+  if true_modes_BxKxHxWxC is not None:
+    out.update(metrics.mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, mode_tolerance))
   return out
+
+
+def true_modes_of_batch(data_config, batch: dict[str, np.ndarray]) -> np.ndarray | None:
+  """The exact modes [B, K, H, W, C] of each eval example, for datasets that know them; else None.
+
+  They come from the dataset's `DatasetSpec.true_modes(label, builder_config)`:
+  the modes depend on the layout and on the variant (e.g. toy_scenes' K).
+  """
+  spec = data_registry.get_dataset(data_config.name)
+  if spec.true_modes is None:
+    return None
+  if "label" not in batch:
+    logging.warning("Dataset %s gives true_modes, but its eval batches carry no `label`: no mode metrics.",
+                    data_config.name)
+    return None
+  builder_config = pipeline.get_builder(data_config).builder_config
+  return np.stack([np.asarray(spec.true_modes(label_HxW, builder_config), np.float32)
+                   for label_HxW in batch["label"]])
 
 
 def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: int | None = None,
@@ -134,7 +170,7 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
   if num_samples < 2:
     raise ValueError(f"--num_samples must be >= 2 to measure diversity; got {num_samples}.")
   start = time.time()
-  config, method, state, _ = train.load_trained(workdir, step)
+  config, method, state, _ = inference.load_trained(workdir, step)
   step = int(jax.device_get(state.step))
   dataset_name = config.data.name
   batch = pipeline.load_eval_examples(config, num_inputs)
@@ -146,10 +182,10 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
     raise ValueError(f"method.sample returned {samples_BxNxHxWxC.shape}; expected {expected}.")
 
   distance_name, distance = make_eval_distance(weights_dir)
-  num_modes = None
-  if dataset_name in MODE_DATASETS:
-    num_modes = pipeline.get_builder(config.data).builder_config.num_modes
-  scalars = compute_metrics(samples_BxNxHxWxC, batch, dataset_name, distance_name, distance, num_modes)
+  spec = data_registry.get_dataset(dataset_name)
+  true_modes_BxKxHxWxC = true_modes_of_batch(config.data, batch)
+  scalars = compute_metrics(samples_BxNxHxWxC, batch, distance_name, distance, spec.class_names,
+                            true_modes_BxKxHxWxC, spec.mode_tolerance)
 
   result = {
       "workdir": os.path.abspath(workdir), "step": step, "method": config.method,
@@ -158,8 +194,8 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
       "distance": distance_name, "distance_description": distance.describe(),
       "fwv_sigmas": list(metrics.FWV_SIGMAS),
   }
-  if num_modes is not None:
-    result.update(num_modes=num_modes, mode_tolerance=metrics.DEFAULT_MODE_TOLERANCE)
+  if true_modes_BxKxHxWxC is not None:
+    result.update(num_modes=int(true_modes_BxKxHxWxC.shape[1]), mode_tolerance=spec.mode_tolerance)
   result["metrics"] = scalars
   if jax.process_index() == 0:
     with open(os.path.join(workdir, EVAL_JSON), "w") as f:
@@ -202,12 +238,14 @@ def _define_flags() -> None:
   flags.DEFINE_integer("step", None, "The checkpoint step to evaluate (default: the newest).")
   flags.DEFINE_integer("seed", 0, "Sampling rng seed.")
   flags.DEFINE_string("weights_dir", None, "Where to look for the LPIPS weights first.")
+  plugins.define_import_flag()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
+  plugins.import_modules(f[plugins.IMPORT_FLAG].value)
   evaluate(f.workdir, num_inputs=f.num_inputs, num_samples=f.num_samples, step=f.step, seed=f.seed,
            weights_dir=f.weights_dir)
 

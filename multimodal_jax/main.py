@@ -5,6 +5,10 @@ Flags `--config.x.y=...` override any config field. On a multi-host system
 (`--coordinator_address`, `--num_processes`, `--process_id`), e.g. for several
 CPU processes on one machine.
 
+`--import=MODULE` (repeatable) imports a user module first, e.g. one that
+registers a dataset or a method (docs/extending.md); the run records it so
+that `evaluate` and `sample` import it again.
+
 `--cpu_devices=N` splits a CPU into N XLA devices (the batch is sharded over
 them like over GPUs). XLA:CPU parallelises one convolution over threads
 poorly, so one device per core speeds up convolution-heavy forward passes
@@ -20,6 +24,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from multimodal_jax import plugins
 from multimodal_jax import train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
@@ -32,6 +37,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many XLA devices "
                                     "(0: JAX's default, one). Only affects the CPU backend.")
+plugins.define_import_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -64,6 +70,8 @@ def main(argv):
   set_cpu_devices(_CPU_DEVICES.value)
   initialize_distributed()
   logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
+  # After JAX is set up (a module may touch devices), before the config is validated.
+  plugins.import_modules(flags.FLAGS[plugins.IMPORT_FLAG].value)
   train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
 
 

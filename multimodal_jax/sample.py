@@ -2,8 +2,9 @@ r"""Draws samples from a trained run into a PNG grid: `python -m multimodal_jax.
 
   python -m multimodal_jax.sample --workdir=DIR --num_samples=16 --out=grid.png
   python -m multimodal_jax.sample --workdir=DIR --input=lr.png --out=grid.png
-  python -m multimodal_jax.sample --workdir=DIR --out=lerp.png --interpolate   # method extras
-  python -m multimodal_jax.sample --workdir=DIR --out=traj.png --trajectory
+  python -m multimodal_jax.sample --workdir=DIR --out=lerp.png --extra=interpolate   # a method extra
+  python -m multimodal_jax.sample --workdir=DIR --out=traj.png --extra=trajectory
+  python -m multimodal_jax.sample --workdir=DIR --out=grid.png --import=my_data      # a user module
 
 Without --input the first `--num_inputs` eval examples are used. With --input a
 PNG is the conditioning input of one example:
@@ -18,10 +19,17 @@ PNG is the conditioning input of one example:
 The grid shows, for every input, a row `input | sample_1 ... sample_N` and under
 it the absolute differences |sample_k - sample_{k-1}| (under sample_k), as in
 cimle_srim_ijcv Fig. 1 / Fig. 5, multiplied by `--diff_gain` (default 4, clipped
-to [0, 1]) so that small differences are visible; the gain is printed. `--interpolate` draws
-`method.extras["interpolate"]` (outputs along a line between two codes) instead
-of independent samples; `--trajectory` draws `method.extras["trajectory"]`
-([B, N, T+1, ...]: each sample's T+1 iterates, one row pair per sample).
+to [0, 1]) so that small differences are visible; the gain is printed.
+
+`--extra=NAME` draws the method's inference function `method.extras[NAME]`
+(same arguments as `method.sample`) instead of independent samples, e.g.
+`interpolate` (IMLE: outputs along a line between two codes) or `trajectory`
+(cGML: each sample's T+1 iterates). The grid follows the output's shape:
+[B, N, H, W, C] is drawn like samples, [B, N, T+1, H, W, C] as one row pair per
+sample showing its iterates. An unknown name fails with the method's extras.
+
+Modules given with `--import` (and those the run was trained with, recorded in
+run_info.json) are imported first, so user datasets and methods work.
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from multimodal_jax import train
+from multimodal_jax import inference
+from multimodal_jax import plugins
 from multimodal_jax.data import pipeline
 from multimodal_jax.data import registry as data_registry
 
@@ -126,25 +135,22 @@ def load_input_png(path: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...]
 
 
 def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_samples: int = 16,
-                  num_inputs: int = 4, interpolate: bool = False, trajectory: bool = False,
-                  step: int | None = None, seed: int = 0, diff_gain: float = 1.0) -> np.ndarray:
-  """Draws samples (or an extra's outputs) of the run in `workdir` and writes the PNG grid.
+                  num_inputs: int = 4, extra: str | None = None, step: int | None = None, seed: int = 0,
+                  diff_gain: float = 1.0) -> np.ndarray:
+  """Draws samples (or the outputs of `method.extras[extra]`) of the run in `workdir` into a PNG grid.
 
   Returns:
     The grid, float32 [rows, cols, 3] in [0, 1], as written to `out`.
   """
-  if interpolate and trajectory:
-    raise ValueError("Pass at most one of --interpolate and --trajectory.")
   if diff_gain <= 0:
     raise ValueError(f"--diff_gain must be > 0, got {diff_gain}.")
-  config, method, state, batch_spec = train.load_trained(workdir, step)
-  extra = "interpolate" if interpolate else "trajectory" if trajectory else None
+  config, method, state, batch_spec = inference.load_trained(workdir, step)
   if extra is None:
     fn = method.sample
   elif extra in method.extras:
     fn = method.extras[extra]
   else:
-    raise ValueError(f"Method {config.method!r} has no {extra!r} inference function; its extras: "
+    raise ValueError(f"Method {config.method!r} has no extra {extra!r}; its extras: "
                      f"{sorted(method.extras) or 'none'}.")
   spec = data_registry.get_dataset(config.data.name)
   if input_path:
@@ -155,23 +161,25 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
       state, jnp.asarray(x_BxHxWxC), jax.random.PRNGKey(seed), num_samples)), np.float32)
 
   b = x_BxHxWxC.shape[0]
-  if extra == "trajectory":
-    if outputs.ndim != 6:
-      raise ValueError(f"extras['trajectory'] returned {outputs.shape}; expected [B, N, T+1, H, W, C].")
-    rows = outputs.reshape((-1,) + outputs.shape[2:])  # One row per (input, sample).
+  name = f"extras[{extra!r}]" if extra else "sample"
+  if outputs.ndim == 6:  # [B, N, T+1, H, W, C]: iterates, one row per (input, sample).
+    rows = outputs.reshape((-1,) + outputs.shape[2:])
     per_input = outputs.shape[1]
-  else:
-    if outputs.ndim != 5:
-      raise ValueError(f"{extra or 'sample'} returned {outputs.shape}; expected [B, N, H, W, C].")
+  elif outputs.ndim == 5:  # [B, N, H, W, C]: one row per input.
     rows, per_input = outputs, 1
+  else:
+    raise ValueError(f"{name} returned {outputs.shape}; expected [B, N, H, W, C] (samples) or "
+                     "[B, N, T+1, H, W, C] (iterates).")
+  if outputs.shape[0] != b:
+    raise ValueError(f"{name} returned {outputs.shape} for {b} input(s); expected B = {b} first.")
   h, w = rows.shape[2:4]
   inputs_rgb = np.asarray(jax.image.resize(spec.input_to_rgb(x_BxHxWxC), (b, h, w, 3), "nearest"))
   grid = difference_grid(np.repeat(inputs_rgb, per_input, axis=0), rows, diff_gain=diff_gain)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   Image.fromarray(np.round(grid * 255.0).astype(np.uint8)).save(out)
-  print(f"Wrote {out} ({grid.shape[1]}x{grid.shape[0]}): {config.method} "
+  print(f"Wrote {out} ({grid.shape[1]}x{grid.shape[0]}): {config.method} on {config.data.name}, "
         f"{extra or 'samples'}, {b} input(s) x {outputs.shape[1]}"
-        + (f" x {outputs.shape[2]} iterates" if extra == "trajectory" else "")
+        + (f" x {outputs.shape[2]} iterates" if outputs.ndim == 6 else "")
         + f"; difference rows x{diff_gain:g}.", flush=True)
   return grid
 
@@ -183,20 +191,21 @@ def _define_flags() -> None:
   flags.DEFINE_string("input", None, "A PNG input; default: the first eval examples.")
   flags.DEFINE_integer("num_samples", 16, "Samples (or interpolation points) per input.")
   flags.DEFINE_integer("num_inputs", 4, "Eval examples to use when --input is not given.")
-  flags.DEFINE_bool("interpolate", False, "Use the method's extras['interpolate'].")
-  flags.DEFINE_bool("trajectory", False, "Use the method's extras['trajectory'].")
+  flags.DEFINE_string("extra", None, "Draw the method's extras[NAME] instead of samples, e.g. "
+                      "interpolate (IMLE) or trajectory (cGML).")
   flags.DEFINE_integer("step", None, "The checkpoint step (default: the newest).")
   flags.DEFINE_integer("seed", 0, "Sampling rng seed.")
   flags.DEFINE_float("diff_gain", 4.0, "Difference rows show gain x |sample_k - sample_{k-1}|.")
+  plugins.define_import_flag()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
+  plugins.import_modules(f[plugins.IMPORT_FLAG].value)
   sample_to_png(f.workdir, f.out, input_path=f.input, num_samples=f.num_samples,
-                num_inputs=f.num_inputs, interpolate=f.interpolate, trajectory=f.trajectory,
-                step=f.step, seed=f.seed, diff_gain=f.diff_gain)
+                num_inputs=f.num_inputs, extra=f.extra, step=f.step, seed=f.seed, diff_gain=f.diff_gain)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Every method runs through `train_and_evaluate`. The loop
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -37,20 +36,15 @@ import orbax.checkpoint as ocp
 import grain
 
 from multimodal_jax import config_lib
+from multimodal_jax import inference
+from multimodal_jax import prepared as prepared_lib
 from multimodal_jax.data import pipeline
 from multimodal_jax.data import registry as data_registry
 from multimodal_jax.methods import base as methods_base
-from multimodal_jax.methods import common
 
 PyTree = Any
 _NO_NONFINITE = np.iinfo(np.int32).max
 _NONFINITE_KEY = "first_nonfinite_step"
-
-
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over all devices of all processes, axis `data`."""
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 class _Metrics:
@@ -187,26 +181,6 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: PyTree, da
       data_iter=grain.checkpoint.CheckpointSave(data_iter)), force=True)
 
 
-def sample_grid(x_rgb: np.ndarray, samples: np.ndarray, y: np.ndarray, pad: int = 2) -> np.ndarray:
-  """Rows of input | samples | ground truth, as one float32 RGB image in [0, 1].
-
-  Args:
-    x_rgb: [B, h, w, 3] inputs shown as RGB (resized to the target size).
-    samples: [B, N, H, W, C] samples in [0, 1].
-    y: [B, H, W, C] ground truth.
-  """
-  b, n, h, w, _ = samples.shape
-  to_rgb = lambda a: np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a[..., :3]
-  x_rgb = np.asarray(jax.image.resize(x_rgb, (b, h, w, 3), "nearest"))
-  tiles = np.concatenate([x_rgb[:, None], to_rgb(samples), to_rgb(y)[:, None]], axis=1)  # [B, N+2, H, W, 3]
-  grid = np.ones((b * (h + pad) + pad, (n + 2) * (w + pad) + pad, 3), np.float32)
-  for i in range(b):
-    for j in range(n + 2):
-      top, left = pad + i * (h + pad), pad + j * (w + pad)
-      grid[top:top + h, left:left + w] = tiles[i, j]
-  return np.clip(grid, 0.0, 1.0)
-
-
 def _flatten_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
   out = {}
   for key, value in config.items():
@@ -222,45 +196,72 @@ def _format_eta(seconds: float) -> str:
   return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-RUN_INFO = "run_info.json"
+def build_method(config: ml_collections.ConfigDict, workdir: str):
+  """The method with its prepared state, and the train iterator: (method, batch_spec, data_iter).
 
-
-def write_run_info(workdir: str, config: ml_collections.ConfigDict, batch_spec) -> None:
-  """Saves the config and the global batch shapes, so CLIs can rebuild the method."""
-  info = {"config": json.loads(config.to_json_best_effort()),
-          "batch_spec": {k: [list(v.shape), np.dtype(v.dtype).name] for k, v in batch_spec.items()}}
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, RUN_INFO), "w") as f:
-    json.dump(info, f, indent=1)
-
-
-def load_trained(workdir: str, step: int | None = None):
-  """Restores a trained run for inference: (config, method, state, batch_spec).
-
-  Reads `run_info.json` and the newest (or the given) checkpoint of `workdir`;
-  the state is placed on the local devices, replicated.
+  The prepared state is computed once over the train split (or restored from
+  `workdir`, multimodal_jax/prepared.py); its `sampling_weights`, if any, make
+  the iterator draw examples in proportion to them.
   """
-  path = os.path.join(workdir, RUN_INFO)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir} the --workdir of a training run?")
-  with open(path) as f:
-    info = json.load(f)
-  config = ml_collections.ConfigDict(info["config"])
-  config.lock()
-  batch_spec = {k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
-                for k, (shape, dtype) in info["batch_spec"].items()}
-  method = methods_base.make_method(config, batch_spec)
-  mesh = make_mesh()
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  abstract_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                                jax.eval_shape(method.init, jax.random.PRNGKey(config.seed)))
-  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-  manager.close()
-  return config, method, restored["state"], batch_spec
+  prepared = prepared_lib.prepare_or_restore(config, workdir)
+  weights = prepared.get(prepared_lib.SAMPLING_WEIGHTS)
+  first_local_batch = next(pipeline.create_train_iterator(config, weights))  # Shapes only.
+  batch_spec = pipeline.global_batch_spec(config, first_local_batch)
+  method = methods_base.make_method(config, batch_spec, prepared)
+  return method, batch_spec, pipeline.create_train_iterator(config, weights)
+
+
+def _learning_rate_scalars(method: methods_base.Method, step: int) -> dict[str, float]:
+  """`learning_rate` for a one-network method, else `learning_rate/<network>`."""
+  rates = method.learning_rates
+  if len(rates) == 1:
+    return {"learning_rate": float(next(iter(rates.values()))(step))}
+  return {f"learning_rate/{name}": float(schedule(step)) for name, schedule in rates.items()}
+
+
+class _Outputs:
+  """What a run writes besides checkpoints: metrics (console + TensorBoard) and sample grids."""
+
+  def __init__(self, config, workdir, method, compiled: CompiledSteps, replicated):
+    self.config, self.method, self.compiled = config, method, compiled
+    self.is_chief = jax.process_index() == 0
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_chief,
+                                                       asynchronous=True)
+    self.spec = data_registry.get_dataset(config.data.name)
+    self.grid_batch = pipeline.load_eval_examples(config, config.train.num_grid_inputs)
+    self.grid_x = jax.device_put(self.grid_batch["x"], replicated)
+    self.sample_jit = jax.jit(method.sample, static_argnums=3, out_shardings=replicated)
+    self.report_progress = periodic_actions.ReportProgress(num_train_steps=config.train.num_steps,
+                                                           writer=self.writer, every_secs=30.0)
+
+  def write_samples(self, state, at_step: int) -> None:
+    rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + 1), at_step)
+    samples = jax.device_get(self.sample_jit(state, self.grid_x, rng, self.config.train.num_grid_samples))
+    grid = inference.sample_grid(self.spec.input_to_rgb(self.grid_batch["x"]), samples, self.grid_batch["y"])
+    self.writer.write_images(at_step, {"samples": grid[None]})
+
+  def flush_metrics(self, at_step: int, elapsed: float, steps_done: int, manager, workdir: str) -> None:
+    """Reads the on-device metrics (the loop's only host sync); raises on a non-finite value."""
+    config, num_steps = self.config, self.config.train.num_steps
+    scalars, first_bad = self.compiled.flush()
+    if first_bad is not None:
+      manager.wait_until_finished()  # Commit the last good checkpoint, if one is in flight.
+      raise FloatingPointError(
+          f"Non-finite loss or metric at step {first_bad} (run {config.method} on {config.data.name}). "
+          f"The last good checkpoint is step {manager.latest_step()} in {workdir}; nothing later "
+          "was saved.")
+    steps_per_sec = steps_done / max(elapsed, 1e-9)
+    shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
+    scalars.update(_learning_rate_scalars(self.method, at_step), train_steps_per_sec=steps_per_sec)
+    self.writer.write_scalars(at_step, scalars)
+    eta = (num_steps - at_step) / steps_per_sec if steps_per_sec > 0 else 0.0
+    # One write, so log lines from the writer thread cannot split it.
+    print(f"[step {at_step}/{num_steps}] {shown} | {steps_per_sec:.2f} steps/s | "
+          f"ETA {_format_eta(eta)}\n", end="", flush=True)
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.writer.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> PyTree:
@@ -270,108 +271,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> PyTre
   """
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
-  is_chief = jax.process_index() == 0
-  mesh = make_mesh()
+  mesh = inference.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   logging.info("Devices: %d (%d per process, %d processes), platform %s.", jax.device_count(),
                jax.local_device_count(), jax.process_count(), jax.default_backend())
 
-  data_iter = pipeline.create_train_iterator(config)
-  first_local_batch = next(data_iter)  # Shapes only: the iterator state is restored or rewound below.
-  batch_spec = pipeline.global_batch_spec(config, first_local_batch)
-  data_iter = pipeline.create_train_iterator(config)
-
-  method = methods_base.make_method(config, batch_spec)
+  method, batch_spec, data_iter = build_method(config, workdir)
   base_rng = jax.random.PRNGKey(config.seed)
   init_jit = jax.jit(method.init, out_shardings=replicated)
-  abstract_state = jax.eval_shape(method.init, base_rng)
-  abstract_state = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract_state)
-
+  abstract_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                                jax.eval_shape(method.init, base_rng))
   manager = make_checkpoint_manager(workdir, config)
   state, step = restore_or_init(manager, lambda: init_jit(base_rng), abstract_state, data_iter)
-  num_steps = config.train.num_steps
-  steps_per_round = method.steps_per_round
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
-  if is_chief:
-    write_run_info(workdir, config, batch_spec)
+  if jax.process_index() == 0:
+    inference.write_run_info(workdir, config, batch_spec)
+  compiled = CompiledSteps(method.steps, replicated, batch_sharding)
+  outputs = _Outputs(config, workdir, method, compiled, replicated)
   if step == 0:
-    writer.write_hparams(_flatten_config(config))
+    outputs.writer.write_hparams(_flatten_config(config))
   logging.info("Method %s: %s. Dataset %s, global batch %d.", config.method, method.description,
                config.data.name, config.data.batch_size)
   print(f"Training {config.method} ({method.description}) on {config.data.name}: steps {step} -> "
-        f"{num_steps}, global batch {config.data.batch_size}, {jax.device_count()} device(s).", flush=True)
-
-  compiled = CompiledSteps(method.steps, replicated, batch_sharding)
-  spec = data_registry.get_dataset(config.data.name)
-  grid_batch = pipeline.load_eval_examples(config, config.train.num_grid_inputs)
-  grid_x = jax.device_put(grid_batch["x"], replicated)
-  sample_jit = jax.jit(method.sample, static_argnums=3, out_shardings=replicated)
-  lr_schedule = common.learning_rate_schedule(config.optimizer, num_steps)
-  report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                                    every_secs=30.0)
-
-  def write_samples(at_step: int):
-    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), at_step)
-    samples = jax.device_get(sample_jit(state, grid_x, rng, config.train.num_grid_samples))
-    grid = sample_grid(spec.input_to_rgb(grid_batch["x"]), samples, grid_batch["y"])
-    writer.write_images(at_step, {"samples": grid[None]})
-
-  def flush_metrics(at_step: int, elapsed: float, steps_done: int):
-    scalars, first_bad = compiled.flush()
-    if first_bad is not None:
-      manager.wait_until_finished()  # Commit the last good checkpoint, if one is in flight.
-      raise FloatingPointError(
-          f"Non-finite loss or metric at step {first_bad} (run {config.method} on {config.data.name}). "
-          f"The last good checkpoint is step {manager.latest_step()} in {workdir}; nothing later "
-          "was saved.")
-    steps_per_sec = steps_done / max(elapsed, 1e-9)
-    scalars["learning_rate"] = float(lr_schedule(at_step))
-    scalars["train_steps_per_sec"] = steps_per_sec
-    writer.write_scalars(at_step, scalars)
-    shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items() if k not in ("learning_rate",
-                                                                              "train_steps_per_sec"))
-    eta = (num_steps - at_step) / steps_per_sec if steps_per_sec > 0 else 0.0
-    # One write, so log lines from the writer thread cannot split it.
-    print(f"[step {at_step}/{num_steps}] {shown} | {steps_per_sec:.2f} steps/s | "
-          f"ETA {_format_eta(eta)}\n", end="", flush=True)
-
-  start_step = step
-  last_log_step, last_log_time = step, time.time()
-  global_batches = pipeline.iterate_global(data_iter, batch_sharding)
-  preempted = False
+        f"{config.train.num_steps}, global batch {config.data.batch_size}, {jax.device_count()} device(s).",
+        flush=True)
   try:
-    with _Preemption() as preemption:
-      while step < num_steps:
-        batch = next(global_batches)
-        state = method.run_round(compiled, state, batch)
-        prev_step, step = step, step + steps_per_round
-        report_progress(step)
-        crossed = lambda every: step // every > prev_step // every or step >= num_steps
-        if crossed(config.train.log_every) or crossed(config.train.checkpoint_every):
-          now = time.time()
-          flush_metrics(step, now - last_log_time, step - last_log_step)
-          last_log_step, last_log_time = step, now
-        if config.train.sample_every and crossed(config.train.sample_every) and step < num_steps:
-          write_samples(step)
-          last_log_time = time.time()  # steps/s measures training, not sampling.
-        preempted = preemption.requested or manager.reached_preemption(step)
-        if crossed(config.train.checkpoint_every) or preempted:
-          save_checkpoint(manager, step, state, data_iter)
-          last_log_time = time.time()
-        if preempted:
-          print(f"Preempted: saved the checkpoint at step {step}; rerun the same command to resume.",
-                flush=True)
-          break
-      if not preempted and step > start_step:
-        write_samples(step)
-      elif not preempted and step == start_step:
-        print(f"Nothing to do: the checkpoint is already at step {step} >= train.num_steps.", flush=True)
+    return _run_loop(config, workdir, method, compiled, outputs, manager, state, step,
+                     pipeline.iterate_global(data_iter, batch_sharding), data_iter)
   finally:
     manager.wait_until_finished()
-    writer.flush()
-    writer.close()
+    outputs.close()
     manager.close()
+
+
+def _run_loop(config, workdir, method, compiled, outputs: _Outputs, manager, state, step, global_batches,
+              data_iter) -> PyTree:
+  """Rounds until `train.num_steps`: metrics, grids and checkpoints on their schedules; SIGTERM saves."""
+  num_steps, t = config.train.num_steps, config.train
+  start_step = step
+  last_log_step, last_log_time = step, time.time()
+  preempted = False
+  with _Preemption() as preemption:
+    while step < num_steps:
+      state = method.run_round(compiled, state, next(global_batches))
+      prev_step, step = step, step + method.steps_per_round
+      outputs.report_progress(step)
+      crossed = lambda every: step // every > prev_step // every or step >= num_steps
+      if crossed(t.log_every) or crossed(t.checkpoint_every):
+        now = time.time()
+        outputs.flush_metrics(step, now - last_log_time, step - last_log_step, manager, workdir)
+        last_log_step, last_log_time = step, now
+      if t.sample_every and crossed(t.sample_every) and step < num_steps:
+        outputs.write_samples(state, step)
+        last_log_time = time.time()  # steps/s measures training, not sampling.
+      preempted = preemption.requested or manager.reached_preemption(step)
+      if crossed(t.checkpoint_every) or preempted:
+        save_checkpoint(manager, step, state, data_iter)
+        last_log_time = time.time()
+      if preempted:
+        print(f"Preempted: saved the checkpoint at step {step}; rerun the same command to resume.",
+              flush=True)
+        return state
+  if step > start_step:
+    outputs.write_samples(state, step)
+  else:
+    print(f"Nothing to do: the checkpoint is already at step {step} >= train.num_steps.", flush=True)
   return state

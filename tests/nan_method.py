@@ -6,8 +6,8 @@ from multimodal_jax.methods import base
 from multimodal_jax.methods import regression
 
 
-def make_method(config, batch_spec):
-  method = regression.make_method(config, batch_spec)
+def make_method(config, batch_spec, prepared=None):
+  method = regression.make_method(config, batch_spec, prepared)
   step_fn = method.steps["train"]
 
   def nan_at_step_5(state, batch):
@@ -16,4 +16,4 @@ def make_method(config, batch_spec):
     return new_state, metrics
 
   return base.Method(init=method.init, steps={"train": nan_at_step_5}, run_round=method.run_round,
-                     sample=method.sample, description="NaN at step 5 (test)")
+                     sample=method.sample, learning_rates=method.learning_rates, description="NaN at step 5 (test)")

@@ -12,10 +12,12 @@ import pytest
 
 from conftest import REPO
 from multimodal_jax import config_lib
+from multimodal_jax import inference
 from multimodal_jax import train
 from multimodal_jax.data import toy3d
 from multimodal_jax.methods import cgml
 from multimodal_jax.models import cgml_nets
+from multimodal_jax.models import registry as models
 
 CONFIG = str(REPO / "configs" / "cgml.py")
 
@@ -105,13 +107,14 @@ def test_one_inference_iteration_equals_eq4_by_hand():
   h = jax.random.normal(jax.random.PRNGKey(2), (2, config.model.h_dim))
   z = cgml.sample_sphere(jax.random.PRNGKey(3), (2, config.cgml.z_dim))
   znet = cgml_nets.ZNetwork(hidden=config.model.znet_hidden, num_layers=config.model.znet_layers,
-                            power_iterations=config.cgml.power_iterations)
-  z_hat, rho_hat = (np.asarray(a, np.float64) for a in znet.apply({"params": state.znet_params}, z, h))
+                            power_iterations=config.model.power_iterations)
+  znet_params = state.networks["znet"].params
+  z_hat, rho_hat = (np.asarray(a, np.float64) for a in znet.apply({"params": znet_params}, z, h))
   z_np = np.asarray(z, np.float64)
   step = z_hat - z_np
   expected = z_np + rho_hat[:, None] * step / np.linalg.norm(step, axis=-1, keepdims=True)
   expected /= np.linalg.norm(expected, axis=-1, keepdims=True)
-  got = method.extras["inference_update"](state.znet_params, h, z)
+  got = method.extras["inference_update"](znet_params, h, z)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -124,7 +127,7 @@ def test_each_step_changes_only_what_it_should(setup):
 
   # z step: H, G, Z (and their optimiser states) frozen; z moves on the sphere.
   after_z, metrics = jitted(setup, "z")(state, batch)
-  for field in ("gen_params", "gen_opt_state", "znet_params", "znet_opt_state", "step"):
+  for field in ("networks", "step"):
     assert_trees_identical(getattr(state, field), getattr(after_z, field))
   assert not np.array_equal(after_z.z_BxD, after_z.z_prev_BxD)
   np.testing.assert_allclose(np.linalg.norm(after_z.z_BxD, axis=-1), 1.0, rtol=1e-5)
@@ -133,17 +136,20 @@ def test_each_step_changes_only_what_it_should(setup):
 
   # Z step: H, G and z frozen; only the Z-network moves.
   after_znet, metrics = jitted(setup, "znet")(after_z, batch)
-  for field in ("gen_params", "gen_opt_state", "z_BxD", "z_prev_BxD", "step"):
+  for field in ("z_BxD", "z_prev_BxD", "step"):
     assert_trees_identical(getattr(after_z, field), getattr(after_znet, field))
-  assert_trees_differ(after_z.znet_params, after_znet.znet_params)
+  for name in ("encoder", "generator"):
+    assert_trees_identical(after_z.networks[name], after_znet.networks[name])
+  assert_trees_differ(after_z.networks["znet"].params, after_znet.networks["znet"].params)
   assert {"loss", "z_l1", "rho_l1", "rho_target", "rho_pred"} <= set(metrics)
 
   # G/H step: Z and z frozen; H and G move, the update counter advances.
   after_gen, metrics = jitted(setup, "gen")(after_znet, batch)
-  for field in ("znet_params", "znet_opt_state", "z_BxD", "z_prev_BxD"):
+  for field in ("z_BxD", "z_prev_BxD"):
     assert_trees_identical(getattr(after_znet, field), getattr(after_gen, field))
-  assert_trees_differ(after_znet.gen_params["encoder"], after_gen.gen_params["encoder"])
-  assert_trees_differ(after_znet.gen_params["generator"], after_gen.gen_params["generator"])
+  assert_trees_identical(after_znet.networks["znet"], after_gen.networks["znet"])
+  assert_trees_differ(after_znet.networks["encoder"].params, after_gen.networks["encoder"].params)
+  assert_trees_differ(after_znet.networks["generator"].params, after_gen.networks["generator"].params)
   assert int(after_gen.step) == int(after_znet.step) + 1
   assert set(metrics) == {"energy", "grad_norm"}
 
@@ -166,8 +172,9 @@ def test_z_step_is_a_projected_gradient_step_on_the_per_example_energy():
   config, method, state, batch = make("toy3d")
   after, _ = jitted("toy3d", "z")(state, batch)
   z_t = after.z_prev_BxD
-  params = state.gen_params
-  encoder, generator, _ = cgml_nets.make_networks(config.model, config.cgml, out_shape=(1, 1, 3))
+  params = state.params
+  nets = cgml_nets.build_mlp(config.model, models.ModelIO(x_shape=(1, 1, 1), y_shape=(1, 1, 3)))
+  encoder, generator = nets["encoder"], nets["generator"]
 
   def energy_of_first(z_D):  # Example 0 alone: its gradient must not depend on example 1.
     h, skips = encoder.apply({"params": params["encoder"]}, batch["x"][:1])
@@ -182,7 +189,7 @@ def test_z_step_is_a_projected_gradient_step_on_the_per_example_energy():
 def test_each_compiled_step_traces_once():
   config, method, state, batch = make("toy3d")
   traced = {name: chex.assert_max_traces(fn, n=1) for name, fn in method.steps.items()}
-  mesh = train.make_mesh()
+  mesh = inference.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   compiled = train.CompiledSteps(traced, replicated, sharded)
@@ -245,8 +252,9 @@ def test_spectral_normalisation_gives_unit_spectral_norm():
 
 def test_generator_is_lipschitz_in_z():
   config, method, state, batch = make("toy3d")
-  encoder, generator, _ = cgml_nets.make_networks(config.model, config.cgml, out_shape=(1, 1, 3))
-  params = state.gen_params
+  nets = cgml_nets.build_mlp(config.model, models.ModelIO(x_shape=(1, 1, 1), y_shape=(1, 1, 3)))
+  encoder, generator = nets["encoder"], nets["generator"]
+  params = state.params
   h, skips = encoder.apply({"params": params["encoder"]}, batch["x"])
   z1 = cgml.sample_sphere(jax.random.PRNGKey(1), (2, config.cgml.z_dim))
   z2 = cgml.sample_sphere(jax.random.PRNGKey(2), (2, config.cgml.z_dim))

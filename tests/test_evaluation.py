@@ -6,7 +6,6 @@ import json
 import math
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -15,8 +14,10 @@ import pytest
 from conftest import REPO
 from multimodal_jax import evaluate as evaluate_lib
 from multimodal_jax import sample as sample_lib
+from multimodal_jax import inference
 from multimodal_jax import train
 from multimodal_jax.data import pipeline
+from multimodal_jax.data import registry
 from multimodal_jax.data import toy_scenes
 from multimodal_jax.evaluation import metrics
 from multimodal_jax.losses import perceptual
@@ -86,7 +87,7 @@ def test_per_class_pixel_variance():
   assert overall == pytest.approx(0.005)
 
 
-# ---------------------------------------------------------------- toy_scenes modes
+# ---------------------------------------------------------------- exactly known modes
 
 
 def _layouts(b=2, h=32, w=64):
@@ -94,29 +95,89 @@ def _layouts(b=2, h=32, w=64):
   return np.stack([toy_scenes.sample_layout(rng, h, w) for _ in range(b)])
 
 
+def _toy_scenes_modes(labels_BxHxW, k=toy_scenes.DEFAULT_NUM_MODES):
+  """toy_scenes' true modes of each layout, through its DatasetSpec as evaluation gets them."""
+  spec = registry.get_dataset("toy_scenes")
+  builder_config = toy_scenes.ToyScenesConfig(name=f"k{k}", num_modes=k)
+  return np.stack([spec.true_modes(label_HxW, builder_config) for label_HxW in labels_BxHxW])
+
+
 def test_mode_metrics_on_exact_modes_copies_and_the_blurry_mean():
   k = toy_scenes.DEFAULT_NUM_MODES
-  labels = _layouts()
-  modes_BxKxHxWx3 = np.stack([toy_scenes.render_all_modes(l, k) for l in labels])
-  every_mode = metrics.toy_scenes_mode_metrics(modes_BxKxHxWx3, labels, k)
+  tolerance = registry.get_dataset("toy_scenes").mode_tolerance
+  assert tolerance == toy_scenes.MIN_MODE_COLOUR_DISTANCE / 2
+  modes_BxKxHxWx3 = _toy_scenes_modes(_layouts())
+  assert modes_BxKxHxWx3.shape == (2, k, 32, 64, 3)
+  every_mode = metrics.mode_metrics(modes_BxKxHxWx3, modes_BxKxHxWx3, tolerance)
   assert every_mode == {"mode_recall": 1.0, "mode_recall_nearest": 1.0, "mode_precision": 1.0}
 
   one_mode = np.repeat(modes_BxKxHxWx3[:, 3:4], k, axis=1)
-  copies = metrics.toy_scenes_mode_metrics(one_mode, labels, k)
+  copies = metrics.mode_metrics(one_mode, modes_BxKxHxWx3, tolerance)
   assert copies == {"mode_recall": 1 / k, "mode_recall_nearest": 1 / k, "mode_precision": 1.0}
 
   blurry_mean = np.repeat(modes_BxKxHxWx3.mean(axis=1, keepdims=True), k, axis=1)
-  blurry = metrics.toy_scenes_mode_metrics(blurry_mean, labels, k)
+  blurry = metrics.mode_metrics(blurry_mean, modes_BxKxHxWx3, tolerance)
   assert blurry == {"mode_recall": 0.0, "mode_recall_nearest": 1 / k, "mode_precision": 0.0}
+
+
+def test_mode_metrics_of_any_dataset_by_hand():
+  # Two 1x1 grey modes, 0.2 and 0.8, for each of 2 inputs; tolerance 0.05.
+  modes = constant_images([[0.2, 0.8], [0.2, 0.8]], h=1, w=1, c=1)
+  # Input 1: 0.21 (precise, mode 0), 0.7 (nearest mode 1, not precise).
+  # Input 2: 0.79, 0.82 (both precise, mode 1).
+  samples = constant_images([[0.21, 0.7], [0.79, 0.82]], h=1, w=1, c=1)
+  np.testing.assert_allclose(metrics.mode_errors(samples, modes),
+                             [[[0.01, 0.59], [0.5, 0.1]], [[0.59, 0.01], [0.62, 0.02]]], atol=1e-6)
+  assert metrics.mode_metrics(samples, modes, 0.05) == pytest.approx(
+      {"mode_recall": (1 / 2 + 1 / 2) / 2, "mode_recall_nearest": (2 / 2 + 1 / 2) / 2,
+       "mode_precision": 3 / 4})
+  with pytest.raises(ValueError, match=r"true modes must be \[B, K, H, W, C\] with \(B, H, W, C\) = "
+                     r"\(2, 1, 1, 1\).*got \(2, 2, 1, 1, 3\)"):
+    metrics.mode_errors(samples, np.repeat(modes, 3, axis=-1))
+  with pytest.raises(ValueError, match="tolerance must be > 0"):
+    metrics.mode_metrics(samples, modes, None)
+
+
+def test_dataset_spec_with_true_modes_needs_a_tolerance():
+  fields = dict(tfds_name="mine", builder_cls=None, train_split="train", eval_split="test",
+                make_transforms=lambda data_config, train: [], input_to_rgb=lambda x: x)
+  with pytest.raises(ValueError, match="'mine' gives true_modes but no mode_tolerance > 0"):
+    registry.DatasetSpec(**fields, true_modes=lambda label, builder_config: label)
+  with pytest.raises(TypeError, match="class_names must be a tuple"):
+    registry.DatasetSpec(**fields, class_names=["a", "b"])
+
+
+def test_compute_metrics_names_classes_and_measures_modes_from_given_fields():
+  # One 1x2 layout of classes [0, 1] (one-hot x, 2 classes), 2 samples, modes 0.2 and 0.8.
+  batch = {"x": np.eye(2, dtype=np.float32)[[[[0, 1]]]], "y": np.full((1, 1, 2, 1), 0.2, np.float32),
+           "label": np.array([[[0, 1]]])}
+  # Sample 1 is mode 0.2; sample 2 is [0.6, 0.8]: 0.5 from mode 0.2, 0.1 from mode 0.8.
+  samples = np.array([[[[[0.2], [0.2]]], [[[0.6], [0.8]]]]], np.float32)  # [1, 2, 1, 2, 1]
+  modes = constant_images([[0.2, 0.8]], h=1, w=2, c=1)
+  out = evaluate_lib.compute_metrics(samples, batch, "mean_abs_pixel", pixel_l1())
+  assert out["per_class_variance/class0"] == pytest.approx(0.04)  # Var(0.2, 0.6).
+  assert out["per_class_variance/class1"] == pytest.approx(0.09)  # Var(0.2, 0.8).
+  assert "mode_recall" not in out
+  named = evaluate_lib.compute_metrics(samples, batch, "mean_abs_pixel", pixel_l1(), ("road", "car"),
+                                       modes, 0.05)
+  assert named["per_class_variance/car"] == pytest.approx(0.09) and "per_class_variance/class1" not in named
+  # Only sample 1 is precise; sample 2 is nearest the other mode.
+  assert named["mode_precision"] == 0.5 and named["mode_recall"] == 0.5 and named["mode_recall_nearest"] == 1.0
+  with pytest.raises(ValueError, match="class_names has 3 names for the 2 classes"):
+    evaluate_lib.compute_metrics(samples, batch, "mean_abs_pixel", pixel_l1(), ("a", "b", "c"))
 
 
 def test_real_toy_scenes_images_are_precise_and_nearest_their_mode(data_dir):
   config = _tiny_regression_config(data_dir)
   batch = pipeline.load_eval_examples(config, 16)
-  errors_BxNxK = metrics.toy_scenes_mode_errors(batch["y"][:, None], batch["label"],
-                                                toy_scenes.DEFAULT_NUM_MODES)
+  true_modes_BxKxHxWx3 = evaluate_lib.true_modes_of_batch(config.data, batch)
+  assert true_modes_BxKxHxWx3.shape == (16, toy_scenes.DEFAULT_NUM_MODES, 32, 64, 3)
+  errors_BxNxK = metrics.mode_errors(batch["y"][:, None], true_modes_BxKxHxWx3)
   np.testing.assert_array_equal(np.argmin(errors_BxNxK, axis=-1)[:, 0], batch["mode"])
-  assert np.max(np.min(errors_BxNxK, axis=-1)) < metrics.DEFAULT_MODE_TOLERANCE
+  assert np.max(np.min(errors_BxNxK, axis=-1)) < registry.get_dataset("toy_scenes").mode_tolerance
+  # The colourisation variant's batches carry no layout: no modes to measure.
+  config.data.name = "toy_scenes_colorization"
+  assert evaluate_lib.true_modes_of_batch(config.data, {"x": batch["x"], "y": batch["y"]}) is None
 
 
 # ---------------------------------------------------------------- the CLIs, end to end
@@ -207,23 +268,39 @@ def test_sample_from_a_png_input_and_its_errors(regression_workdir, tmp_path):
   Image.fromarray(np.zeros((16, 16), np.uint8)).save(wrong_size)
   with pytest.raises(ValueError, match=r"16x16, but the model \(toy_scenes\) takes 64x32 inputs"):
     sample_lib.sample_to_png(regression_workdir, out, input_path=wrong_size)
-  with pytest.raises(ValueError, match=r"'regression' has no 'interpolate' .*extras: none"):
-    sample_lib.sample_to_png(regression_workdir, out, interpolate=True)
+  with pytest.raises(ValueError, match=r"^Method 'regression' has no extra 'interpolate'; its extras: none\.$"):
+    sample_lib.sample_to_png(regression_workdir, out, extra="interpolate")
 
 
-def test_sample_trajectory_extra_gives_a_row_pair_per_sample(regression_workdir, tmp_path, monkeypatch):
-  load_trained = train.load_trained
+def _with_extras(monkeypatch, **extras):
+  """Makes sample_to_png see the run's method with `extras` (fn(method) -> inference function)."""
+  load_trained = inference.load_trained
 
-  def with_trajectory(workdir, step=None):
+  def with_extras(workdir, step=None):
     config, method, state, batch_spec = load_trained(workdir, step)
-    trajectory = lambda state, x, rng, n: jnp.stack([method.sample(state, x, rng, n)] * 3, axis=2)
-    return config, dataclasses.replace(method, extras={"trajectory": trajectory}), state, batch_spec
+    made = {name: make(method) for name, make in extras.items()}
+    return config, dataclasses.replace(method, extras=made), state, batch_spec
 
-  monkeypatch.setattr(sample_lib.train, "load_trained", with_trajectory)
+  monkeypatch.setattr(sample_lib.inference, "load_trained", with_extras)
+
+
+def test_sample_extras_are_drawn_by_their_output_shape(regression_workdir, tmp_path, monkeypatch):
+  _with_extras(
+      monkeypatch,
+      trajectory=lambda m: lambda state, x, rng, n: jnp.stack([m.sample(state, x, rng, n)] * 3, axis=2),
+      brighter=lambda m: lambda state, x, rng, n: jnp.minimum(m.sample(state, x, rng, n) + 0.1, 1.0),
+      flat=lambda m: lambda state, x, rng, n: m.sample(state, x, rng, n)[:, 0])
   out = str(tmp_path / "trajectory.png")
-  sample_lib.sample_to_png(regression_workdir, out, num_samples=2, num_inputs=1, trajectory=True)
-  # 1 input x 2 samples -> 2 row pairs; input + 3 iterates across.
+  sample_lib.sample_to_png(regression_workdir, out, num_samples=2, num_inputs=1, extra="trajectory")
+  # [B, N, T+1, ...]: 1 input x 2 samples -> 2 row pairs; input + 3 iterates across.
   assert Image.open(out).size == (4 * 66 + 2, 4 * 34 + 2)
+  # [B, N, H, W, C], any name: drawn like samples, one row pair per input.
+  sample_lib.sample_to_png(regression_workdir, out, num_samples=3, num_inputs=2, extra="brighter")
+  assert Image.open(out).size == (4 * 66 + 2, 4 * 34 + 2)
+  with pytest.raises(ValueError, match=r"extras\['flat'\] returned \(2, 32, 64, 3\); expected \[B, N, H, W, C\]"):
+    sample_lib.sample_to_png(regression_workdir, out, num_samples=3, num_inputs=2, extra="flat")
+  with pytest.raises(ValueError, match=r"no extra 'lerp'; its extras: \['brighter', 'flat', 'trajectory'\]\.$"):
+    sample_lib.sample_to_png(regression_workdir, out, extra="lerp")
 
 
 def test_super_resolution_png_input_is_cropped_and_resized(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import REPO
+from multimodal_jax import inference
 from multimodal_jax import train
 from multimodal_jax.data import pipeline
 from multimodal_jax.losses import imle_selection
@@ -142,8 +143,8 @@ def test_selection_sharded_over_four_devices_matches_one_and_communicates_nothin
       from test_imle import toy_generate, toy_batch, pixel_l2, LATENT
       from multimodal_jax.losses import imle_selection
       assert jax.device_count() == 4
-      from multimodal_jax import train
-      mesh = train.make_mesh()  # the loop's mesh (Auto axis)
+      from multimodal_jax import inference
+      mesh = inference.make_mesh()  # the loop's mesh (Auto axis)
       shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
       x, y, _ = toy_batch(b=8, seed=4)
       d = pixel_l2()
@@ -269,7 +270,7 @@ def mixture_config(**imle_overrides):
 
 
 def train_rounds(method, config, num_rounds, seed=0):
-  mesh = train.make_mesh()
+  mesh = inference.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   chex.clear_trace_counter()  # each call compiles afresh; within it, each step traces once
@@ -317,7 +318,7 @@ def test_imle_covers_both_modes_where_regression_collapses_to_the_mean():
   reg_config.model.features, reg_config.model.num_blocks = 32, 2
   reg_config.optimizer.learning_rate = 3e-3
   reg = methods_base.make_method(reg_config, spec)
-  mesh = train.make_mesh()
+  mesh = inference.make_mesh()
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   compiled = train.CompiledSteps(reg.steps, replicated, sharded)

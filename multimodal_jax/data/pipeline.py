@@ -6,13 +6,23 @@ its own shard of the index space (`ShardByJaxProcess`), batches
 global array with `jax.make_array_from_process_local_data`. The grain iterator
 is checkpointed with the train state, so a resumed run sees the same next
 batch it would have seen.
+
+Every example carries `index` (int32): the record's position in its split,
+stable across epochs, processes and resumes, so a method can keep per-example
+state (neighbour lists, sampling weights) computed once over the training set
+(`PrepareSource`). Datasets need not know: `IndexedSource` adds the key to each
+stored record and `pass_index_through` carries it across the dataset's
+transforms. With per-example weights the train iterator draws with replacement
+(`WeightedSampler`) instead of shuffling.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from absl import logging
 import grain
@@ -24,6 +34,7 @@ import tensorflow_datasets as tfds
 from multimodal_jax.data import registry
 
 DATA_DIR_ENV = "MULTIMODAL_JAX_DATA_DIR"
+INDEX_KEY = "index"
 
 
 def resolve_data_dir(data: ml_collections.ConfigDict) -> str:
@@ -82,49 +93,317 @@ def per_process_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
-def create_train_iterator(config: ml_collections.ConfigDict) -> grain.DataLoaderIterator:
-  """An infinite, shuffled, per-process-sharded iterator of local batches.
+# ------------------------------------------------------------ the stable `index`
 
-  Deterministic given `config.seed`: the shuffle and every random transform
-  draw from grain's per-record rngs, which depend on the seed and the record's
-  global position (so e.g. the digits corruption differs across epochs).
+
+def _with_index(record: Any, index: int) -> dict[str, Any]:
+  if not isinstance(record, dict):
+    raise TypeError(f"Records must be dicts to carry {INDEX_KEY!r}; got a {type(record).__name__}.")
+  if INDEX_KEY in record:
+    raise ValueError(f"The record already has a {INDEX_KEY!r} field, which the pipeline reserves for "
+                     "the record's position in its split; rename the dataset's field.")
+  return {**record, INDEX_KEY: np.int32(index)}
+
+
+class IndexedSource:
+  """A random-access source whose records also hold `index`: their position in the split.
+
+  The position is the record key grain asks for, so it is the same whichever
+  sampler, epoch, process or resume reads the record.
+  """
+
+  def __init__(self, source: Sequence[Any]):
+    if len(source) >= 2**31:
+      raise ValueError(f"{len(source)} records do not fit the int32 {INDEX_KEY!r}.")
+    self._source = source
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, record_key: int) -> dict[str, Any]:
+    return _with_index(self._source[record_key], record_key)
+
+  def __getitems__(self, record_keys: Sequence[int]) -> list[dict[str, Any]]:
+    """Batched reads (array_record reads them in parallel) where the source supports them."""
+    getitems = getattr(self._source, "__getitems__", None)
+    records = getitems(record_keys) if getitems else [self._source[k] for k in record_keys]
+    return [_with_index(r, k) for r, k in zip(records, record_keys)]
+
+  def __repr__(self) -> str:
+    # grain checks repr(source) when restoring an iterator. The inner source's, as
+    # grain writes it (in-memory data by type only), keeps checkpoints written
+    # before the index existed restorable: same records, same order.
+    inner = self._source
+    return str(type(inner)) if isinstance(inner, (list, tuple, np.ndarray)) else repr(inner)
+
+
+def _reattach_index(example: Any, index: np.int32, transform: Any) -> dict[str, Any]:
+  if not isinstance(example, dict):
+    raise TypeError(f"{transform!r} returned a {type(example).__name__}, not a dict, so the example "
+                    f"cannot carry its {INDEX_KEY!r}.")
+  return {**example, INDEX_KEY: index}
+
+
+def _split_index(element: dict[str, Any]) -> tuple[dict[str, Any], np.int32]:
+  # The dataset transform sees exactly the record it was written for.
+  element = dict(element)
+  return element, element.pop(INDEX_KEY)
+
+
+class _IndexPassingMap(grain.transforms.Map):
+  """A dataset's Map that keeps the `index` (dataset transforms build new dicts)."""
+
+  def __init__(self, transform: grain.transforms.Map):
+    self.transform = transform
+
+  def map(self, element):
+    element, index = _split_index(element)
+    return _reattach_index(self.transform.map(element), index, self.transform)
+
+  def __repr__(self) -> str:
+    return f"PassIndex({self.transform!r})"
+
+
+class _IndexPassingRandomMap(grain.transforms.RandomMap):
+  """A dataset's RandomMap that keeps the `index`; grain's per-record rng goes to the inner one."""
+
+  def __init__(self, transform: grain.transforms.RandomMap):
+    self.transform = transform
+
+  def random_map(self, element, rng: np.random.Generator):
+    element, index = _split_index(element)
+    return _reattach_index(self.transform.random_map(element, rng), index, self.transform)
+
+  def __repr__(self) -> str:
+    return f"PassIndex({self.transform!r})"
+
+
+def pass_index_through(transforms: Sequence[Any]) -> list[Any]:
+  """Wraps a dataset's transforms so that the `index` key survives them.
+
+  Map and RandomMap are wrapped; Filter passes elements on unchanged. Any other
+  transform (FlatMap, Batch, ...) would lose or garble the per-record index, so
+  it is refused.
+  """
+  wrapped = []
+  for transform in transforms:
+    if isinstance(transform, grain.transforms.Map):
+      wrapped.append(_IndexPassingMap(transform))
+    elif isinstance(transform, grain.transforms.RandomMap):
+      wrapped.append(_IndexPassingRandomMap(transform))
+    elif isinstance(transform, grain.transforms.Filter):
+      wrapped.append(transform)
+    else:
+      raise TypeError(f"Dataset transform {transform!r} ({type(transform).__name__}) would drop the "
+                      f"{INDEX_KEY!r} key; dataset transforms must be grain Map, RandomMap or Filter.")
+  return wrapped
+
+
+# ------------------------------------------------------------ weighted sampling
+
+
+def check_sampling_weights(weights: Any) -> np.ndarray:
+  """The weights as float64 [N]; a one-line ValueError says what is wrong with bad ones."""
+  weights_N = np.asarray(weights, dtype=np.float64)
+  if weights_N.ndim != 1 or not weights_N.size:
+    raise ValueError(f"Sampling weights must be a non-empty 1-D array (one per record); got shape "
+                     f"{weights_N.shape}.")
+  bad = np.flatnonzero(~np.isfinite(weights_N))
+  if bad.size:
+    raise ValueError(f"Sampling weights must be finite; {bad.size} are not (entry {bad[0]} is "
+                     f"{weights_N[bad[0]]}).")
+  bad = np.flatnonzero(weights_N < 0)
+  if bad.size:
+    raise ValueError(f"Sampling weights must be >= 0; {bad.size} are negative (entry {bad[0]} is "
+                     f"{weights_N[bad[0]]}).")
+  if not weights_N.sum() > 0:
+    raise ValueError(f"Sampling weights must have a positive sum; all {weights_N.size} are 0.")
+  return weights_N
+
+
+class WeightedSampler:
+  """Draws records with replacement, P(record k) = weights[k] / sum(weights), forever.
+
+  The protocol of `grain.samplers.IndexSampler`: `sampler[i]` is the
+  RecordMetadata of global position i, with the rng IndexSampler gives it
+  (Philox keyed by seed + i), so RandomMap transforms stay deterministic. The
+  record at position i is a pure function of (seed, i): positions come in
+  blocks of `block_size`, each drawn by one numpy Generator seeded with
+  (seed, block) by inverting the cumulative weights. Grain checkpoints
+  positions, so a restored iterator replays exactly. Sharding is grain's
+  DataLoader's (process p of P reads positions p, p+P, ..., as with
+  IndexSampler), and unlike IndexSampler, which gives each shard its own slice
+  of records, the shards together read exactly the unsharded sequence.
+  """
+
+  def __init__(self, weights: Any, shard_options: grain.sharding.ShardOptions = grain.sharding.NoSharding(),
+               seed: int = 0, block_size: int = 4096):
+    weights_N = check_sampling_weights(weights)
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+      raise ValueError(f"The sampler seed must be an int in [0, 2**32), as grain's; got {seed!r}.")
+    if block_size < 1:
+      raise ValueError(f"block_size must be positive, got {block_size}.")
+    self._seed, self._block_size = int(seed), int(block_size)
+    self._cumulative_N = np.cumsum(weights_N)
+    self._last_drawable = int(np.flatnonzero(weights_N)[-1])
+    self._digest = hashlib.sha256(weights_N.tobytes()).hexdigest()[:16]
+    # grain's DataLoader takes the sharding from this attribute when not given one.
+    self._shard_options = shard_options
+    self._cache: dict[int, np.ndarray] = {}
+
+  @property
+  def num_records(self) -> int:
+    return len(self._cumulative_N)
+
+  def __len__(self) -> int:
+    return sys.maxsize  # Infinite, as IndexSampler(num_epochs=None).
+
+  def __repr__(self) -> str:
+    # grain compares it with the one stored in a checkpoint: a resume with other weights fails loudly.
+    return (f"WeightedSampler(num_records={self.num_records}, weights_sha256={self._digest}, "
+            f"shard_options={self._shard_options!r}, seed={self._seed}, block_size={self._block_size})")
+
+  def _draw_block(self, block: int) -> np.ndarray:
+    uniform_B = np.random.default_rng([self._seed, block]).random(self._block_size)
+    keys_B = np.searchsorted(self._cumulative_N, uniform_B * self._cumulative_N[-1], side="right")
+    # u * total can round up to total; zero-weight records are never returned.
+    return np.minimum(keys_B, self._last_drawable)
+
+  def _block(self, block: int) -> np.ndarray:
+    cache = self._cache  # Replaced, never mutated: grain reads from several threads.
+    if block not in cache:
+      cache = {**dict(list(cache.items())[-1:]), block: self._draw_block(block)}
+      self._cache = cache
+    return cache[block]
+
+  def record_keys(self, start: int, stop: int) -> np.ndarray:
+    """The records drawn at positions [start, stop), int64, without building rngs (fast)."""
+    if stop <= start:
+      return np.zeros(0, np.int64)
+    first, last = start // self._block_size, (stop - 1) // self._block_size
+    keys = np.concatenate([self._draw_block(b) for b in range(first, last + 1)])
+    offset = first * self._block_size
+    return keys[start - offset:stop - offset].astype(np.int64)
+
+  def __getitem__(self, index: int) -> grain.RecordMetadata:
+    if index < 0:
+      raise IndexError(f"Sampler positions start at 0; got {index}.")
+    record_key = int(self._block(index // self._block_size)[index % self._block_size])
+    rng = np.random.Generator(np.random.Philox(key=self._seed + index))
+    return grain.RecordMetadata(index=index, record_key=record_key, rng=rng)
+
+
+# ------------------------------------------------------------ iterators
+
+
+def create_train_iterator(config: ml_collections.ConfigDict,
+                          weights: np.ndarray | None = None) -> grain.DataLoaderIterator:
+  """An infinite, per-process-sharded iterator of local batches, each example with its `index`.
+
+  Without `weights` the split is shuffled, epoch after epoch. With `weights`
+  ([len(train split)], >= 0) examples are drawn with replacement in proportion
+  to them (`WeightedSampler`). Deterministic given `config.seed` either way:
+  the order and every random transform draw from grain's per-record rngs,
+  which depend on the seed and the record's global position (so e.g. the
+  digits corruption differs across epochs).
   """
   data = config.data
   spec = registry.get_dataset(data.name)
-  source = get_builder(data).as_data_source(spec.train_split)
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(source),
-      shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
-      shuffle=True,
-      num_epochs=None,
-      seed=config.seed)
-  operations = list(spec.make_transforms(data, True))
+  source = IndexedSource(get_builder(data).as_data_source(spec.train_split))
+  shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  if weights is None:
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(source), shard_options=shard_options, shuffle=True, num_epochs=None,
+        seed=config.seed)
+  else:
+    if np.shape(weights) != (len(source),):
+      raise ValueError(f"Sampling weights have shape {np.shape(weights)}, but the {spec.train_split!r} "
+                       f"split of {data.name!r} has {len(source)} records: give one weight per record.")
+    sampler = WeightedSampler(weights, shard_options, seed=config.seed)
+  operations = pass_index_through(spec.make_transforms(data, True))
   operations.append(grain.transforms.Batch(per_process_batch_size(data.batch_size), drop_remainder=True))
   loader = grain.DataLoader(
-      data_source=source, sampler=sampler, operations=operations,
+      data_source=source, sampler=sampler, operations=operations, shard_options=shard_options,
       worker_count=data.num_workers, worker_buffer_size=2)
   return iter(loader)
 
 
 def load_eval_examples(config: ml_collections.ConfigDict, num_examples: int) -> dict[str, np.ndarray]:
-  """The first `num_examples` examples of the eval split, the same on every process.
+  """The first `num_examples` examples of the eval split (with their `index`), the same on every process.
 
   Used for the fixed batch of sample grids: every process holds all of it, so
   it is passed to jitted functions as a replicated array.
   """
   data = config.data
   spec = registry.get_dataset(data.name)
-  source = get_builder(data).as_data_source(spec.eval_split)
+  source = IndexedSource(get_builder(data).as_data_source(spec.eval_split))
   if len(source) < num_examples:
     raise ValueError(f"The {spec.eval_split!r} split of {spec.tfds_name!r} has {len(source)} "
                      f"examples, fewer than the {num_examples} requested.")
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=grain.sharding.NoSharding(), shuffle=False,
       num_epochs=1, seed=0)
-  operations = list(spec.make_transforms(data, False))
+  operations = pass_index_through(spec.make_transforms(data, False))
   operations.append(grain.transforms.Batch(num_examples, drop_remainder=True))
   loader = grain.DataLoader(data_source=source, sampler=sampler, operations=operations, worker_count=0)
   return next(iter(loader))
+
+
+class PrepareSource:
+  """The training split as a method's one-off `prepare` pass reads it.
+
+  Random access (`len`, `[i]`) and in-order batches over every example once,
+  each with its `index`, through the dataset's deterministic (evaluation)
+  transforms: no shuffle, no augmentation, so what `prepare` computes for
+  example i belongs to the record the train iterator tags `index == i`.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    data = config.data
+    spec = registry.get_dataset(data.name)
+    transforms = list(spec.make_transforms(data, False))
+    for transform in transforms:
+      if not isinstance(transform, grain.transforms.Map):
+        raise TypeError(f"The evaluation transforms of {data.name!r} must be deterministic grain Maps "
+                        f"for a prepare pass; got {transform!r} ({type(transform).__name__}).")
+    self._source = IndexedSource(get_builder(data).as_data_source(spec.train_split))
+    self._transforms = pass_index_through(transforms)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def _example(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
+    for transform in self._transforms:
+      record = transform.map(record)
+    return {k: np.asarray(v) for k, v in record.items()}
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    if not 0 <= index < len(self):
+      raise IndexError(f"Example {index} is outside the {len(self)} training examples.")
+    return self._example(self._source[int(index)])
+
+  def batches(self, batch_size: int, description: str = "Reading the training set",
+              progress_every_secs: float = 10.0) -> Iterator[dict[str, np.ndarray]]:
+    """Stacked batches of every example once, in index order (the last may be smaller).
+
+    Prints `description: done/total examples (rate/s)` about every
+    `progress_every_secs` and once at the end: a pass over a large training
+    set takes a while, and silence looks like a hang.
+    """
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    total, start_time = len(self), time.monotonic()
+    last_print = start_time
+    for start in range(0, total, batch_size):
+      keys = list(range(start, min(start + batch_size, total)))
+      examples = [self._example(r) for r in self._source.__getitems__(keys)]
+      batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+      now, done = time.monotonic(), keys[-1] + 1
+      if now - last_print >= progress_every_secs or done == total:
+        rate = done / max(now - start_time, 1e-9)
+        print(f"{description}: {done}/{total} examples ({rate:.0f}/s)", flush=True)
+        last_print = now
+      yield batch
 
 
 def global_batch_spec(config: ml_collections.ConfigDict, local_batch: dict[str, np.ndarray]) -> dict[str, jax.ShapeDtypeStruct]:

@@ -322,6 +322,14 @@ registry.register('toy_scenes', registry.DatasetSpec(
     eval_split='test',
     make_transforms=_layout_transforms,
     input_to_rgb=one_hot_to_rgb,
+    class_names=CLASS_NAMES,
+    true_modes=lambda label_HxW, builder_config: render_all_modes(
+        label_HxW, builder_config.num_modes),
+    # Real images are within NOISE_AMPLITUDE + 0.5/255 ~= 0.032 of their mode at
+    # every pixel and two modes are >= MIN_MODE_COLOUR_DISTANCE = 0.07 apart at
+    # every pixel, so half that, 0.035, accepts every real image and, by the
+    # triangle inequality, no image is within tolerance of two modes.
+    mode_tolerance=MIN_MODE_COLOUR_DISTANCE / 2,
 ))
 registry.register('toy_scenes_colorization', registry.DatasetSpec(
     tfds_name='toy_scenes',

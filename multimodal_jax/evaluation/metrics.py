@@ -14,8 +14,8 @@ weights are absent).
               `per_class_pixel_variance`: cimle_semantic_layouts_iccv2019 §4.3,
               Table 1.
   both        `faithfulness_weighted_variance`: cimle_srim_ijcv §5.1.5.
-  toy_scenes  `toy_scenes_mode_metrics`: mode recall and precision against the
-              exactly known modes (data/toy_scenes.py).
+  modes       `mode_metrics`: mode recall and precision against exactly known
+              modes (a dataset's `DatasetSpec.true_modes`, e.g. toy_scenes).
 """
 
 from __future__ import annotations
@@ -27,20 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from multimodal_jax.data import toy_scenes
-
 Distance = Callable[[jax.Array, jax.Array], jax.Array]
 
 # The IJCV paper's kernel bandwidths (Table 1).
 FWV_SIGMAS = (0.3, 0.2, 0.15)
-
-# A toy_scenes sample is "precise" when its mean absolute error to the nearest
-# noise-free mode render is below this. Real images are within
-# NOISE_AMPLITUDE + 0.5/255 ~= 0.032 of their mode at every pixel, and two modes
-# are >= MIN_MODE_COLOUR_DISTANCE = 0.07 apart at every pixel, so half that,
-# 0.035, accepts every real image and, by the triangle inequality, no image is
-# within tolerance of two modes.
-DEFAULT_MODE_TOLERANCE = toy_scenes.MIN_MODE_COLOUR_DISTANCE / 2
 
 
 def _check_samples(samples_BxNxHxWxC, ground_truth_BxHxWxC=None) -> None:
@@ -235,35 +225,36 @@ def per_class_pixel_variance(samples_BxNxHxWxC, labels_BxHxW, num_classes: int
   return per_class_K, overall
 
 
-# ------------------------------------------------------------ toy_scenes modes
+# ------------------------------------------------------------ exactly known modes
 
 
-def toy_scenes_mode_errors(samples_BxNxHxWx3, labels_BxHxW, num_modes: int) -> np.ndarray:
-  """Mean absolute error of every sample to every true mode's render: [B, N, K].
+def mode_errors(samples_BxNxHxWxC, true_modes_BxKxHxWxC) -> np.ndarray:
+  """Mean absolute error of every sample to every true mode of its input: [B, N, K].
 
-  The modes of layout j are `toy_scenes.render_all_modes(labels_j, K)`, the
-  noise-free renders; the error is the mean over H, W and the 3 channels.
+  e_ijk = mean over H, W, C of |y~_ij - m_jk|, with m_jk the k-th true mode of
+  input j (e.g. a noise-free render, `DatasetSpec.true_modes`).
   """
-  _check_samples(samples_BxNxHxWx3)
-  samples_BxNxHxWx3 = np.asarray(samples_BxNxHxWx3, np.float32)
-  labels_BxHxW = np.asarray(labels_BxHxW)
-  if samples_BxNxHxWx3.shape[-1] != 3:
-    raise ValueError(f"toy_scenes mode metrics need RGB samples; got {samples_BxNxHxWx3.shape[-1]} channels.")
-  errors = []
-  for samples_NxHxWx3, label_HxW in zip(samples_BxNxHxWx3, labels_BxHxW):
-    modes_KxHxWx3 = toy_scenes.render_all_modes(label_HxW, num_modes)
-    errors.append(np.mean(np.abs(samples_NxHxWx3[:, None] - modes_KxHxWx3[None]), axis=(2, 3, 4)))
-  return np.stack(errors)
+  _check_samples(samples_BxNxHxWxC)
+  samples_BxNxHxWxC = np.asarray(samples_BxNxHxWxC, np.float32)
+  true_modes_BxKxHxWxC = np.asarray(true_modes_BxKxHxWxC, np.float32)
+  b, _, h, w, c = samples_BxNxHxWxC.shape
+  modes_shape = true_modes_BxKxHxWxC.shape
+  if len(modes_shape) != 5 or modes_shape[:1] + modes_shape[2:] != (b, h, w, c):
+    raise ValueError(f"true modes must be [B, K, H, W, C] with (B, H, W, C) = {(b, h, w, c)} to match the "
+                     f"samples; got {modes_shape}.")
+  # One input at a time: [N, K, H, W, C] differences, not [B, N, K, H, W, C].
+  return np.stack([np.mean(np.abs(samples_NxHxWxC[:, None] - modes_KxHxWxC[None]), axis=(2, 3, 4))
+                   for samples_NxHxWxC, modes_KxHxWxC in zip(samples_BxNxHxWxC, true_modes_BxKxHxWxC)])
 
 
-def toy_scenes_mode_metrics(samples_BxNxHxWx3, labels_BxHxW, num_modes: int,
-                            tolerance: float = DEFAULT_MODE_TOLERANCE) -> dict[str, float]:
-  """Mode recall and precision of samples against the exactly known modes of toy_scenes.
+def mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, tolerance: float) -> dict[str, float]:
+  """Mode recall and precision of samples against the exactly known modes of each input.
 
   Each sample y~_ij is assigned to its nearest true mode
-  k*_ij = argmin_k e_ijk, e_ijk = mean |y~_ij - render_k(layout_j)|, and is
-  *precise* when e_ijk* < tolerance (default `DEFAULT_MODE_TOLERANCE` = 0.035:
-  above the texture noise of real images, below half the mode separation).
+  k*_ij = argmin_k e_ijk, e_ijk = mean |y~_ij - m_jk| (`mode_errors`), and is
+  *precise* when e_ijk* < tolerance (the dataset's `DatasetSpec.mode_tolerance`;
+  toy_scenes: 0.035, above the texture noise of real images, below half the mode
+  separation).
 
     precision    = mean_{i,j} [e_ijk* < tol]               share of precise samples
     recall       = mean_j |{k*_ij : sample ij precise}| / K  share of the K modes hit
@@ -276,10 +267,18 @@ def toy_scenes_mode_metrics(samples_BxNxHxWx3, labels_BxHxW, num_modes: int,
   (the per-pixel mean of the modes, what L1/L2 regression tends to, is not
   precise, so its `recall` is 0).
 
+  Args:
+    samples_BxNxHxWxC: N samples for each of B inputs.
+    true_modes_BxKxHxWxC: the K true modes of each input.
+    tolerance: the precision threshold on e_ijk*.
+
   Returns:
     {'mode_recall', 'mode_recall_nearest', 'mode_precision'}.
   """
-  errors_BxNxK = toy_scenes_mode_errors(samples_BxNxHxWx3, labels_BxHxW, num_modes)
+  if tolerance is None or not tolerance > 0:
+    raise ValueError(f"The mode tolerance must be > 0; got {tolerance}.")
+  errors_BxNxK = mode_errors(samples_BxNxHxWxC, true_modes_BxKxHxWxC)
+  num_modes = errors_BxNxK.shape[-1]
   nearest_BxN = np.argmin(errors_BxNxK, axis=-1)
   precise_BxN = np.min(errors_BxNxK, axis=-1) < tolerance
   hit_BxK = np.zeros((errors_BxNxK.shape[0], num_modes), bool)
@@ -292,4 +291,3 @@ def toy_scenes_mode_metrics(samples_BxNxHxWx3, labels_BxHxW, num_modes: int,
       "mode_recall_nearest": float(np.mean(hit_nearest_BxK.sum(axis=1) / num_modes)),
       "mode_precision": float(np.mean(precise_BxN)),
   }
-

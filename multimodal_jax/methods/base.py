@@ -14,9 +14,17 @@ z, Z-network and generator steps. `Method.steps_per_round` optimiser updates
 happen per round, and `state.step` counts optimiser updates.
 
 Every step has the signature `step(state, batch) -> (state, metrics)` where
-`metrics` is a flat dict of scalar float arrays (per-step means). Randomness
-comes from `jax.random.fold_in(state.rng, state.step)` inside the step, so a
-resumed run replays the same random stream.
+`metrics` is a flat dict of scalar float arrays (per-step means). The state is
+a `common.MethodState` (step, rng, one `common.Network` record per network)
+extended with the method's own fields. Randomness comes from named streams
+`common.step_rngs(state.rng, state.step, "codes", ...)` inside the step, so a
+resumed run replays the same random stream. Batches carry each example's
+stable `index` in the training set besides x and y.
+
+A method module provides `make_method(config, batch_spec, prepared)`, may
+provide `validate_config(config)` (checks of its own keys, before anything
+compiles) and `prepare(config, train_source)` (state computed once over the
+training set, multimodal_jax/prepared.py), and is registered in `METHODS`.
 """
 
 from __future__ import annotations
@@ -27,9 +35,11 @@ from typing import Any, Callable, Mapping, Protocol
 
 import jax
 import ml_collections
+import numpy as np
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
+Prepared = Mapping[str, np.ndarray]
 Metrics = dict[str, jax.Array]
 StepFn = Callable[[PyTree, Batch], tuple[PyTree, Metrics]]
 
@@ -49,8 +59,7 @@ class Method:
   """A training method bound to a config, as the loop sees it.
 
   Attributes:
-    init: rng -> initial state pytree (a `flax.struct.dataclass` with at
-      least `step` and `rng` fields). The loop traces it with
+    init: rng -> initial state, a `common.MethodState` (or subclass). The loop traces it with
       `jax.eval_shape` for an abstract restore target, and jits it with
       replicated output shardings.
     steps: name -> pure step function (state, batch) -> (state, metrics).
@@ -60,6 +69,12 @@ class Method:
       in [0, 1]. Pure; the loop jits it with `num_samples` static.
     steps_per_round: optimiser updates one round makes.
     description: a one-line summary for logs (e.g. the distance in use).
+    learning_rates: {network name: step -> learning rate}, logged by the loop
+      as `learning_rate` (one network) or `learning_rate/<name>`.
+    extras: method-specific inference functions for the sample/evaluate
+      CLIs (`sample --extra=NAME`), e.g. "interpolate" (IMLE: outputs along
+      a line between two codes) or "trajectory" (cGML: outputs as z
+      converges). Pure; the caller jits them with the sample's signature.
   """
   init: Callable[[jax.Array], PyTree]
   steps: Mapping[str, StepFn]
@@ -67,9 +82,7 @@ class Method:
   sample: Callable[[PyTree, jax.Array, jax.Array, int], jax.Array]
   steps_per_round: int = 1
   description: str = ""
-  # Method-specific inference functions for the sample/evaluate CLIs, e.g.
-  # "interpolate" (IMLE: outputs along a line between two codes) or
-  # "trajectory" (cGML: outputs as z converges). Pure; the caller jits them.
+  learning_rates: Mapping[str, Callable[[int], Any]] = dataclasses.field(default_factory=dict)
   extras: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
 
 
@@ -83,12 +96,20 @@ def single_step_round(step_name: str = "train") -> Callable[[CompiledSteps, PyTr
 
 
 METHODS: dict[str, str] = {
-    # name -> module defining `make_method(config, batch_spec) -> Method`,
-    # where batch_spec is the global batch as ShapeDtypeStructs.
+    # name -> module defining `make_method(config, batch_spec, prepared) -> Method`,
+    # where batch_spec is the global batch as ShapeDtypeStructs and prepared
+    # the module's `prepare` arrays ({} without one; multimodal_jax/prepared.py).
     "regression": "multimodal_jax.methods.regression",
     "imle": "multimodal_jax.methods.imle",
     "cgml": "multimodal_jax.methods.cgml",
 }
+
+
+def register_method(name: str, module: str) -> None:
+  """Adds a method defined outside this package (e.g. from `--import=my_pkg.my_method`)."""
+  if METHODS.get(name, module) != module:
+    raise ValueError(f"Method {name!r} is registered twice ({METHODS[name]} and {module}).")
+  METHODS[name] = module
 
 
 def check_method_name(name: str) -> None:
@@ -108,8 +129,9 @@ def validate_method_config(config: ml_collections.ConfigDict) -> None:
     module.validate_config(config)
 
 
-def make_method(config: ml_collections.ConfigDict, batch_spec: Batch) -> Method:
-  """Builds the method named by `config.method`, bound to `config` and the batch shapes."""
+def make_method(config: ml_collections.ConfigDict, batch_spec: Batch,
+                prepared: Mapping[str, Any] | None = None) -> Method:
+  """Builds the method named by `config.method`, bound to `config`, the batch shapes and its prepared state."""
   check_method_name(config.method)
   module = importlib.import_module(METHODS[config.method])
-  return module.make_method(config, batch_spec)
+  return module.make_method(config, batch_spec, dict(prepared or {}))

@@ -69,15 +69,16 @@ import functools
 from typing import Any, Callable, NamedTuple
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from multimodal_jax import config_lib
 from multimodal_jax.methods import base
 from multimodal_jax.methods import common
 from multimodal_jax.models import cgml_nets
+from multimodal_jax.models import registry as models
 
 PyTree = Any
 TASKS = ["direct", "completion", "colorization"]
@@ -244,28 +245,18 @@ def make_task(cgml: ml_collections.ConfigDict, x_shape, y_shape) -> Task:
 
 
 @flax.struct.dataclass
-class CgmlState:
+class CgmlState(common.MethodState):
   """All of cGML's training state (replicated across devices).
 
-  Attributes:
+  Attributes (beyond step, rng):
     step: `gen` updates so far (l per round).
-    rng: the base key; steps fold `step` into it.
-    gen_params: {'encoder': H, 'generator': G}, updated by the `gen` step.
-    gen_opt_state: their optimiser state.
-    znet_params / znet_opt_state: the Z-network, updated by the `znet` step.
+    networks: {'encoder': H, 'generator': G} (updated together by the `gen`
+      step, each with its own optimiser state) and {'znet': Z} (the `znet` step).
     z_BxD: the current batch's latents z_{t+1}, on S^n (written by the z step).
     z_prev_BxD: the latents before the last z step, z_t.
   """
-  step: jax.Array
-  rng: jax.Array
-  gen_params: PyTree
-  gen_opt_state: PyTree
-  znet_params: PyTree
-  znet_opt_state: PyTree
   z_BxD: jax.Array
   z_prev_BxD: jax.Array
-  gen_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-  znet_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
 
 # ---------------------------------------------------------------- config
@@ -273,12 +264,13 @@ class CgmlState:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   require = functools.partial(config_lib.require, config)
-  cg = config.cgml
-  require(config.model.name in cgml_nets.MODEL_NAMES, "model.name", f"valid: {cgml_nets.MODEL_NAMES}")
+  cg, model = config.cgml, config.model
+  names = models.model_names(models.CGML)
+  require(model.name in names, "model.name", f"valid for cgml: {names}")
   require(cg.task in TASKS, "cgml.task", f"valid: {TASKS}")
-  require(cg.lipschitz in cgml_nets.LIPSCHITZ_METHODS, "cgml.lipschitz",
+  require(model.lipschitz in cgml_nets.LIPSCHITZ_METHODS, "model.lipschitz",
           f"valid: {cgml_nets.LIPSCHITZ_METHODS}")
-  require(config.model.output_activation in ("sigmoid", "linear"), "model.output_activation",
+  require(model.output_activation in ("sigmoid", "linear"), "model.output_activation",
           "valid: ['sigmoid', 'linear']")
   require(cg.z_dim >= 2, "cgml.z_dim", "must be >= 2 (z lives on S^{z_dim - 1})")
   require(cg.inner_steps >= 1, "cgml.inner_steps", "must be >= 1")
@@ -286,9 +278,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   require(cg.z_step_size > 0, "cgml.z_step_size", "must be > 0")
   require(0 < cg.z_step_decay <= 1, "cgml.z_step_decay", "must be in (0, 1]")
   require(cg.momentum_scale > 0, "cgml.momentum_scale", "must be > 0")
-  require(cg.lipschitz_scale > 0, "cgml.lipschitz_scale", "must be > 0")
-  require(cg.znet_lipschitz_scale > 0, "cgml.znet_lipschitz_scale", "must be > 0")
-  require(cg.power_iterations >= 1, "cgml.power_iterations", "must be >= 1")
+  require(model.lipschitz_scale > 0, "model.lipschitz_scale", "must be > 0")
+  require(model.znet_lipschitz_scale > 0, "model.znet_lipschitz_scale", "must be > 0")
+  require(model.power_iterations >= 1, "model.power_iterations", "must be >= 1")
   require(cg.histogram_bins >= 2, "cgml.histogram_bins", "must be >= 2")
   require(cg.kl_weight >= 0, "cgml.kl_weight", "must be >= 0")
   require(config.train.num_steps % cg.inner_steps == 0, "train.num_steps",
@@ -302,55 +294,43 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 # ---------------------------------------------------------------- the method
 
 
-def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch) -> base.Method:
-  """cGML bound to `config` and the global batch shapes."""
-  cg = config.cgml
-  x_shape, y_shape = tuple(batch_spec["x"].shape), tuple(batch_spec["y"].shape)
-  batch_size, z_dim, num_inner = x_shape[0], cg.z_dim, cg.inner_steps
-  task = make_task(cg, x_shape, y_shape)
-  encoder, generator, znet = cgml_nets.make_networks(config.model, cg, out_shape=task.out_shape)
+class _Parts(NamedTuple):
+  """What the step builders share: the config, task, shapes and the three networks."""
+  cg: ml_collections.ConfigDict
+  task: Task
+  batch_size: int
+  nets: dict[str, nn.Module]  # encoder H, generator G, znet Z
 
-  def encode(gen_params, x):
-    return encoder.apply({"params": gen_params["encoder"]}, task.encoder_input(x))
+  def encode(self, encoder_params, x):
+    """H(x) -> (h, skips)."""
+    return self.nets["encoder"].apply({"params": encoder_params}, self.task.encoder_input(x))
 
-  def generate(gen_params, h, skips, z_BxD):
-    return generator.apply({"params": gen_params["generator"]}, h, skips, z_BxD)
+  def generate(self, generator_params, h, skips, z_BxD):
+    return self.nets["generator"].apply({"params": generator_params}, h, skips, z_BxD)
 
-  def predict_move(znet_params, z_BxD, h):
-    return znet.apply({"params": znet_params}, z_BxD, h)
+  def predict_move(self, znet_params, z_BxD, h):
+    return self.nets["znet"].apply({"params": znet_params}, z_BxD, h)
 
-  def init(rng):
-    enc_rng, gen_rng, znet_rng, state_rng = jax.random.split(rng, 4)
-    x = jnp.zeros((1,) + x_shape[1:], jnp.float32)
-    z = jnp.zeros((1, z_dim), jnp.float32).at[:, 0].set(1.0)
-    enc_params = encoder.init(enc_rng, task.encoder_input(x))["params"]
-    h, skips = encoder.apply({"params": enc_params}, task.encoder_input(x))
-    gen_params = {"encoder": enc_params,
-                  "generator": generator.init(gen_rng, h, skips, z)["params"]}
-    znet_params = znet.init(znet_rng, z, h)["params"]
-    gen_tx = common.make_optimizer(config.optimizer, config.train.num_steps)
-    znet_tx = common.make_optimizer(cg.znet_optimizer, config.train.num_steps)
-    z_BxD = jnp.zeros((batch_size, z_dim), jnp.float32).at[:, 0].set(1.0)
-    return CgmlState(step=jnp.zeros((), jnp.int32), rng=state_rng,
-                     gen_params=gen_params, gen_opt_state=gen_tx.init(gen_params),
-                     znet_params=znet_params, znet_opt_state=znet_tx.init(znet_params),
-                     z_BxD=z_BxD, z_prev_BxD=z_BxD, gen_tx=gen_tx, znet_tx=znet_tx)
+
+def _make_z_step(parts: _Parts) -> base.StepFn:
+  cg, task = parts.cg, parts.task
 
   def z_step(state: CgmlState, batch):
     """Alg. 1, first line of the inner loop: z <- project(z - beta grad_z E), H, G, Z frozen."""
-    rngs = common.step_rngs(state.rng, state.step, "z_init")
-    fresh = state.step % num_inner == 0  # The first inner iteration of a round: a new batch.
-    z_t = jnp.where(fresh, sample_sphere(rngs["z_init"], (batch_size, z_dim)), state.z_BxD)
-    h, skips = encode(state.gen_params, batch["x"])
+    z_init_rng = common.step_rngs(state.rng, state.step, "z_init")["z_init"]
+    fresh = state.step % cg.inner_steps == 0  # The first inner iteration of a round: a new batch.
+    z_t = jnp.where(fresh, sample_sphere(z_init_rng, (parts.batch_size, cg.z_dim)), state.z_BxD)
+    h, skips = parts.encode(state.networks["encoder"].params, batch["x"])
 
     def total_energy(z_BxD):
-      energy_B = task.energy(batch["x"], generate(state.gen_params, h, skips, z_BxD), batch["y"])
+      g = parts.generate(state.networks["generator"].params, h, skips, z_BxD)
+      energy_B = task.energy(batch["x"], g, batch["y"])
       # Each example's E depends on its own z only: the gradient of the sum is
       # the per-example gradient.
       return jnp.sum(energy_B), energy_B
 
     (_, energy_B), grad_BxD = jax.value_and_grad(total_energy, has_aux=True)(z_t)
-    inner = (state.step % num_inner).astype(jnp.float32)
+    inner = (state.step % cg.inner_steps).astype(jnp.float32)
     beta = cg.z_step_size * cg.z_step_decay**inner
     z_next = project_to_sphere(z_t - beta * grad_BxD)
     move_B = jnp.linalg.norm(z_next - z_t, axis=-1)
@@ -360,52 +340,64 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch) -> ba
         "move": jnp.mean(move_B),
     }
 
+  return z_step
+
+
+def _make_znet_step(parts: _Parts) -> base.StepFn:
+  cg = parts.cg
+
   def znet_step(state: CgmlState, batch):
     """Alg. 1: update Z by L1[(z_{t+1}, rho), Z(z_t, H(x))], H, G, z frozen."""
-    h, _ = encode(state.gen_params, batch["x"])
+    h, _ = parts.encode(state.networks["encoder"].params, batch["x"])
     h = jax.lax.stop_gradient(h)
     z_t, z_next = state.z_prev_BxD, state.z_BxD
     rho_B = cg.momentum_scale * jnp.linalg.norm(z_next - z_t, axis=-1)
 
     def loss_fn(znet_params):
-      z_hat, rho_hat = predict_move(znet_params, z_t, h)
+      z_hat, rho_hat = parts.predict_move(znet_params, z_t, h)
       z_l1 = jnp.mean(jnp.abs(z_hat - z_next))
       rho_l1 = jnp.mean(jnp.abs(rho_hat - rho_B))
       # The L1 over the D + 1 outputs (z_hat, rho_hat), averaged.
-      loss = (z_dim * z_l1 + (rho_l1 if cg.use_momentum else 0.0)) / (z_dim + 1)
+      loss = (cg.z_dim * z_l1 + (rho_l1 if cg.use_momentum else 0.0)) / (cg.z_dim + 1)
       return loss, (z_l1, rho_l1, rho_hat)
 
     (loss, (z_l1, rho_l1, rho_hat)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.znet_params)
-    znet_params, opt_state = common.optimizer_step(state.znet_tx, state.znet_params,
-                                                   state.znet_opt_state, grads)
-    return state.replace(znet_params=znet_params, znet_opt_state=opt_state), {
+        state.networks["znet"].params)
+    state = state.apply_gradients("znet", grads, count_step=False)
+    return state, {
         "loss": loss, "z_l1": z_l1, "rho_l1": rho_l1, "rho_target": jnp.mean(rho_B),
-        "rho_pred": jnp.mean(rho_hat), "grad_norm": optax.tree.norm(grads),
+        "rho_pred": jnp.mean(rho_hat), "grad_norm": common.global_norm(grads),
     }
+
+  return znet_step
+
+
+def _make_gen_step(parts: _Parts) -> base.StepFn:
 
   def gen_step(state: CgmlState, batch):
     """Alg. 1: update H, G by grad_w E at the current z, Z and z frozen."""
     z = jax.lax.stop_gradient(state.z_BxD)
 
-    def loss_fn(gen_params):
-      h, skips = encode(gen_params, batch["x"])
-      return jnp.mean(task.energy(batch["x"], generate(gen_params, h, skips, z), batch["y"]))
+    def loss_fn(params):
+      h, skips = parts.encode(params["encoder"], batch["x"])
+      g = parts.generate(params["generator"], h, skips, z)
+      return jnp.mean(parts.task.energy(batch["x"], g, batch["y"]))
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.gen_params)
-    gen_params, opt_state = common.optimizer_step(state.gen_tx, state.gen_params, state.gen_opt_state,
-                                                  grads)
-    return state.replace(step=state.step + 1, gen_params=gen_params, gen_opt_state=opt_state), {
-        "energy": loss, "grad_norm": optax.tree.norm(grads)}
+    params = {name: state.networks[name].params for name in ("encoder", "generator")}
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    state = state.apply_gradients("encoder", grads["encoder"], count_step=False)
+    state = state.apply_gradients("generator", grads["generator"])
+    return state, {"energy": loss, "grad_norm": common.global_norm(grads)}
 
-  def run_round(compiled, state, batch):
-    for _ in range(num_inner):
-      for name in STEP_NAMES:
-        state = compiled(name, state, batch)
-    return state
+  return gen_step
+
+
+def _make_inference(parts: _Parts) -> tuple[Callable, dict[str, Callable]]:
+  """(sample, extras): Eq. 4 inference from z_0 ~ U(S^n), its trajectory, codes and decoding."""
+  cg, task = parts.cg, parts.task
 
   def inference_update(znet_params, h, z_BxD):
-    z_hat, rho_hat = predict_move(znet_params, z_BxD, h)
+    z_hat, rho_hat = parts.predict_move(znet_params, z_BxD, h)
     return momentum_update(z_BxD, z_hat, rho_hat, cg.use_momentum)
 
   def infer_latents(znet_params, h, z0_BxD, num_steps):
@@ -422,42 +414,83 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch) -> ba
 
   def images_of(state, x, h, skips, z_BxNxD):
     """Images for N codes per input: [B, N, H, W, C]."""
-    one = lambda z_BxD: task.to_image(x, generate(state.gen_params, h, skips, z_BxD))
+    generator_params = state.networks["generator"].params
+    one = lambda z_BxD: task.to_image(x, parts.generate(generator_params, h, skips, z_BxD))
     return jax.vmap(one, in_axes=1, out_axes=1)(z_BxNxD)
 
   def inferred_latents(state, h, rng, num_samples, run=infer_latents):
     """N z_0 ~ U(S^n) per input, each run through T iterations of Eq. 4 by `run`."""
-    z0_BxNxD = sample_sphere(rng, (h.shape[0], num_samples, z_dim))
-    return jax.vmap(lambda z0: run(state.znet_params, h, z0, cg.inference_steps),
-                    in_axes=1, out_axes=1)(z0_BxNxD)
+    z0_BxNxD = sample_sphere(rng, (h.shape[0], num_samples, cg.z_dim))
+    znet_params = state.networks["znet"].params
+    return jax.vmap(lambda z0: run(znet_params, h, z0, cg.inference_steps), in_axes=1, out_axes=1)(z0_BxNxD)
+
+  def encode(state, x):
+    return parts.encode(state.networks["encoder"].params, x)
 
   def sample(state, x, rng, num_samples):
     """N modes per input: N z_0 ~ U(S^n), T iterations of Eq. 4 each -> [B, N, H, W, C]."""
-    h, skips = encode(state.gen_params, x)
+    h, skips = encode(state, x)
     return images_of(state, x, h, skips, inferred_latents(state, h, rng, num_samples))
 
   def trajectory(state, x, rng, num_samples):
     """Outputs along the inference iterations (Fig. 6): [B, N, T + 1, H, W, C]."""
-    h, skips = encode(state.gen_params, x)
+    h, skips = encode(state, x)
     zs_BxNxTxD = inferred_latents(state, h, rng, num_samples, run=latent_trajectory)
     return jax.vmap(lambda z: images_of(state, x, h, skips, z), in_axes=2, out_axes=2)(zs_BxNxTxD)
 
   def latents(state, x, rng, num_samples):
     """The inferred codes z_T [B, N, D] of `sample` (same rng -> same codes)."""
-    h, _ = encode(state.gen_params, x)
+    h, _ = encode(state, x)
     return inferred_latents(state, h, rng, num_samples)
 
   def decode(state, x, z_BxNxD):
     """Images for given codes: [B, N, H, W, C] (no Z-network iterations)."""
-    h, skips = encode(state.gen_params, x)
+    h, skips = encode(state, x)
     return images_of(state, x, h, skips, z_BxNxD)
 
-  description = (f"cGML ({cg.task}, {config.model.name}, z on S^{z_dim - 1}, l={num_inner}, "
+  return sample, {"trajectory": trajectory, "latents": latents, "decode": decode,
+                  "inference_update": inference_update}
+
+
+def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
+                prepared: base.Prepared | None = None) -> base.Method:
+  """cGML bound to `config` and the global batch shapes (it prepares nothing)."""
+  del prepared
+  cg = config.cgml
+  x_shape, y_shape = tuple(batch_spec["x"].shape), tuple(batch_spec["y"].shape)
+  task = make_task(cg, x_shape, y_shape)
+  nets = models.make_model(config.model, models.ModelIO.of(batch_spec, code_shape=(cg.z_dim,),
+                                                            y_shape=task.out_shape))
+  parts = _Parts(cg=cg, task=task, batch_size=x_shape[0], nets=dict(nets))
+
+  def init(rng):
+    enc_rng, gen_rng, znet_rng, state_rng = jax.random.split(rng, 4)
+    x = jnp.zeros((1,) + x_shape[1:], jnp.float32)
+    z = jnp.zeros((1, cg.z_dim), jnp.float32).at[:, 0].set(1.0)
+    enc_vars = parts.nets["encoder"].init(enc_rng, task.encoder_input(x))
+    h, skips = parts.nets["encoder"].apply(enc_vars, task.encoder_input(x))
+    gen_tx = common.make_optimizer(config.optimizer, config.train.num_steps)
+    znet_tx = common.make_optimizer(cg.znet_optimizer, config.train.num_steps)
+    networks = {"encoder": common.Network.create(enc_vars, gen_tx),
+                "generator": common.Network.create(parts.nets["generator"].init(gen_rng, h, skips, z), gen_tx),
+                "znet": common.Network.create(parts.nets["znet"].init(znet_rng, z, h), znet_tx)}
+    z_BxD = jnp.zeros((parts.batch_size, cg.z_dim), jnp.float32).at[:, 0].set(1.0)
+    return common.create_state(CgmlState, rng=state_rng, networks=networks, z_BxD=z_BxD, z_prev_BxD=z_BxD)
+
+  def run_round(compiled, state, batch):
+    for _ in range(cg.inner_steps):
+      for name in STEP_NAMES:
+        state = compiled(name, state, batch)
+    return state
+
+  sample, extras = _make_inference(parts)
+  model = config.model
+  description = (f"cGML ({cg.task}, {model.name}, z on S^{cg.z_dim - 1}, l={cg.inner_steps}, "
                  f"beta={cg.z_step_size}, alpha={cg.momentum_scale}, T={cg.inference_steps}, "
-                 f"Lipschitz: {cg.lipschitz} x{cg.lipschitz_scale} (Z x{cg.znet_lipschitz_scale}), "
+                 f"Lipschitz: {model.lipschitz} x{model.lipschitz_scale} (Z x{model.znet_lipschitz_scale}), "
                  f"{'with' if cg.use_momentum else 'without'} momentum)")
   return base.Method(
-      init=init, steps={"z": z_step, "znet": znet_step, "gen": gen_step}, run_round=run_round,
-      sample=sample, steps_per_round=num_inner, description=description,
-      extras={"trajectory": trajectory, "latents": latents, "decode": decode,
-              "inference_update": inference_update})
+      init=init, steps={"z": _make_z_step(parts), "znet": _make_znet_step(parts), "gen": _make_gen_step(parts)},
+      run_round=run_round, sample=sample, steps_per_round=cg.inner_steps, description=description,
+      learning_rates=common.learning_rates(config, generator=config.optimizer, znet=cg.znet_optimizer),
+      extras=extras)

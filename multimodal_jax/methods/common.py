@@ -1,10 +1,13 @@
-"""Pieces every method shares: the train state, optimisers, step rngs."""
+"""Pieces every method shares: networks and the method state, optimisers, named step rngs."""
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+
+from typing import Any, Mapping
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -14,26 +17,86 @@ PyTree = Any
 
 
 @flax.struct.dataclass
-class TrainState:
-  """Parameters and optimiser state of one optimiser, plus the step counter.
+class Network:
+  """One trained network: its parameters, optimiser state and optional BatchNorm statistics.
 
-  Methods with several optimisers (cGML's generator and Z-network) keep one
-  TrainState-like pair per optimiser in their own state dataclass.
+  `batch_stats` is {} for networks without them; `variables()` is what
+  `module.apply` takes. `tx` is static (not a pytree leaf), so checkpoints
+  hold arrays only.
   """
-  step: jax.Array
-  rng: jax.Array
   params: PyTree
   opt_state: PyTree
+  batch_stats: PyTree
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
   @classmethod
-  def create(cls, *, rng: jax.Array, params: PyTree, tx: optax.GradientTransformation) -> "TrainState":
-    return cls(step=jnp.zeros((), jnp.int32), rng=rng, params=params,
-               opt_state=tx.init(params), tx=tx)
+  def create(cls, variables: Mapping[str, PyTree], tx: optax.GradientTransformation) -> "Network":
+    """From `module.init(...)`'s variables ({'params', optionally 'batch_stats'})."""
+    extra = set(variables) - {"params", "batch_stats"}
+    if extra:
+      raise ValueError(f"Network variables may hold 'params' and 'batch_stats' only; got also {sorted(extra)}.")
+    params = variables["params"]
+    return cls(params=params, opt_state=tx.init(params), batch_stats=variables.get("batch_stats", {}), tx=tx)
 
-  def apply_gradients(self, grads: PyTree) -> "TrainState":
+  def variables(self) -> dict[str, PyTree]:
+    return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
+
+  def apply_gradients(self, grads: PyTree, batch_stats: PyTree | None = None) -> "Network":
+    """One optimiser update; `batch_stats` replaces the statistics when given (a train-mode forward's)."""
     params, opt_state = optimizer_step(self.tx, self.params, self.opt_state, grads)
-    return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
+    return self.replace(params=params, opt_state=opt_state,
+                        batch_stats=self.batch_stats if batch_stats is None else batch_stats)
+
+
+def apply_network(module: nn.Module, net: Network, *args: Any, params: PyTree | None = None,
+                  update_batch_stats: bool = False, rngs: Mapping[str, jax.Array] | None = None,
+                  **kwargs: Any) -> tuple[Any, PyTree]:
+  """`module.apply` on a Network's variables: (outputs, batch_stats after the call).
+
+  Args:
+    params: parameters to use instead of `net.params` (the ones being differentiated).
+    update_batch_stats: for networks with `batch_stats`, return the updated
+      statistics (BatchNorm in training mode, `mutable=['batch_stats']`); the
+      module's own train/deterministic argument goes in `kwargs`.
+    rngs: e.g. {'dropout': key} for dropout layers.
+  """
+  variables = net.variables() if params is None else dict(net.variables(), params=params)
+  if update_batch_stats and net.batch_stats:
+    out, updates = module.apply(variables, *args, rngs=rngs, mutable=["batch_stats"], **kwargs)
+    return out, updates["batch_stats"]
+  return module.apply(variables, *args, rngs=rngs, **kwargs), net.batch_stats
+
+
+@flax.struct.dataclass
+class MethodState:
+  """What every method's state holds: the update counter, the base rng and its networks.
+
+  Methods extend it with their own fields (`IMLEState`: the pool's codes;
+  `CgmlState`: the batch's latents). `step` counts the method's optimiser
+  updates of its main network (its schedule's clock), `rng` is the base key
+  that `step_rngs` folds the step into.
+  """
+  step: jax.Array
+  rng: jax.Array
+  networks: dict[str, Network]
+
+  @property
+  def params(self) -> dict[str, PyTree]:
+    """{network name: params}."""
+    return {name: net.params for name, net in self.networks.items()}
+
+  def apply_gradients(self, name: str, grads: PyTree, batch_stats: PyTree | None = None,
+                      count_step: bool = True) -> "MethodState":
+    """One optimiser update of network `name`; `count_step` also advances `step`."""
+    networks = dict(self.networks)
+    networks[name] = networks[name].apply_gradients(grads, batch_stats)
+    return self.replace(networks=networks, step=self.step + 1 if count_step else self.step)
+
+
+def create_state(cls: type = MethodState, *, rng: jax.Array, networks: Mapping[str, Network],
+                 **fields: Any) -> MethodState:
+  """A fresh method state at step 0."""
+  return cls(step=jnp.zeros((), jnp.int32), rng=rng, networks=dict(networks), **fields)
 
 
 def optimizer_step(tx: optax.GradientTransformation, params: PyTree, opt_state: PyTree,
@@ -73,13 +136,30 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Grad
 
 
 def step_rngs(base_rng: jax.Array, step: jax.Array, *names: str) -> dict[str, jax.Array]:
-  """Named random streams for one step: fold the step in, then split.
+  """Named random streams for one step: fold the step in, then each stream's name.
 
   Folding the step inside the compiled step makes the stream a function of
   (seed, step) alone, so a resumed run draws exactly what an uninterrupted run
-  would. With `jax.jit` over global arrays, values drawn for a batch-sharded
-  array differ per example, and hence per device, without folding in device ids.
+  would. Each stream is keyed by its name (a stable hash), so a step's 'codes'
+  do not change when another stream is added or requested elsewhere, and two
+  steps asking for different names get independent keys. With `jax.jit`
+  over global arrays, values drawn for a batch-sharded array differ per
+  example, and hence per device, without folding in device ids.
   """
   rng = jax.random.fold_in(base_rng, step)
-  keys = jax.random.split(rng, len(names))
-  return dict(zip(names, keys))
+  return {name: jax.random.fold_in(rng, stream_id(name)) for name in names}
+
+
+def stream_id(name: str) -> int:
+  """A stable 31-bit id of a stream name (Python's hash() differs per process)."""
+  return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def learning_rates(config: ml_collections.ConfigDict, **optimizers: ml_collections.ConfigDict
+                   ) -> dict[str, optax.Schedule]:
+  """{network: its learning-rate schedule}, for the loop's `learning_rate/<network>` scalars."""
+  return {name: learning_rate_schedule(opt, config.train.num_steps) for name, opt in optimizers.items()}
+
+
+def global_norm(tree: PyTree) -> jax.Array:
+  return optax.tree.norm(tree)

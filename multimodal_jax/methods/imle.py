@@ -23,10 +23,15 @@ selection distance `config.imle.selection_distance`, both
 `perceptual.default_distance_config()` blocks built by
 `perceptual.make_distance`; the run's description (printed by the loop) says
 which are in use. A feature distance with `layer_weights=()` gets the
-paper's "each term roughly the same magnitude" weights at start-up
-(`Distance.calibrate` on `imle.calibration_examples` real targets; the log
-prints the values to pin). Frozen network parameters (VGG) live in the state
-(so in checkpoints), not as constants in the compiled executables.
+paper's "each term roughly the same magnitude" weights from the method's
+prepared state (`prepare`: `Distance.calibrate` on the first
+`imle.calibration_examples` targets of the *training* split, computed once,
+saved in the workdir; the log prints the values to pin). Frozen network
+parameters (VGG) live in the state (so in checkpoints), not as constants in
+the compiled executables.
+
+The generator is any registry model (`config.model`, models/registry.py) that
+takes a spatial code z at the input's size (SRIM: `rrdb`; `conv_generator`).
 
 Metrics: select/{selected_distance, selected_distance_change (vs the previous
 round), mean_sample_distance (all m samples), zero_code_phase, seconds} and
@@ -40,7 +45,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -49,28 +54,26 @@ from jax.experimental import io_callback
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from multimodal_jax import config_lib
 from multimodal_jax.losses import imle_selection
 from multimodal_jax.losses import perceptual
 from multimodal_jax.methods import base
 from multimodal_jax.methods import common
-from multimodal_jax.methods import regression
-from multimodal_jax.models import conv_generator
+from multimodal_jax.models import registry as models
 from multimodal_jax.models import rrdb
 
 PyTree = Any
-GENERATOR_NAMES = ("rrdb", "conv_generator")
-# Independent random streams: folded into state.rng before the step.
-_SELECT_STREAM, _UPDATE_STREAM = 1, 2
+# The prepared state's config sections (besides data): the calibration reads both distances.
+PREPARE_DEPENDS_ON = ("imle", "distance")
+_DISTANCES = ("loss", "selection")  # prepared keys '<which>_distance/{layer_weights,pixel_weight}'
 
 
 @flax.struct.dataclass
-class IMLEState(common.TrainState):
-  """The generator's TrainState plus the pool's selected codes and frozen distance parameters.
+class IMLEState(common.MethodState):
+  """The method state (networks = {'generator': T}) plus the pool's codes and frozen distance parameters.
 
-  Attributes (beyond common.TrainState's step, rng, params = T's, opt_state, tx):
+  Attributes (beyond step, rng, networks):
     pool_latents: [|S|, *latent_shape], z_{i, sigma(i)} of the current pool.
     pool_distances: [|S|], their selection distances.
     last_selected_distance: the previous round's mean selected distance (NaN
@@ -83,40 +86,13 @@ class IMLEState(common.TrainState):
   frozen: PyTree
 
 
-class CodeConcatGenerator(nn.Module):
-  """Any x -> y generator made conditional on z: z is concatenated to x's channels.
-
-  z [B, h, w, c] is at x's spatial size (as SRIM's codes); `bilinear` is ignored.
-  """
-  inner: nn.Module
-
-  @nn.compact
-  def __call__(self, x, z, bilinear=False):
-    del bilinear
-    return self.inner(jnp.concatenate([x, z.astype(x.dtype)], axis=-1))
-
-
-def make_generator(config: ml_collections.ConfigDict, x_shape, y_shape) -> nn.Module:
-  """The generator T(x, z, bilinear) named by `config.model.name`."""
-  factor = regression.upsample_factor_of(x_shape, y_shape)
-  model = config.model
-  if model.name == "rrdb":
-    return rrdb.RRDBNet(out_channels=y_shape[-1], features=model.features, num_blocks=model.num_blocks,
-                        growth=model.growth, upsample_factor=factor,
-                        dense_conv_style=model.dense_conv_style)
-  if model.name == "conv_generator":
-    return CodeConcatGenerator(conv_generator.ConvGenerator(
-        out_channels=y_shape[-1], features=model.features, num_blocks=model.num_blocks,
-        upsample_factor=factor))
-  raise ValueError(f"Unknown model.name {model.name!r} for imle; valid: {list(GENERATOR_NAMES)}")
-
-
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks the keys only imle reads (model, imle.*, the two distances) before anything compiles."""
   if "imle" not in config:
     raise ValueError("config.method='imle' needs a config.imle section (see configs/srim.py).")
   check = functools.partial(config_lib.require, config)
-  check(config.model.name in GENERATOR_NAMES, "model.name", f"valid for imle: {list(GENERATOR_NAMES)}")
+  generators = models.model_names(models.GENERATOR)
+  check(config.model.name in generators, "model.name", f"valid for imle: {generators}")
   if config.model.name == "rrdb":
     check("growth" in config.model and config.model.growth > 0, "model.growth",
           "the rrdb generator needs model.growth > 0")
@@ -140,19 +116,49 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(block.name in perceptual.DISTANCE_NAMES, f"{key}.name", f"valid: {list(perceptual.DISTANCE_NAMES)}")
 
 
+def _distance_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+  return {"loss": config.distance, "selection": config.imle.selection_distance}
+
+
+def prepare(config: ml_collections.ConfigDict, train_source) -> dict[str, np.ndarray]:
+  """Equal-contribution weights (IJCV §3.7) for each distance that asks for them, from training targets.
+
+  Uses the first `imle.calibration_examples` targets of the training split
+  (pairs of different real images, `perceptual.calibration_pairs`).
+  """
+  distances = {k: perceptual.make_distance(c) for k, c in _distance_configs(config).items()}
+  if not any(d.needs_calibration for d in distances.values()):
+    return {}
+  n = min(config.imle.calibration_examples, len(train_source))
+  y = jnp.asarray(np.stack([train_source[i]["y"] for i in range(n)]))
+  arrays = {}
+  for which, distance in distances.items():
+    if distance.needs_calibration:
+      calibrated = distance.calibrate(*perceptual.calibration_pairs(y))
+      arrays[f"{which}_distance/layer_weights"] = np.asarray(calibrated.layer_weights, np.float64)
+      arrays[f"{which}_distance/pixel_weight"] = np.asarray(calibrated.pixel_weight, np.float64)
+  return arrays
+
+
+def _calibrated(distance: perceptual.Distance, which: str, prepared: base.Prepared) -> perceptual.Distance:
+  """The distance with the prepared equal-contribution weights, if it needs them."""
+  if not distance.needs_calibration:
+    return distance
+  key = f"{which}_distance/layer_weights"
+  if key not in prepared:
+    raise ValueError(f"The {which} distance asks for equal-contribution weights (layer_weights=()), but "
+                     f"the prepared state has no {key!r}: build the method with "
+                     "prepared=imle.prepare(config, train_source) (the training loop does).")
+  return distance.replace(
+      layer_weights=tuple(float(w) for w in prepared[key]),
+      pixel_weight=float(prepared[f"{which}_distance/pixel_weight"]),
+      calibration="equal contribution, calibrated on training targets (prepared state)")
+
+
 def _frozen_split(distance: perceptual.Distance) -> tuple[perceptual.Distance, str, dict]:
   """(the distance without its arrays, a key naming its weights, the arrays)."""
   return distance.replace(params=None, heads=None), distance.weights_source, {
       "params": distance.params, "heads": distance.heads}
-
-
-def _calibrated(distance: perceptual.Distance, config: ml_collections.ConfigDict) -> perceptual.Distance:
-  """Equal-contribution weights (IJCV §3.7) from pairs of real targets, if the config asks."""
-  if not distance.needs_calibration:
-    return distance
-  from multimodal_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  y = pipeline.load_eval_examples(config, config.imle.calibration_examples)["y"]
-  return distance.calibrate(*perceptual.calibration_pairs(jnp.asarray(y)))
 
 
 def _marker(tree: PyTree) -> jax.Array:
@@ -191,103 +197,152 @@ def timed(step_fn: base.StepFn, name: str) -> base.StepFn:
   return step
 
 
-def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
-                generator: nn.Module | None = None) -> base.Method:
-  """Conditional IMLE bound to `config` and the pool's shapes.
+class _Parts(NamedTuple):
+  """What the step builders share: the config, shapes, networks and distances of one method."""
+  imle: ml_collections.ConfigDict
+  pool_size: int
+  latent_shape: tuple[int, ...]
+  model: nn.Module  # training (unrolled)
+  forward_model: nn.Module  # selection and sampling
+  distances: dict[str, tuple[perceptual.Distance, str]]  # which -> (template, frozen key)
 
-  Args:
-    config: a locked config with `imle`, `distance` and `model` sections (configs/srim.py).
-    batch_spec: the global batch (= the pool S) as ShapeDtypeStructs: x, y.
-    generator: optional Linen module T(x, z, bilinear) replacing `config.model`
-      (tests drive the method with tiny networks this way).
-  """
-  imle = config.imle
-  x_spec, y_spec = batch_spec["x"], batch_spec["y"]
-  pool_size = x_spec.shape[0]
-  model = generator if generator is not None else make_generator(config, x_spec.shape, y_spec.shape)
-  # Forward-only passes (selection, sampling) run the RRDB trunk as a rolled
-  # loop: as fast, and much quicker to compile; training unrolls it (models/rrdb.py).
-  forward_model = model.clone(unroll=1) if isinstance(model, rrdb.RRDBNet) else model
-  latent_shape = tuple(x_spec.shape[1:-1]) + (imle.code_channels,)
+  def apply(self, params, x, z, step, module=None):
+    bilinear = (self.imle.bilinear_from_step >= 0) & (step >= self.imle.bilinear_from_step)
+    return (module or self.forward_model).apply({"params": params}, x, z, bilinear=bilinear)
 
-  loss_distance = _calibrated(perceptual.make_distance(config.distance), config)
-  selection_distance = _calibrated(perceptual.make_distance(imle.selection_distance), config)
-  loss_template, loss_key, loss_arrays = _frozen_split(loss_distance)
-  sel_template, sel_key, sel_arrays = _frozen_split(selection_distance)
-  frozen_init = {loss_key: loss_arrays, sel_key: sel_arrays}  # one copy when both share weights
+  def zero_phase(self, step):
+    return step < self.imle.zero_code_steps
 
-  def with_arrays(template, key, frozen):
+  def distance(self, which: str, frozen: PyTree) -> perceptual.Distance:
+    template, key = self.distances[which]
     return template.replace(params=frozen[key]["params"], heads=frozen[key]["heads"])
 
-  def apply(params, x, z, step, module=forward_model):
-    bilinear = (imle.bilinear_from_step >= 0) & (step >= imle.bilinear_from_step)
-    return module.apply({"params": params}, x, z, bilinear)
 
-  def zero_phase(step):
-    return step < imle.zero_code_steps
-
-  def init(rng):
-    params_rng, state_rng = jax.random.split(rng)
-    x = jnp.zeros((1,) + x_spec.shape[1:], jnp.float32)
-    params = model.init(params_rng, x, jnp.zeros((1,) + latent_shape, jnp.float32), False)["params"]
-    tx = common.make_optimizer(config.optimizer, config.train.num_steps)
-    frozen = jax.tree.map(jnp.asarray, frozen_init)
-    return IMLEState(step=jnp.zeros((), jnp.int32), rng=state_rng, params=params, opt_state=tx.init(params),
-                     pool_latents=jnp.zeros((pool_size,) + latent_shape, jnp.float32),
-                     pool_distances=jnp.zeros((pool_size,), jnp.float32),
-                     last_selected_distance=jnp.full((), jnp.nan, jnp.float32), frozen=frozen, tx=tx)
+def _make_select_step(parts: _Parts) -> base.StepFn:
+  imle = parts.imle
 
   def select_step(state: IMLEState, batch):
     """Alg. 1 lines 4-8 over the pool S = batch: sigma(i) for every i."""
-    rng = common.step_rngs(jax.random.fold_in(state.rng, _SELECT_STREAM), state.step, "codes")["codes"]
-    distance = with_arrays(sel_template, sel_key, state.frozen)
+    rng = common.step_rngs(state.rng, state.step, "select_codes")["select_codes"]
     kernel = functools.partial(
-        imle_selection.select_nearest_latents, distance=distance, x=batch["x"], y_BxHxWxC=batch["y"],
-        rng=rng, latent_shape=latent_shape, example_blocks=imle.example_blocks,
-        num_shards=jax.device_count(), mask=batch.get("mask"))
+        imle_selection.select_nearest_latents, distance=parts.distance("selection", state.frozen),
+        x=batch["x"], y_BxHxWxC=batch["y"], rng=rng, latent_shape=parts.latent_shape,
+        example_blocks=imle.example_blocks, num_shards=jax.device_count(), mask=batch.get("mask"))
+    generate = lambda x, z: parts.apply(state.networks["generator"].params, x, z, state.step)
 
     def search(_):
-      generate = lambda x, z: apply(state.params, x, z, state.step)
       s = kernel(generate, num_samples=imle.num_samples, chunk_size=imle.chunk_size,
                  perturbation=imle.perturbation)
       return s.latents, s.distances, s.mean_distances
 
     def zero_codes(_):  # deterministic pretraining: T(x, 0), nothing to search
-      generate = lambda x, z: apply(state.params, x, z, state.step)
       s = kernel(generate, num_samples=1, chunk_size=1, zero_codes=True)
       return s.latents, s.distances, s.mean_distances
 
-    latents, distances, mean_distances = jax.lax.cond(zero_phase(state.step), zero_codes, search, None)
+    latents, distances, mean_distances = jax.lax.cond(parts.zero_phase(state.step), zero_codes, search, None)
     selected = jnp.mean(distances)
     metrics = {"selected_distance": selected,
                "selected_distance_change": jnp.nan_to_num(selected - state.last_selected_distance),
                "mean_sample_distance": jnp.mean(mean_distances),
-               "zero_code_phase": zero_phase(state.step).astype(jnp.float32)}
+               "zero_code_phase": parts.zero_phase(state.step).astype(jnp.float32)}
     state = state.replace(pool_latents=latents, pool_distances=distances, last_selected_distance=selected)
     return state, metrics
 
+  return select_step
+
+
+def _make_update_step(parts: _Parts) -> base.StepFn:
+  k, num_updates, pool_size = parts.imle.minibatch_size, parts.imle.updates_per_selection, parts.pool_size
+
   def update_step(state: IMLEState, batch):
     """Alg. 1 lines 10-11: one step on a minibatch S~ of the pool with its selected codes."""
-    k, num_updates = imle.minibatch_size, imle.updates_per_selection
     round_index, within = state.step // num_updates, state.step % num_updates
     # A fresh permutation of S per round, walked |S~| at a time (wrapping when L |S~| > |S|).
-    perm_rng = jax.random.fold_in(jax.random.fold_in(state.rng, _UPDATE_STREAM), round_index)
-    order = jax.random.permutation(perm_rng, pool_size)
+    order = jax.random.permutation(common.step_rngs(state.rng, round_index, "pool_order")["pool_order"],
+                                   pool_size)
     idx = order[(within * k + jnp.arange(k)) % pool_size]
     x, y = batch["x"][idx], batch["y"][idx]
     mask = batch["mask"][idx] if "mask" in batch else None
-    z = jnp.where(zero_phase(state.step), 0.0, state.pool_latents[idx])
-    distance = with_arrays(loss_template, loss_key, state.frozen)
+    z = jnp.where(parts.zero_phase(state.step), 0.0, state.pool_latents[idx])
+    distance = parts.distance("loss", state.frozen)
 
     def loss_fn(params):
-      return jnp.mean(distance(apply(params, x, z, state.step, model), y, mask))
+      return jnp.mean(distance(parts.apply(params, x, z, state.step, parts.model), y, mask))
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    state = state.apply_gradients(grads)
-    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
+    loss, grads = jax.value_and_grad(loss_fn)(state.networks["generator"].params)
+    state = state.apply_gradients("generator", grads)
+    return state, {"loss": loss, "grad_norm": common.global_norm(grads),
                    "selected_distance": jnp.mean(state.pool_distances[idx])}
 
-  steps = {"select": select_step, "update": update_step}
+  return update_step
+
+
+def _make_sampling(parts: _Parts) -> tuple[Callable, Callable]:
+  """(sample, interpolate): N outputs per input from random codes, or along a line between two."""
+
+  def generate_many(state, x_BxX, z_NxBx):
+    """[B, N, H, W, C] outputs for N codes per input, one code batch at a time (memory O(B))."""
+    params = state.networks["generator"].params
+    y_NxB = jax.lax.map(lambda z: parts.apply(params, x_BxX, z, state.step), z_NxBx)
+    return jnp.swapaxes(y_NxB, 0, 1)
+
+  def sample(state, x, rng, num_samples):
+    """N samples per input, z ~ N(0, I) (z = 0 during the zero-code phase)."""
+    z = jax.random.normal(rng, (num_samples, x.shape[0]) + parts.latent_shape)
+    return generate_many(state, x, jnp.where(parts.zero_phase(state.step), 0.0, z))
+
+  def interpolate(state, x, rng, num_samples):
+    """Outputs along the line z(t) = (1 - t) z_0 + t z_1, t in [0, 1], for two random codes per input."""
+    z0, z1 = jax.random.normal(rng, (2, 1, x.shape[0]) + parts.latent_shape)
+    t = jnp.linspace(0.0, 1.0, num_samples).reshape((num_samples, 1) + (1,) * len(parts.latent_shape))
+    return generate_many(state, x, (1.0 - t) * z0 + t * z1)
+
+  return sample, interpolate
+
+
+def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
+                prepared: base.Prepared | None = None, generator: nn.Module | None = None) -> base.Method:
+  """Conditional IMLE bound to `config`, the pool's shapes and the prepared calibration.
+
+  Args:
+    config: a locked config with `imle`, `distance` and `model` sections (configs/srim.py).
+    batch_spec: the global batch (= the pool S) as ShapeDtypeStructs: x, y.
+    prepared: `prepare`'s arrays (needed only by distances with layer_weights=()).
+    generator: optional Linen module T(x, z, bilinear=...) replacing `config.model`
+      (tests drive the method with tiny networks this way).
+  """
+  imle, prepared = config.imle, prepared or {}
+  x_spec = batch_spec["x"]
+  latent_shape = tuple(x_spec.shape[1:-1]) + (imle.code_channels,)
+  model = generator if generator is not None else models.make_model(
+      config.model, models.ModelIO.of(batch_spec, code_shape=latent_shape))
+  if not isinstance(model, nn.Module):
+    raise ValueError(f"config.model.name={config.model.name!r} builds several networks; imle needs one "
+                     "generator T(x, z).")
+  # Forward-only passes (selection, sampling) run the RRDB trunk as a rolled
+  # loop: as fast, and much quicker to compile; training unrolls it (models/rrdb.py).
+  forward_model = model.clone(unroll=1) if isinstance(model, rrdb.RRDBNet) else model
+  distances = {which: _calibrated(perceptual.make_distance(cfg), which, prepared)
+               for which, cfg in _distance_configs(config).items()}
+  splits = {which: _frozen_split(d) for which, d in distances.items()}
+  frozen_init = {key: arrays for _, key, arrays in splits.values()}  # one copy when both share weights
+  parts = _Parts(imle=imle, pool_size=x_spec.shape[0], latent_shape=latent_shape, model=model,
+                 forward_model=forward_model,
+                 distances={which: (template, key) for which, (template, key, _) in splits.items()})
+
+  def init(rng):
+    params_rng, state_rng = jax.random.split(rng)
+    x = jnp.zeros((1,) + x_spec.shape[1:], jnp.float32)
+    variables = model.init(params_rng, x, jnp.zeros((1,) + latent_shape, jnp.float32), bilinear=False)
+    tx = common.make_optimizer(config.optimizer, config.train.num_steps)
+    return common.create_state(
+        IMLEState, rng=state_rng, networks={"generator": common.Network.create(variables, tx)},
+        pool_latents=jnp.zeros((parts.pool_size,) + latent_shape, jnp.float32),
+        pool_distances=jnp.zeros((parts.pool_size,), jnp.float32),
+        last_selected_distance=jnp.full((), jnp.nan, jnp.float32),
+        frozen=jax.tree.map(jnp.asarray, frozen_init))
+
+  steps = {"select": _make_select_step(parts), "update": _make_update_step(parts)}
   if imle.time_steps:
     steps = {name: timed(fn, name) for name, fn in steps.items()}
 
@@ -297,28 +352,14 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
       state = compiled("update", state, batch)
     return state
 
-  def generate_many(state, x_BxX, z_NxBx):
-    """[B, N, H, W, C] outputs for N codes per input, one code batch at a time (memory O(B))."""
-    y_NxB = jax.lax.map(lambda z: apply(state.params, x_BxX, z, state.step), z_NxBx)
-    return jnp.swapaxes(y_NxB, 0, 1)
-
-  def sample(state, x, rng, num_samples):
-    """N samples per input, z ~ N(0, I) (z = 0 during the zero-code phase)."""
-    z = jax.random.normal(rng, (num_samples, x.shape[0]) + latent_shape)
-    return generate_many(state, x, jnp.where(zero_phase(state.step), 0.0, z))
-
-  def interpolate(state, x, rng, num_samples):
-    """Outputs along the line z(t) = (1 - t) z_0 + t z_1, t in [0, 1], for two random codes per input."""
-    z0, z1 = jax.random.normal(rng, (2, 1, x.shape[0]) + latent_shape)
-    t = jnp.linspace(0.0, 1.0, num_samples).reshape((num_samples, 1) + (1,) * len(latent_shape))
-    return generate_many(state, x, (1.0 - t) * z0 + t * z1)
-
+  sample, interpolate = _make_sampling(parts)
   name = config.model.name if generator is None else type(generator).__name__
-  description = (f"conditional IMLE (IJCV Alg. 1): |S|={pool_size}, m={imle.num_samples} "
+  description = (f"conditional IMLE (IJCV Alg. 1): |S|={parts.pool_size}, m={imle.num_samples} "
                  f"(chunks of {imle.chunk_size}), L={imle.updates_per_selection}, "
                  f"|S~|={imle.minibatch_size}, code {latent_shape}, z=0 for steps < {imle.zero_code_steps}, "
                  f"bilinear from step {imle.bilinear_from_step}, generator {name}; "
-                 f"selection {selection_distance.describe()}; loss {loss_distance.describe()}")
+                 f"selection {distances['selection'].describe()}; loss {distances['loss'].describe()}")
   return base.Method(init=init, steps=steps, run_round=run_round, sample=sample,
                      steps_per_round=imle.updates_per_selection, description=description,
+                     learning_rates=common.learning_rates(config, generator=config.optimizer),
                      extras={"interpolate": interpolate})

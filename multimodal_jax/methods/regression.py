@@ -21,59 +21,47 @@ from multimodal_jax.methods import common
 from multimodal_jax.models import registry as models
 
 
-def upsample_factor_of(x_shape, y_shape) -> int:
-  """The spatial factor between input and target (1 for same-size tasks)."""
-  factor = y_shape[1] // x_shape[1]
-  if factor * x_shape[1] != y_shape[1] or factor * x_shape[2] != y_shape[2]:
-    raise ValueError(f"Target spatial shape {y_shape[1:3]} is not an integer multiple of the "
-                     f"input's {x_shape[1:3]}.")
-  return factor
-
-
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  config_lib.require(config, config.model.name in models.MODEL_NAMES, "model.name",
-                     f"valid: {models.MODEL_NAMES}")
+  config_lib.require(config, config.model.name in models.model_names(models.GENERATOR), "model.name",
+                     f"valid: {models.model_names(models.GENERATOR)}")
 
 
-def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch) -> base.Method:
-  """The regression method bound to `config` and the batch shapes."""
+def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
+                prepared: base.Prepared | None = None) -> base.Method:
+  """The regression method bound to `config` and the batch shapes (it prepares nothing)."""
+  del prepared
   distance = perceptual.make_distance(config.distance)
   if distance.needs_calibration:
     raise ValueError("regression needs explicit config.distance.layer_weights for a feature "
                      "distance (equal-contribution calibration is done by the IMLE methods).")
-  model = models.make_generator(
-      config.model, out_channels=batch_spec["y"].shape[-1],
-      upsample_factor=upsample_factor_of(batch_spec["x"].shape, batch_spec["y"].shape))
+  model = models.make_model(config.model, models.ModelIO.of(batch_spec))
 
   def init(rng):
     params_rng, state_rng = jax.random.split(rng)
-    params = model.init(params_rng, jnp.zeros((1,) + batch_spec["x"].shape[1:], jnp.float32))["params"]
+    variables = model.init(params_rng, jnp.zeros((1,) + batch_spec["x"].shape[1:], jnp.float32))
     tx = common.make_optimizer(config.optimizer, config.train.num_steps)
-    return common.TrainState.create(rng=state_rng, params=params, tx=tx)
+    return common.create_state(rng=state_rng, networks={"generator": common.Network.create(variables, tx)})
 
   def apply(params, x):
     return model.apply({"params": params}, x)
 
-  def train_step(state: common.TrainState, batch):
+  def train_step(state: common.MethodState, batch):
     def loss_fn(params):
       y_hat = apply(params, batch["x"])
       return jnp.mean(distance(y_hat, batch["y"]))
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    loss, grads = jax.value_and_grad(loss_fn)(state.networks["generator"].params)
     # Under jit over a mesh, the mean above is over the *global* batch, so
     # the gradient is already the all-reduced one.
-    state = state.apply_gradients(grads)
-    return state, {"loss": loss, "grad_norm": _global_norm(grads)}
+    state = state.apply_gradients("generator", grads)
+    return state, {"loss": loss, "grad_norm": common.global_norm(grads)}
 
   def sample(state, x, rng, num_samples):
     del rng  # deterministic
-    y_hat = apply(state.params, x)
+    y_hat = apply(state.networks["generator"].params, x)
     return jnp.repeat(y_hat[:, None], num_samples, axis=1)
 
   return base.Method(init=init, steps={"train": train_step}, run_round=base.single_step_round("train"),
                      sample=sample, steps_per_round=1,
+                     learning_rates=common.learning_rates(config, generator=config.optimizer),
                      description=f"deterministic regression, loss {distance.describe()}")
-
-
-def _global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))

@@ -47,7 +47,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-MODEL_NAMES = ["cgml_mlp", "cgml_unet"]
+from multimodal_jax.models import registry
+
 LIPSCHITZ_METHODS = ["spectral_norm", "none"]
 
 
@@ -230,23 +231,28 @@ class ZNetwork(nn.Module):
     return z_BxD + out[:, :-1], nn.softplus(out[:, -1])
 
 
-def make_networks(model: ml_collections.ConfigDict, cgml: ml_collections.ConfigDict, *,
-                  out_shape: Sequence[int]) -> tuple[nn.Module, nn.Module, nn.Module]:
-  """(H, G, Z) named by `model.name`, for outputs of shape `out_shape` = (H, W, C)."""
-  lipschitz = cgml.lipschitz == "spectral_norm"
-  common = dict(lipschitz=lipschitz, lipschitz_scale=cgml.lipschitz_scale,
-                power_iterations=cgml.power_iterations)
-  znet = ZNetwork(hidden=model.znet_hidden, num_layers=model.znet_layers,
-                  **dict(common, lipschitz_scale=cgml.znet_lipschitz_scale))
-  if model.name == "cgml_mlp":
-    return (MLPEncoder(hidden=model.hidden, h_dim=model.h_dim),
-            MLPGenerator(out_shape=tuple(out_shape), hidden=model.hidden,
-                         output_activation=model.output_activation, **common),
-            znet)
-  if model.name == "cgml_unet":
-    return (ConvEncoder(features=model.features, num_levels=model.num_levels),
-            ConvGenerator(out_channels=out_shape[-1], features=model.features,
-                          num_levels=model.num_levels, output_activation=model.output_activation,
-                          **common),
-            znet)
-  raise ValueError(f"Unknown model.name {model.name!r} for cgml; valid: {MODEL_NAMES}")
+def _lipschitz_options(model: ml_collections.ConfigDict) -> dict[str, Any]:
+  return dict(lipschitz=model.lipschitz == "spectral_norm", lipschitz_scale=model.lipschitz_scale,
+              power_iterations=model.power_iterations)
+
+
+def _znet(model: ml_collections.ConfigDict) -> ZNetwork:
+  return ZNetwork(hidden=model.znet_hidden, num_layers=model.znet_layers,
+                  **dict(_lipschitz_options(model), lipschitz_scale=model.znet_lipschitz_scale))
+
+
+def build_mlp(model: ml_collections.ConfigDict, io: registry.ModelIO) -> dict[str, nn.Module]:
+  """`model.name='cgml_mlp'`: {encoder H, generator G, znet Z} for outputs of shape `io.y_shape`."""
+  return {"encoder": MLPEncoder(hidden=model.hidden, h_dim=model.h_dim),
+          "generator": MLPGenerator(out_shape=tuple(io.y_shape), hidden=model.hidden,
+                                    output_activation=model.output_activation, **_lipschitz_options(model)),
+          "znet": _znet(model)}
+
+
+def build_unet(model: ml_collections.ConfigDict, io: registry.ModelIO) -> dict[str, nn.Module]:
+  """`model.name='cgml_unet'`: {encoder H, generator G, znet Z} for outputs of shape `io.y_shape`."""
+  return {"encoder": ConvEncoder(features=model.features, num_levels=model.num_levels),
+          "generator": ConvGenerator(out_channels=io.y_shape[-1], features=model.features,
+                                     num_levels=model.num_levels, output_activation=model.output_activation,
+                                     **_lipschitz_options(model)),
+          "znet": _znet(model)}

@@ -1,9 +1,9 @@
 """A small residual conv generator: the deterministic baseline's network.
 
 x [B, H, W, Cx] -> y [B, H * s, W * s, Cy] in [0, 1], where s is a power of
-two (1 for layouts and completion, 8 for x8 super-resolution). Optional extra
-input channels (latent codes broadcast over space) are concatenated to x by
-the caller.
+two (1 for layouts and completion, 8 for x8 super-resolution). An optional
+code z is concatenated to x's channels (`registry.concat_code`), which makes
+it the generator of conditional IMLE on any task.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import math
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+import ml_collections
+
+from multimodal_jax.models import registry
 
 
 class ResidualBlock(nn.Module):
@@ -33,16 +35,28 @@ class ConvGenerator(nn.Module):
   upsample_factor: int = 1
 
   @nn.compact
-  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+  def __call__(self, x_BxHxWxC: jax.Array, z: jax.Array | None = None,
+               bilinear: bool | jax.Array = False) -> jax.Array:
+    """y [B, H s, W s, out_channels] in [0, 1]; `bilinear` (may be traced) picks the upsampling."""
     num_up = int(round(math.log2(self.upsample_factor)))
     if 2**num_up != self.upsample_factor:
       raise ValueError(f"upsample_factor must be a power of 2, got {self.upsample_factor}")
-    h = nn.Conv(self.features, (3, 3))(x_BxHxWxC)
+    h = nn.Conv(self.features, (3, 3))(registry.concat_code(x_BxHxWxC, z))
     for _ in range(self.num_blocks):
       h = ResidualBlock(self.features)(h)
     for _ in range(num_up):
       b, hh, ww, c = h.shape
-      h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")
+      up = lambda method, a: jax.image.resize(a, (b, 2 * hh, 2 * ww, c), method)
+      if isinstance(bilinear, bool):
+        h = up("bilinear" if bilinear else "nearest", h)
+      else:
+        h = jax.lax.cond(bilinear, lambda a: up("bilinear", a), lambda a: up("nearest", a), h)
       h = nn.relu(nn.Conv(self.features, (3, 3))(h))
     y = nn.Conv(self.out_channels, (3, 3))(h)
     return nn.sigmoid(y)
+
+
+def build(cfg: ml_collections.ConfigDict, io: registry.ModelIO) -> ConvGenerator:
+  """`model.name='conv_generator'`: fields features, num_blocks."""
+  return ConvGenerator(out_channels=io.y_shape[-1], features=cfg.features, num_blocks=cfg.num_blocks,
+                       upsample_factor=io.upsample_factor)

@@ -1,19 +1,115 @@
-"""Generator networks by config name: `config.model.name`."""
+"""The model registry: `config.model.name` (or `config.discriminator.name`) -> a Flax module.
+
+Every network of every method is built here, from its own config section and
+the shapes of the data:
+
+    module = registry.make_model(config.model, registry.ModelIO.of(batch_spec))
+
+A builder `build(cfg, io) -> nn.Module | dict[str, nn.Module]` reads the
+fields of its section it needs (`cfg.features`, ...); a family of networks
+trained together (cGML's encoder, generator and Z-network) comes back as a
+dict of named modules. A GAN's second network has its own section,
+`config.discriminator`, with its own `name`.
+
+Generators follow one calling convention:
+
+    module.apply(variables, x_BxHxWxC, z=None, **options) -> y [B, H*s, W*s, Cy] in [0, 1]
+
+`z` is an optional code: a spatial code [B, H, W, Cz] at x's size, or a vector
+[B, Dz] broadcast over space; it is concatenated to x's channels
+(`concat_code`). A generator whose codes act otherwise (latent drop-out masks,
+cGML's z on the sphere) says so in its docstring. `options` are the
+network's own switches (RRDB / ConvGenerator: `bilinear` upsampling).
+
+Adding a model: write its module and builder, then one line in `MODELS` (its
+kind says which methods can use it: `model_names(GENERATOR)`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+from typing import Callable, Mapping, Union
+
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import ml_collections
 
-from multimodal_jax.models import conv_generator
+Built = Union[nn.Module, Mapping[str, nn.Module]]
+Builder = Callable[[ml_collections.ConfigDict, "ModelIO"], Built]
+
+GENERATOR = "generator"  # one module following the generator convention below
+CGML = "cgml"  # cGML's {encoder, generator, znet}
+
+MODELS: dict[str, tuple[str, str]] = {
+    # name -> ("module:builder", kind)
+    "conv_generator": ("multimodal_jax.models.conv_generator:build", GENERATOR),
+    "rrdb": ("multimodal_jax.models.rrdb:build", GENERATOR),
+    "cgml_mlp": ("multimodal_jax.models.cgml_nets:build_mlp", CGML),
+    "cgml_unet": ("multimodal_jax.models.cgml_nets:build_unet", CGML),
+}
 
 
-def make_generator(model: ml_collections.ConfigDict, *, out_channels: int, upsample_factor: int) -> nn.Module:
-  """Builds the generator named `model.name` for the given output shape."""
-  if model.name == "conv_generator":
-    return conv_generator.ConvGenerator(out_channels=out_channels, features=model.features,
-                                        num_blocks=model.num_blocks, upsample_factor=upsample_factor)
-  raise ValueError(f"Unknown model.name {model.name!r}; valid: {MODEL_NAMES}")
+@dataclasses.dataclass(frozen=True)
+class ModelIO:
+  """What a builder knows of the data: one example's input and output shapes, and the code's.
+
+  Attributes:
+    x_shape: (H, W, Cx) of the input.
+    y_shape: (H', W', Cy) of the output the network must produce.
+    code_shape: the shape of one example's code z, if the method feeds one
+      ((h, w, c) spatial, or (D,)); () when there is none.
+  """
+  x_shape: tuple[int, ...]
+  y_shape: tuple[int, ...]
+  code_shape: tuple[int, ...] = ()
+
+  @classmethod
+  def of(cls, batch_spec: Mapping[str, jax.ShapeDtypeStruct], code_shape: tuple[int, ...] = (),
+         y_shape: tuple[int, ...] | None = None) -> "ModelIO":
+    """From the global batch's shapes ([B, ...] per key)."""
+    return cls(x_shape=tuple(batch_spec["x"].shape[1:]),
+               y_shape=tuple(y_shape or batch_spec["y"].shape[1:]), code_shape=tuple(code_shape))
+
+  @property
+  def upsample_factor(self) -> int:
+    """The spatial factor from input to output (1 for same-size tasks)."""
+    factor = self.y_shape[0] // self.x_shape[0]
+    if factor < 1 or factor * self.x_shape[0] != self.y_shape[0] or factor * self.x_shape[1] != self.y_shape[1]:
+      raise ValueError(f"The output's spatial shape {self.y_shape[:2]} is not an integer multiple of the "
+                       f"input's {self.x_shape[:2]}.")
+    return factor
 
 
-MODEL_NAMES = ["conv_generator"]
+def model_names(kind: str | None = None) -> list[str]:
+  """The registered names (of one kind: `GENERATOR`, `CGML`, ...)."""
+  return sorted(name for name, (_, k) in MODELS.items() if kind in (None, k))
+
+
+def register_model(name: str, builder: str, kind: str = GENERATOR) -> None:
+  """Adds a model defined outside this package: `builder` is 'module:function'."""
+  if MODELS.get(name, (builder, kind)) != (builder, kind):
+    raise ValueError(f"Model {name!r} is registered twice ({MODELS[name]} and {(builder, kind)}).")
+  MODELS[name] = (builder, kind)
+
+
+def get_builder(name: str) -> Builder:
+  if name not in MODELS:
+    raise ValueError(f"Unknown model name {name!r}; valid: {model_names()}")
+  module, _, function = MODELS[name][0].partition(":")
+  return getattr(importlib.import_module(module), function)
+
+
+def make_model(cfg: ml_collections.ConfigDict, io: ModelIO) -> Built:
+  """The network(s) named by `cfg.name`, built from `cfg`'s fields for the shapes in `io`."""
+  return get_builder(cfg.name)(cfg, io)
+
+
+def concat_code(x_BxHxWxC: jax.Array, z: jax.Array | None) -> jax.Array:
+  """The code convention: x with z concatenated to its channels (a vector z broadcast over space)."""
+  if z is None:
+    return x_BxHxWxC
+  if z.ndim == 2:
+    z = jnp.broadcast_to(z[:, None, None, :], x_BxHxWxC.shape[:3] + z.shape[-1:])
+  return jnp.concatenate([x_BxHxWxC, z.astype(x_BxHxWxC.dtype)], axis=-1)

@@ -37,6 +37,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from multimodal_jax.models import registry
 
 # ESRGAN: Kaiming-normal (fan_in, gain sqrt(2)) scaled by 0.1 -> variance 0.02 / fan_in.
 _KERNEL_INIT = nn.initializers.variance_scaling(2.0 * 0.1**2, "fan_in", "normal")
@@ -209,8 +212,7 @@ class RRDBNet(nn.Module):
     num_up = int(round(math.log2(self.upsample_factor)))
     if 2**num_up != self.upsample_factor:
       raise ValueError(f"upsample_factor must be a power of 2, got {self.upsample_factor}")
-    h = x_BxhxwxC if z_Bxhxwxcz is None else jnp.concatenate(
-        [x_BxhxwxC, z_Bxhxwxcz.astype(x_BxhxwxC.dtype)], axis=-1)
+    h = registry.concat_code(x_BxhxwxC, z_Bxhxwxcz)
     h = h.astype(self.dtype)
     first = _conv(self.features, "conv_first", dtype=self.dtype)(h)
     # Initialisation draws the same parameters either way; rolled, it compiles fast.
@@ -260,3 +262,10 @@ def flops_per_sample(features: int, num_blocks: int, growth: int, in_channels: i
   big = h * w * upsample_factor**2
   hr = 9 * big * (features * features + features * out_channels)
   return 2.0 * (lr + up + hr)
+
+
+def build(cfg: ml_collections.ConfigDict, io: registry.ModelIO) -> RRDBNet:
+  """`model.name='rrdb'`: fields features, num_blocks, growth, dense_conv_style."""
+  return RRDBNet(out_channels=io.y_shape[-1], features=cfg.features, num_blocks=cfg.num_blocks,
+                 growth=cfg.growth, upsample_factor=io.upsample_factor,
+                 dense_conv_style=cfg.dense_conv_style)

@@ -1,0 +1,104 @@
+"""Inference apart from the training loop: the mesh, run info, restoring a trained run, grids.
+
+`sample`, `evaluate` and the experiments import this module, never `train`:
+restoring a run needs its config (`run_info.json`), its prepared state
+(`prepared.npz`, see `multimodal_jax/prepared.py`) and a checkpoint, not the
+training data or the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from multimodal_jax import plugins
+from multimodal_jax import prepared as prepared_lib
+from multimodal_jax.methods import base as methods_base
+
+RUN_INFO = "run_info.json"
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over all devices of all processes, axis `data`."""
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def write_run_info(workdir: str, config: ml_collections.ConfigDict, batch_spec,
+                   imports: Sequence[str] | None = None) -> None:
+  """Saves the config, the global batch shapes and the user modules, so CLIs can rebuild the method.
+
+  Args:
+    workdir: the run's directory.
+    config: the run's config.
+    batch_spec: the global batch, {key: ShapeDtypeStruct}.
+    imports: the `--import` modules the run needs (they register its dataset or
+      method); None = those imported so far, `plugins.imported()`.
+  """
+  imports = plugins.imported() if imports is None else list(imports)
+  info = {"config": json.loads(config.to_json_best_effort()),
+          "batch_spec": {k: [list(v.shape), np.dtype(v.dtype).name] for k, v in batch_spec.items()},
+          "imports": imports}
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, RUN_INFO), "w") as f:
+    json.dump(info, f, indent=1)
+
+
+def load_trained(workdir: str, step: int | None = None):
+  """Restores a trained run for inference: (config, method, state, batch_spec).
+
+  Reads `run_info.json`, the prepared state (`prepared.npz`) and the newest (or
+  the given) checkpoint of `workdir`; the state is placed on the local
+  devices, replicated. The user modules the run was trained with (`--import`)
+  are imported first: they register its dataset or method.
+  """
+  path = os.path.join(workdir, RUN_INFO)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir} the --workdir of a training run?")
+  with open(path) as f:
+    info = json.load(f)
+  plugins.import_modules(info.get("imports", []), origin=f"recorded in {path}")
+  config = ml_collections.ConfigDict(info["config"])
+  config.lock()
+  batch_spec = {k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
+                for k, (shape, dtype) in info["batch_spec"].items()}
+  method = methods_base.make_method(config, batch_spec, prepared_lib.for_inference(config, workdir))
+  mesh = make_mesh()
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  abstract_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                                jax.eval_shape(method.init, jax.random.PRNGKey(config.seed)))
+  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+  manager.close()
+  return config, method, restored["state"], batch_spec
+
+
+def sample_grid(x_rgb: np.ndarray, samples: np.ndarray, y: np.ndarray, pad: int = 2) -> np.ndarray:
+  """Rows of input | samples | ground truth, as one float32 RGB image in [0, 1].
+
+  Args:
+    x_rgb: [B, h, w, 3] inputs shown as RGB (resized to the target size).
+    samples: [B, N, H, W, C] samples in [0, 1].
+    y: [B, H, W, C] ground truth.
+  """
+  b, n, h, w, _ = samples.shape
+  to_rgb = lambda a: np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a[..., :3]
+  x_rgb = np.asarray(jax.image.resize(x_rgb, (b, h, w, 3), "nearest"))
+  tiles = np.concatenate([x_rgb[:, None], to_rgb(samples), to_rgb(y)[:, None]], axis=1)  # [B, N+2, H, W, 3]
+  grid = np.ones((b * (h + pad) + pad, (n + 2) * (w + pad) + pad, 3), np.float32)
+  for i in range(b):
+    for j in range(n + 2):
+      top, left = pad + i * (h + pad), pad + j * (w + pad)
+      grid[top:top + h, left:left + w] = tiles[i, j]
+  return np.clip(grid, 0.0, 1.0)
+
+
