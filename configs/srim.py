@@ -73,6 +73,10 @@ def get_config(arg=None):
   config.imle.bilinear_from_step = 300  # nearest-neighbour upsampling before, bilinear after; -1: never
   config.imle.calibration_examples = 16  # real targets for equal-contribution distance weights
   config.imle.time_steps = True  # select/seconds and update/seconds metrics
+  # Rebalancing of cIMLE from layouts (cimle_semantic_layouts_iccv2019 §3.4; configs/layout_imle.py).
+  config.imle.rebalance_dataset = False
+  config.imle.rebalance_loss = False
+  config.imle.rebalance_top_classes = 5
 
   config.optimizer.learning_rate = 1e-3
   config.train.num_steps = 600

@@ -269,7 +269,8 @@ def main(argv):
                    "chunk_size": chunk, "example_blocks": 1, "updates_per_selection": 10,
                    "minibatch_size": 4, "code_channels": CODE_CHANNELS, "perturbation": 0.1,
                    "zero_code_steps": 0, "bilinear_from_step": -1, "calibration_examples": 4,
-                   "time_steps": False}
+                   "time_steps": False, "rebalance_dataset": False, "rebalance_loss": False,
+                   "rebalance_top_classes": 5}
     original = perceptual.make_distance
     perceptual.make_distance = lambda cfg, weights_dir=None: distance
     try:

@@ -14,9 +14,9 @@ fingerprint of what they depend on, restores them on resume and at inference
 recomputes them when the fingerprint changes. The arrays reach the method as
 `make_method(config, batch_spec, prepared)`.
 
-A prepared array named `SAMPLING_WEIGHTS` ([N], one weight per training
-example) makes the train iterator draw examples with replacement in proportion
-to it (`data.pipeline.create_train_iterator`).
+A prepared array named `SAMPLING_WEIGHTS` (= `methods.base.SAMPLING_WEIGHTS`;
+[N], one weight per training example) makes the train iterator draw examples
+with replacement in proportion to it (`data.pipeline.create_train_iterator`).
 
 The fingerprint covers `config.method`, `config.data` (less the keys that do
 not change the data: data_dir, num_workers, batch_size) and the config
@@ -39,8 +39,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from multimodal_jax.methods import base as methods_base
+
 PREPARED_FILE = "prepared.npz"
-SAMPLING_WEIGHTS = "sampling_weights"
+SAMPLING_WEIGHTS = methods_base.SAMPLING_WEIGHTS
 _FINGERPRINT_KEY = "__fingerprint__"
 # config.data keys that say where and how fast to read, not what: no recompute.
 _DATA_KEYS_IGNORED = ("data_dir", "num_workers", "batch_size")
@@ -49,9 +51,8 @@ Prepared = Mapping[str, np.ndarray]
 
 
 def method_module(config: ml_collections.ConfigDict):
-  from multimodal_jax.methods import base  # pylint: disable=g-import-not-at-top
-  base.check_method_name(config.method)
-  return importlib.import_module(base.METHODS[config.method])
+  methods_base.check_method_name(config.method)
+  return importlib.import_module(methods_base.METHODS[config.method])
 
 
 def depends_on(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -337,7 +337,8 @@ def test_toy3d_runlocal_trains_through_the_loop(tmp_path, data_dir):
   for path in glob.glob(os.path.join(tmp_path, "events.out.tfevents.*")):
     for event in summary_iterator(path):
       tags.update(value.tag for value in event.summary.value)
-  for tag in ("z/energy", "z/move", "znet/loss", "znet/rho_target", "gen/energy", "samples"):
+  for tag in ("z/energy", "z/move", "znet/loss", "znet/rho_target", "gen/energy", "samples",
+              "learning_rate/generator", "learning_rate/znet", "learning_rate/encoder"):
     assert tag in tags, (tag, sorted(tags))
   assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == str(config.train.num_steps)
 

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from multimodal_jax import prepared as prepared_lib
 from multimodal_jax.methods import base, common
 from multimodal_jax.models import registry as models
 
@@ -20,7 +19,7 @@ def prepare(config, train_source):
   weights = np.zeros(len(train_source))
   for batch in train_source.batches(64, description="best_of_k sampling weights"):
     weights[batch["index"]] = np.mean(batch["y"] > 0, axis=(1, 2, 3)) + 0.1
-  return {prepared_lib.SAMPLING_WEIGHTS: weights}
+  return {base.SAMPLING_WEIGHTS: weights}
 
 
 def make_method(config, batch_spec, prepared):

@@ -40,6 +40,9 @@ import numpy as np
 PyTree = Any
 Batch = Mapping[str, jax.Array]
 Prepared = Mapping[str, np.ndarray]
+# A prepared array of this name ([N], one weight per training example) makes the
+# train iterator draw examples with replacement in proportion to it.
+SAMPLING_WEIGHTS = "sampling_weights"
 Metrics = dict[str, jax.Array]
 StepFn = Callable[[PyTree, Batch], tuple[PyTree, Metrics]]
 

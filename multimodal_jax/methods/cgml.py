@@ -492,5 +492,6 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   return base.Method(
       init=init, steps={"z": _make_z_step(parts), "znet": _make_znet_step(parts), "gen": _make_gen_step(parts)},
       run_round=run_round, sample=sample, steps_per_round=cg.inner_steps, description=description,
-      learning_rates=common.learning_rates(config, generator=config.optimizer, znet=cg.znet_optimizer),
+      learning_rates=common.learning_rates(config, encoder=config.optimizer, generator=config.optimizer,
+                                           znet=cg.znet_optimizer),
       extras=extras)

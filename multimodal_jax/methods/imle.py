@@ -58,6 +58,7 @@ import numpy as np
 from multimodal_jax import config_lib
 from multimodal_jax.losses import imle_selection
 from multimodal_jax.losses import perceptual
+from multimodal_jax.losses import rebalancing
 from multimodal_jax.methods import base
 from multimodal_jax.methods import common
 from multimodal_jax.models import registry as models
@@ -106,6 +107,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(imle.minibatch_size <= config.data.batch_size, "imle.minibatch_size",
         f"|S~| must be <= |S| = data.batch_size ({config.data.batch_size})")
   check(imle.perturbation >= 0, "imle.perturbation", "must be >= 0")
+  check(imle.rebalance_top_classes > 0, "imle.rebalance_top_classes", "must be > 0")
   check(imle.zero_code_steps >= 0 and imle.zero_code_steps % imle.updates_per_selection == 0,
         "imle.zero_code_steps", f"must be >= 0 and a multiple of imle.updates_per_selection "
         f"({imle.updates_per_selection}), so that no round straddles the two phases")
@@ -121,6 +123,20 @@ def _distance_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collect
 
 
 def prepare(config: ml_collections.ConfigDict, train_source) -> dict[str, np.ndarray]:
+  """The state IMLE computes once over the training set (multimodal_jax/prepared.py).
+
+  `{loss,selection}_distance/*`: equal-contribution weights for the distances
+  that ask for them; `rarity` [N, P] and `sampling_weights` [N]: the KDE
+  rarity of §3.4 of cimle_semantic_layouts_iccv2019, with
+  `imle.rebalance_loss` / `imle.rebalance_dataset`.
+  """
+  arrays = _calibration(config, train_source)
+  if config.imle.rebalance_dataset or config.imle.rebalance_loss:
+    arrays.update(_rarity(config, train_source))
+  return arrays
+
+
+def _calibration(config: ml_collections.ConfigDict, train_source) -> dict[str, np.ndarray]:
   """Equal-contribution weights (IJCV §3.7) for each distance that asks for them, from training targets.
 
   Uses the first `imle.calibration_examples` targets of the training split
@@ -137,6 +153,26 @@ def prepare(config: ml_collections.ConfigDict, train_source) -> dict[str, np.nda
       calibrated = distance.calibrate(*perceptual.calibration_pairs(y))
       arrays[f"{which}_distance/layer_weights"] = np.asarray(calibrated.layer_weights, np.float64)
       arrays[f"{which}_distance/pixel_weight"] = np.asarray(calibrated.pixel_weight, np.float64)
+  return arrays
+
+
+def _rarity(config: ml_collections.ConfigDict, train_source) -> dict[str, np.ndarray]:
+  """R_p(k) for every training image and class, and the rebalanced pool's sampling weights."""
+  first = train_source[0]
+  if "label" not in first:
+    raise ValueError(f"imle.rebalance_dataset / rebalance_loss need class ids (`label` [H, W]) in the "
+                     f"examples of {config.data.name!r}; it has {sorted(first)}.")
+  num_classes = first["x"].shape[-1]
+  means = np.zeros((len(train_source), num_classes, first["y"].shape[-1]))
+  areas = np.zeros((len(train_source), num_classes))
+  for batch in train_source.batches(256, description="KDE rarity: class colour means"):
+    means[batch["index"]], areas[batch["index"]] = rebalancing.class_colour_means(
+        batch["label"], batch["y"], num_classes)
+  rarity = rebalancing.rarity_scores(means)
+  arrays = {"rarity": rarity}
+  if config.imle.rebalance_dataset:
+    arrays[base.SAMPLING_WEIGHTS] = rebalancing.pool_sampling_weights(
+        rarity, areas, config.imle.rebalance_top_classes)
   return arrays
 
 
@@ -205,6 +241,7 @@ class _Parts(NamedTuple):
   model: nn.Module  # training (unrolled)
   forward_model: nn.Module  # selection and sampling
   distances: dict[str, tuple[perceptual.Distance, str]]  # which -> (template, frozen key)
+  rarity_NxP: jax.Array | None  # the prepared R_p(k) when imle.rebalance_loss, else None
 
   def apply(self, params, x, z, step, module=None):
     bilinear = (self.imle.bilinear_from_step >= 0) & (step >= self.imle.bilinear_from_step)
@@ -213,9 +250,24 @@ class _Parts(NamedTuple):
   def zero_phase(self, step):
     return step < self.imle.zero_code_steps
 
+  def mask(self, batch) -> jax.Array | None:
+    """Per-pixel distance weights: the rarity mask of §3.4 (loss rebalancing), or the batch's own."""
+    if self.rarity_NxP is None:
+      return batch.get("mask")
+    return rebalancing.rarity_mask(batch["label"], self.rarity_NxP[batch["index"]])
+
   def distance(self, which: str, frozen: PyTree) -> perceptual.Distance:
     template, key = self.distances[which]
     return template.replace(params=frozen[key]["params"], heads=frozen[key]["heads"])
+
+
+def _prepared_rarity(config: ml_collections.ConfigDict, prepared: base.Prepared) -> jax.Array | None:
+  if not config.imle.rebalance_loss:
+    return None
+  if "rarity" not in prepared:
+    raise ValueError("imle.rebalance_loss needs the prepared 'rarity': build the method with "
+                     "prepared=imle.prepare(config, train_source) (the training loop does).")
+  return jnp.asarray(prepared["rarity"])
 
 
 def _make_select_step(parts: _Parts) -> base.StepFn:
@@ -227,7 +279,7 @@ def _make_select_step(parts: _Parts) -> base.StepFn:
     kernel = functools.partial(
         imle_selection.select_nearest_latents, distance=parts.distance("selection", state.frozen),
         x=batch["x"], y_BxHxWxC=batch["y"], rng=rng, latent_shape=parts.latent_shape,
-        example_blocks=imle.example_blocks, num_shards=jax.device_count(), mask=batch.get("mask"))
+        example_blocks=imle.example_blocks, num_shards=jax.device_count(), mask=parts.mask(batch))
     generate = lambda x, z: parts.apply(state.networks["generator"].params, x, z, state.step)
 
     def search(_):
@@ -262,7 +314,8 @@ def _make_update_step(parts: _Parts) -> base.StepFn:
                                    pool_size)
     idx = order[(within * k + jnp.arange(k)) % pool_size]
     x, y = batch["x"][idx], batch["y"][idx]
-    mask = batch["mask"][idx] if "mask" in batch else None
+    mask = parts.mask(batch)
+    mask = None if mask is None else mask[idx]
     z = jnp.where(parts.zero_phase(state.step), 0.0, state.pool_latents[idx])
     distance = parts.distance("loss", state.frozen)
 
@@ -328,7 +381,8 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   frozen_init = {key: arrays for _, key, arrays in splits.values()}  # one copy when both share weights
   parts = _Parts(imle=imle, pool_size=x_spec.shape[0], latent_shape=latent_shape, model=model,
                  forward_model=forward_model,
-                 distances={which: (template, key) for which, (template, key, _) in splits.items()})
+                 distances={which: (template, key) for which, (template, key, _) in splits.items()},
+                 rarity_NxP=_prepared_rarity(config, prepared))
 
   def init(rng):
     params_rng, state_rng = jax.random.split(rng)

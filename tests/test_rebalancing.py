@@ -1,0 +1,128 @@
+"""Dataset and loss rebalancing (cimle_semantic_layouts_iccv2019 §3.4): exact values on tiny inputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from conftest import REPO
+from multimodal_jax import prepared as prepared_lib
+from multimodal_jax.losses import perceptual
+from multimodal_jax.losses import rebalancing
+from multimodal_jax.methods import base as methods_base
+from multimodal_jax.methods import imle
+from test_train import load_config
+
+SRIM = str(REPO / "configs" / "srim.py")
+
+
+def test_class_colour_means_by_hand():
+  label = np.array([[[0, 0], [1, 2]]])  # [1, 2, 2]; class 3 absent
+  image = np.array([[[[0.2, 0.0, 0.0], [0.4, 0.0, 0.0]], [[0.0, 1.0, 0.0], [0.0, 0.0, 0.5]]]])
+  means, areas = rebalancing.class_colour_means(label, image, num_classes=4)
+  np.testing.assert_allclose(means[0, 0], [0.3, 0.0, 0.0])
+  np.testing.assert_allclose(means[0, 1], [0.0, 1.0, 0.0])
+  np.testing.assert_allclose(means[0, 2], [0.0, 0.0, 0.5])
+  assert np.all(np.isnan(means[0, 3]))
+  np.testing.assert_array_equal(areas, [[2, 1, 1, 0]])
+
+
+def test_kde_matches_scipy_gaussian_kde():
+  rng = np.random.default_rng(0)
+  points = rng.normal(size=(200, 3)) * [1.0, 0.5, 0.2] + [0.3, 0.1, 0.0]
+  queries = rng.normal(size=(17, 3))
+  expected = scipy.stats.gaussian_kde(points.T)(queries.T)
+  np.testing.assert_allclose(rebalancing.kde_density(points, queries, chunk=5), expected, rtol=1e-5)
+
+
+def test_rarity_is_the_inverse_density_and_zero_where_a_class_is_absent():
+  rng = np.random.default_rng(1)
+  colours = np.concatenate([0.5 + 0.01 * rng.normal(size=(30, 3)), [[0.95, 0.05, 0.05]]])  # one outlier
+  means = np.full((31, 2, 3), np.nan)
+  means[:, 0] = colours
+  means[:10, 1] = 0.2 + 0.01 * rng.normal(size=(10, 3))
+  rarity = rebalancing.rarity_scores(means)
+  assert rarity.shape == (31, 2) and rarity.dtype == np.float32
+  np.testing.assert_allclose(rarity[:, 0], 1.0 / scipy.stats.gaussian_kde(colours.T)(colours.T), rtol=1e-4)
+  assert np.argmax(rarity[:, 0]) == 30  # the outlier is the rarest
+  np.testing.assert_array_equal(rarity[10:, 1], 0.0)
+  assert np.all(rarity[:10, 1] > 0)
+
+
+def test_pool_weights_split_the_pool_among_the_largest_classes_by_rarity():
+  rarity = np.array([[1.0, 0.0, 5.0], [3.0, 2.0, 0.0], [0.0, 2.0, 5.0]])
+  areas = np.array([[10, 0, 1], [10, 5, 0], [0, 5, 1]])  # total area: class 0 20, class 1 10, class 2 2
+  weights = rebalancing.pool_sampling_weights(rarity, areas, top=2)  # classes 0 and 1
+  # Class 0's half draws images 0, 1 with 1/4, 3/4; class 1's half draws 1, 2 with 1/2 each.
+  np.testing.assert_allclose(weights, [0.5 * 0.25, 0.5 * 0.75 + 0.5 * 0.5, 0.5 * 0.5])
+  np.testing.assert_allclose(weights.sum(), 1.0)
+
+
+def test_rarity_mask_puts_each_class_rarity_on_its_pixels_normalised_to_one():
+  label = jnp.array([[[0, 1], [2, 2]], [[1, 1], [1, 0]]])
+  rarity = jnp.array([[2.0, 4.0, 8.0], [3.0, 6.0, 100.0]])  # class 2 absent from image 1
+  mask = np.asarray(rebalancing.rarity_mask(label, rarity))
+  np.testing.assert_allclose(mask[0], [[0.25, 0.5], [1.0, 1.0]])
+  np.testing.assert_allclose(mask[1], [[1.0, 1.0], [1.0, 0.5]])
+  assert mask.min() > 0 and mask.max() == 1.0
+
+
+def _layout_imle_config(data_dir, **imle):
+  config, _ = load_config(SRIM, "runlocal")
+  config.data.name, config.data.builder_config, config.data.data_dir = "toy_scenes", "tiny", data_dir
+  config.model.name = "conv_generator"
+  for key, value in imle.items():
+    config.imle[key] = value
+  return config
+
+
+def test_prepare_computes_rarity_and_pool_weights_over_the_training_set(data_dir, tmp_path):
+  config = _layout_imle_config(data_dir, rebalance_dataset=True, rebalance_loss=True)
+  arrays = prepared_lib.prepare_or_restore(config, str(tmp_path))
+  assert arrays["rarity"].shape == (64, 6)  # toy_scenes tiny: 64 training layouts, 6 classes
+  weights = arrays[methods_base.SAMPLING_WEIGHTS]
+  assert weights.shape == (64,) and np.all(weights >= 0) and np.isclose(weights.sum(), 1.0)
+  # Every layout has sky, ground, road, building and tree: all take part in the pool.
+  assert np.all(weights > 0)
+  only_loss = _layout_imle_config(data_dir, rebalance_loss=True)
+  assert methods_base.SAMPLING_WEIGHTS not in prepared_lib.compute(only_loss)
+
+
+def test_loss_rebalancing_weights_the_selection_distance_by_the_rarity_mask():
+  config, _ = load_config(SRIM, "runlocal")
+  config.distance = perceptual.default_distance_config("pixel", pixel_norm="l1")
+  config.imle.selection_distance = perceptual.default_distance_config("pixel", pixel_norm="l1")
+  config.imle.zero_code_steps = 2  # the select step evaluates T(x, 0): a deterministic distance
+  config.imle.rebalance_loss = True
+  b, h, w = 8, 4, 4
+  label = np.zeros((b, h, w), np.int32)
+  label[:, :, 2:] = 1  # left half class 0, right half class 1
+  y = np.zeros((b, h, w, 3), np.float32)
+  y[:, :, :2] = 1.0  # the targets differ from the near-0.5 outputs in both halves
+  batch = {"x": jnp.asarray(np.eye(2, dtype=np.float32)[label]), "y": jnp.asarray(y),
+           "label": jnp.asarray(label), "index": jnp.arange(b)}
+  spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), batch)
+
+  def selected(rarity):
+    method = imle.make_method(config, spec, {"rarity": rarity}, generator=_Constant())
+    state = method.init(jax.random.PRNGKey(0))
+    state, _ = jax.jit(method.steps["select"])(state, batch)
+    return np.asarray(state.pool_distances)
+
+  even = selected(np.ones((b, 2), np.float32))
+  np.testing.assert_allclose(even, 0.5)  # mask 1 everywhere: the plain mean |0.5 - y|
+  left_only = selected(np.tile(np.array([[1.0, 1e-6]], np.float32), (b, 1)))
+  np.testing.assert_allclose(left_only, 0.25, rtol=1e-5)  # the right half weighs ~0
+  with pytest.raises(ValueError, match="needs the prepared 'rarity'"):
+    imle.make_method(config, spec, {}, generator=_Constant())
+
+
+class _Constant(imle.nn.Module):
+  """T(x, z) = 0.5 everywhere (3 channels), with one parameter so the optimiser has something."""
+
+  @imle.nn.compact
+  def __call__(self, x, z, bilinear=False):
+    del z, bilinear
+    bias = self.param("bias", jax.nn.initializers.zeros, ())
+    return jnp.full(x.shape[:3] + (3,), 0.5) + 0.0 * bias
