@@ -2,6 +2,7 @@ r"""Evaluates a trained run: `python -m multimodal_jax.evaluate --workdir=DIR`.
 
   python -m multimodal_jax.evaluate --workdir=/tmp/regression [--num_inputs=16 --num_samples=16 --step=S]
   python -m multimodal_jax.evaluate --workdir=DIR --import=my_data   # a user dataset or method module
+  python -m multimodal_jax.evaluate --workdir=DIR --num_inputs=100 --num_samples=100   # the papers' protocol
 
 Restores the newest (or `--step`) checkpoint of DIR, draws `num_samples`
 samples for each of the first `num_inputs` eval examples and computes every
@@ -11,18 +12,32 @@ metric that applies to the dataset (evaluation/metrics.py):
   psnr_best, psnr_mean,        dm-pix PSNR / SSIM to the ground truth, of the best
   ssim_best, ssim_mean         of N samples and averaged over the N samples
   diversity_<d>                mean pairwise distance between samples of one input
-  per_class_variance/<class>   ICCV'19 Table 1 (datasets whose eval batches carry
-                               a `label` layout, e.g. toy_scenes); class names
-                               from `DatasetSpec.class_names`, else class<c>
+  pairwise_<d>_40pairs         the same over 40 random pairs per input
+                               (cimle_srim_ijcv §5.2; needs N >= 10, disjoint
+                               pairs when N >= 80)
+  per_class_variance/<class>   per-class pixel variance over the N samples
+                               (datasets whose eval batches carry a `label`
+                               layout, e.g. toy_scenes); class names from
+                               `DatasetSpec.class_names`, else class<c>
+  clustered_variance/<class>   ICCV'19 §4.3 / Table 1: k-means of the N samples
+                               into 9 clusters, one sample of each, per-class
+                               pixel variance, 10 repeats (`label` and N >= 9)
   mode_recall, mode_recall_nearest, mode_precision
                                datasets whose `DatasetSpec.true_modes` gives the
-                               exact modes of an example (toy_scenes: K = 12)
+                               exact modes of an example (toy_scenes: K = 12),
+                               from `--mode_samples` (default 64) samples per input
+
+`--num_inputs=100 --num_samples=100` is the papers' protocol: the ICCV'19 Table 1
+variance over 100 samples of each of 100 layouts, and the IJCV 40 pairs of
+different outputs for each of 100 layouts (disjoint pairs, as N >= 80). Metrics
+that do not apply to the drawn N are skipped, with the reason printed and in
+eval.json["skipped"].
 
 <d> names the distance: `lpips` (LPIPS-alex) when its weights are found
 (docs/weights.md), else `mean_abs_pixel` (the l1 `pixel` distance: mean absolute
 pixel difference); the choice is logged and written to eval.json.
 
-Writes DIR/eval.json ({"step", ..., "metrics": {name: value}}) and the same
+Writes DIR/eval.json ({"step", ..., "metrics": {name: value}, "skipped": {name: why}}) and the same
 scalars to TensorBoard under DIR with the prefix `eval/` at the checkpoint's
 step, and prints a short summary. ~10 s for a small model on a CPU.
 
@@ -96,22 +111,63 @@ def _distance_terms(distance: perceptual.Distance, samples_BxNxHxWxC: jax.Array,
   return jax.lax.map(one_input, (samples_BxNxHxWxC, y_BxHxWxC))
 
 
+@jax.jit
+def _pair_distances(distance: perceptual.Distance, samples_BxNxHxWxC: jax.Array, first_BxP: jax.Array,
+                    second_BxP: jax.Array) -> jax.Array:
+  """`metrics.distance_of_pairs` [B, P], one input at a time (bounded memory)."""
+
+  def one_input(args):
+    samples_NxHxWxC, first_P, second_P = args
+    return metrics.distance_of_pairs(to_rgb(samples_NxHxWxC[None]), first_P[None], second_P[None],
+                                     distance)[0]
+
+  return jax.lax.map(one_input, (samples_BxNxHxWxC, first_BxP, second_BxP))
+
+
+def pairwise_key(distance_name: str) -> str:
+  return f"pairwise_{distance_name}_{metrics.PAIRWISE_NUM_PAIRS}pairs"
+
+
+def skipped_metrics(num_samples: int, batch: dict[str, np.ndarray], distance_name: str) -> dict[str, str]:
+  """The metrics that `compute_metrics` leaves out for N samples per input: {key: why}."""
+  skipped = {}
+  num_pairs = metrics.PAIRWISE_NUM_PAIRS
+  if num_samples * (num_samples - 1) // 2 < num_pairs:
+    skipped[pairwise_key(distance_name)] = (
+        f"{num_pairs} different pairs need N (N - 1) / 2 >= {num_pairs}, i.e. --num_samples >= 10; "
+        f"got {num_samples}")
+  if "label" in batch and num_samples < metrics.NUM_CLUSTERS:
+    skipped["clustered_variance"] = (f"k-means into {metrics.NUM_CLUSTERS} clusters needs "
+                                     f"--num_samples >= {metrics.NUM_CLUSTERS} (the paper: 100); "
+                                     f"got {num_samples}")
+  return skipped
+
+
 def compute_metrics(samples_BxNxHxWxC: np.ndarray, batch: dict[str, np.ndarray], distance_name: str,
                     distance: perceptual.Distance, class_names: tuple[str, ...] | None = None,
-                    true_modes_BxKxHxWxC: np.ndarray | None = None, mode_tolerance: float | None = None
+                    true_modes_BxKxHxWxC: np.ndarray | None = None, mode_tolerance: float | None = None,
+                    mode_samples_BxMxHxWxC: np.ndarray | None = None, rng: jax.Array | None = None
                     ) -> dict[str, float]:
   """Every metric that applies to the batch, as a flat dict of floats.
+
+  Metrics that do not apply to N (`skipped_metrics`) are left out.
 
   Args:
     samples_BxNxHxWxC: N samples of each of the B inputs of `batch`.
     batch: eval examples; a `label` [B, H, W] (class ids of the one-hot x)
-      adds the per-class variance.
+      adds the per-class variances.
     distance_name, distance: the image distance of diversity and FWV.
     class_names: names of the classes of `label` (default `class{c}`).
     true_modes_BxKxHxWxC: the exact modes of each input (`true_modes_of_batch`);
       given, adds mode recall and precision at `mode_tolerance`.
+    mode_samples_BxMxHxWxC: the samples that the mode metrics use (evaluate:
+      `--mode_samples` of them); default: `samples_BxNxHxWxC`.
+    rng: the key of the random pairs and of k-means (split in two); default PRNGKey(0).
   """
   y_BxHxWxC = batch["y"]
+  b, n = samples_BxNxHxWxC.shape[:2]
+  skipped = skipped_metrics(n, batch, distance_name)
+  pairs_rng, clusters_rng = jax.random.split(jax.random.PRNGKey(0) if rng is None else rng)
   out: dict[str, float] = {}
   d_to_mean_BxN, d_to_truth_BxN, diversity_B = _distance_terms(distance, samples_BxNxHxWxC, y_BxHxWxC)
   for sigma in metrics.FWV_SIGMAS:
@@ -120,6 +176,10 @@ def compute_metrics(samples_BxNxHxWxC: np.ndarray, batch: dict[str, np.ndarray],
   out.update({k: float(v) for k, v in
               jax.jit(metrics.psnr_ssim_best_and_mean)(samples_BxNxHxWxC, y_BxHxWxC).items()})
   out[f"diversity_{distance_name}"] = float(jnp.mean(diversity_B))
+  if pairwise_key(distance_name) not in skipped:
+    first_BxP, second_BxP = metrics.random_distinct_pairs(pairs_rng, b, n, metrics.PAIRWISE_NUM_PAIRS)
+    out[pairwise_key(distance_name)] = float(jnp.mean(
+        _pair_distances(distance, samples_BxNxHxWxC, first_BxP, second_BxP)))
 
   if "label" in batch:
     num_classes = batch["x"].shape[-1]
@@ -132,8 +192,16 @@ def compute_metrics(samples_BxNxHxWxC: np.ndarray, batch: dict[str, np.ndarray],
       if np.isfinite(value):  # Classes absent from every evaluated layout are left out.
         out[f"per_class_variance/{name}"] = float(value)
     out["per_class_variance/overall"] = overall
+    if "clustered_variance" not in skipped:
+      per_class_K, overall = metrics.clustered_per_class_variance(samples_BxNxHxWxC, batch["label"],
+                                                                  num_classes, clusters_rng)
+      for name, value in zip(names, per_class_K):
+        if np.isfinite(value):
+          out[f"clustered_variance/{name}"] = float(value)
+      out["clustered_variance/overall"] = overall
   if true_modes_BxKxHxWxC is not None:
-    out.update(metrics.mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, mode_tolerance))
+    out.update(metrics.mode_metrics(samples_BxNxHxWxC if mode_samples_BxMxHxWxC is None
+                                    else mode_samples_BxMxHxWxC, true_modes_BxKxHxWxC, mode_tolerance))
   return out
 
 
@@ -156,7 +224,7 @@ def true_modes_of_batch(data_config, batch: dict[str, np.ndarray]) -> np.ndarray
 
 
 def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: int | None = None,
-             seed: int = 0, weights_dir: str | None = None) -> dict[str, Any]:
+             seed: int = 0, weights_dir: str | None = None, mode_samples: int = 64) -> dict[str, Any]:
   """Evaluates the run in `workdir`; writes eval.json and TensorBoard scalars; returns the json dict.
 
   Args:
@@ -166,37 +234,55 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
     step: the checkpoint to evaluate; None = the newest.
     seed: the sampling rng seed.
     weights_dir: where to look for the LPIPS weights first (perceptual.make_distance).
+    mode_samples: samples per input for the mode metrics (datasets with true
+      modes): a second draw with the same seed (the same samples when equal to
+      `num_samples`), so the other metrics do not depend on it.
   """
   if num_samples < 2:
     raise ValueError(f"--num_samples must be >= 2 to measure diversity; got {num_samples}.")
+  if mode_samples < 1:
+    raise ValueError(f"--mode_samples must be >= 1; got {mode_samples}.")
   start = time.time()
   config, method, state, _ = inference.load_trained(workdir, step)
   step = int(jax.device_get(state.step))
   dataset_name = config.data.name
   batch = pipeline.load_eval_examples(config, num_inputs)
   sample_jit = jax.jit(method.sample, static_argnums=3)
-  samples_BxNxHxWxC = np.asarray(jax.device_get(
-      sample_jit(state, jnp.asarray(batch["x"]), jax.random.PRNGKey(seed), num_samples)), np.float32)
-  expected = (num_inputs, num_samples) + batch["y"].shape[1:]
-  if samples_BxNxHxWxC.shape != expected:
-    raise ValueError(f"method.sample returned {samples_BxNxHxWxC.shape}; expected {expected}.")
 
+  def draw(n: int) -> np.ndarray:
+    samples = np.asarray(jax.device_get(
+        sample_jit(state, jnp.asarray(batch["x"]), jax.random.PRNGKey(seed), n)), np.float32)
+    expected = (num_inputs, n) + batch["y"].shape[1:]
+    if samples.shape != expected:
+      raise ValueError(f"method.sample returned {samples.shape}; expected {expected}.")
+    return samples
+
+  samples_BxNxHxWxC = draw(num_samples)
   distance_name, distance = make_eval_distance(weights_dir)
   spec = data_registry.get_dataset(dataset_name)
   true_modes_BxKxHxWxC = true_modes_of_batch(config.data, batch)
+  mode_samples_BxMxHxWxC = None
+  if true_modes_BxKxHxWxC is not None:
+    mode_samples_BxMxHxWxC = samples_BxNxHxWxC if mode_samples == num_samples else draw(mode_samples)
+  skipped = skipped_metrics(num_samples, batch, distance_name)
+  for name, why in skipped.items():
+    logging.info("Skipping %s: %s.", name, why)
+  # The sampling key is PRNGKey(seed) itself; the metrics' randomness is a stream of its own.
   scalars = compute_metrics(samples_BxNxHxWxC, batch, distance_name, distance, spec.class_names,
-                            true_modes_BxKxHxWxC, spec.mode_tolerance)
+                            true_modes_BxKxHxWxC, spec.mode_tolerance, mode_samples_BxMxHxWxC,
+                            rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1))
 
   result = {
       "workdir": os.path.abspath(workdir), "step": step, "method": config.method,
       "dataset": dataset_name, "builder_config": config.data.builder_config,
-      "num_inputs": num_inputs, "num_samples": num_samples, "seed": seed,
+      "num_inputs": num_inputs, "num_samples": num_samples, "mode_samples": mode_samples, "seed": seed,
       "distance": distance_name, "distance_description": distance.describe(),
       "fwv_sigmas": list(metrics.FWV_SIGMAS),
   }
   if true_modes_BxKxHxWxC is not None:
     result.update(num_modes=int(true_modes_BxKxHxWxC.shape[1]), mode_tolerance=spec.mode_tolerance)
   result["metrics"] = scalars
+  result["skipped"] = skipped
   if jax.process_index() == 0:
     with open(os.path.join(workdir, EVAL_JSON), "w") as f:
       json.dump(result, f, indent=1)
@@ -217,14 +303,23 @@ def summary(result: dict[str, Any], seconds: float) -> str:
            f"({seconds:.1f}s).",
            f"  quality    PSNR best/mean {m['psnr_best']:.2f}/{m['psnr_mean']:.2f} dB, "
            f"SSIM best/mean {m['ssim_best']:.3f}/{m['ssim_mean']:.3f}",
-           f"  diversity  {d} {m[f'diversity_{d}']:.4g}; FWV "
+           f"  diversity  {d} {m[f'diversity_{d}']:.4g}"
+           + (f" ({metrics.PAIRWISE_NUM_PAIRS} random pairs: {m[pairwise_key(d)]:.4g})"
+              if pairwise_key(d) in m else "")
+           + "; FWV "
            + ", ".join(f"sigma={s:g}: {m[metrics.fwv_key(d, s)]:.3g}" for s in result["fwv_sigmas"])]
   if "per_class_variance/overall" in m:
-    lines.append(f"  per-class pixel variance, overall {m['per_class_variance/overall']:.4g}")
+    lines.append(f"  per-class pixel variance, overall {m['per_class_variance/overall']:.4g}"
+                 + (f"; clustered ({metrics.NUM_CLUSTERS} clusters, {metrics.CLUSTER_REPEATS} repeats, "
+                    f"ICCV'19 Table 1) {m['clustered_variance/overall']:.4g}"
+                    if "clustered_variance/overall" in m else ""))
   if "mode_recall" in m:
     k = result["num_modes"]
-    lines.append(f"  modes (K={k}, 1/K={1 / k:.3f})  recall {m['mode_recall']:.3f}, recall (nearest, "
-                 f"no tolerance) {m['mode_recall_nearest']:.3f}, precision {m['mode_precision']:.3f}")
+    lines.append(f"  modes (K={k}, 1/K={1 / k:.3f}, {result['mode_samples']} samples per input)  recall "
+                 f"{m['mode_recall']:.3f}, recall (nearest, no tolerance) {m['mode_recall_nearest']:.3f}, "
+                 f"precision {m['mode_precision']:.3f}")
+  for name, why in result.get("skipped", {}).items():
+    lines.append(f"  skipped {name}: {why}")
   lines.append(f"  written to {os.path.join(result['workdir'], EVAL_JSON)} and TensorBoard (eval/*).")
   return "\n".join(lines)
 
@@ -235,6 +330,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The --workdir of a training run.", required=True)
   flags.DEFINE_integer("num_inputs", 16, "The first this many eval examples.")
   flags.DEFINE_integer("num_samples", 16, "Samples per input.")
+  flags.DEFINE_integer("mode_samples", 64, "Samples per input for mode recall / precision (datasets "
+                       "with true modes).")
   flags.DEFINE_integer("step", None, "The checkpoint step to evaluate (default: the newest).")
   flags.DEFINE_integer("seed", 0, "Sampling rng seed.")
   flags.DEFINE_string("weights_dir", None, "Where to look for the LPIPS weights first.")
@@ -247,7 +344,7 @@ def main(argv):
   f = flags.FLAGS
   plugins.import_modules(f[plugins.IMPORT_FLAG].value)
   evaluate(f.workdir, num_inputs=f.num_inputs, num_samples=f.num_samples, step=f.step, seed=f.seed,
-           weights_dir=f.weights_dir)
+           weights_dir=f.weights_dir, mode_samples=f.mode_samples)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ r"""Draws samples from a trained run into a PNG grid: `python -m multimodal_jax.
   python -m multimodal_jax.sample --workdir=DIR --input=lr.png --out=grid.png
   python -m multimodal_jax.sample --workdir=DIR --out=lerp.png --extra=interpolate   # a method extra
   python -m multimodal_jax.sample --workdir=DIR --out=traj.png --extra=trajectory
+  python -m multimodal_jax.sample --workdir=DIR --out=style.png --same_code         # one code per column
   python -m multimodal_jax.sample --workdir=DIR --out=grid.png --import=my_data      # a user module
 
 Without --input the first `--num_inputs` eval examples are used. With --input a
@@ -27,6 +28,19 @@ to [0, 1]) so that small differences are visible; the gain is printed.
 (cGML: each sample's T+1 iterates). The grid follows the output's shape:
 [B, N, H, W, C] is drawn like samples, [B, N, T+1, H, W, C] as one row pair per
 sample showing its iterates. An unknown name fails with the method's extras.
+IMLE's `interpolate` is cimle_semantic_layouts_iccv2019 Fig. 4: column k holds
+the output at z(t_k), t_k = (k - 1) / (N - 1), so the difference row shows how
+fast the output changes along the line.
+
+`--same_code` (cimle_semantic_layouts_iccv2019 Fig. 5, "style consistency": one
+random vector applied to several layouts) gives every input the SAME random
+codes: the sampler (or the extra) runs once per input, on a batch of one, with
+one rng shared by all inputs. Samplers draw their codes from the rng and the
+batch's shape (IMLE: z ~ N(0, I) of shape [N, B, ...]; cGML: z_0 of shape
+[B, N, D]), so with B = 1 column k of every row comes from the same code k, and
+differences between rows are due to the inputs alone. It applies to any method
+whose `sample` follows that rule; with `--extra=interpolate` every row follows
+the same line between the same two codes.
 
 Modules given with `--import` (and those the run was trained with, recorded in
 run_info.json) are imported first, so user datasets and methods work.
@@ -134,10 +148,28 @@ def load_input_png(path: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...]
   return (array.astype(np.float32) / 255.0).reshape(1, h, w, c)
 
 
+def draw_outputs(fn, state, x_BxHxWxC: np.ndarray, rng: jax.Array, num_samples: int,
+                 same_code: bool = False) -> np.ndarray:
+  """`fn(state, x, rng, num_samples)` (a `Method.sample` or extra) as float32 numpy, B first.
+
+  With `same_code`, fn runs on each input alone (a batch of one) with the same
+  rng, and the B outputs are stacked: every input gets the codes that fn draws
+  from that rng for one input (the module docstring: Fig. 5, style consistency).
+  """
+  fn_jit = jax.jit(fn, static_argnums=3)
+  if not same_code:
+    return np.asarray(jax.device_get(fn_jit(state, jnp.asarray(x_BxHxWxC), rng, num_samples)), np.float32)
+  return np.concatenate([
+      np.asarray(jax.device_get(fn_jit(state, jnp.asarray(x_BxHxWxC[i:i + 1]), rng, num_samples)), np.float32)
+      for i in range(x_BxHxWxC.shape[0])], axis=0)
+
+
 def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_samples: int = 16,
                   num_inputs: int = 4, extra: str | None = None, step: int | None = None, seed: int = 0,
-                  diff_gain: float = 1.0) -> np.ndarray:
+                  diff_gain: float = 1.0, same_code: bool = False) -> np.ndarray:
   """Draws samples (or the outputs of `method.extras[extra]`) of the run in `workdir` into a PNG grid.
+
+  With `same_code` every input gets the same random codes (`draw_outputs`).
 
   Returns:
     The grid, float32 [rows, cols, 3] in [0, 1], as written to `out`.
@@ -157,8 +189,7 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
     x_BxHxWxC = load_input_png(input_path, batch_spec["x"].shape, batch_spec["y"].shape, config.data.name)
   else:
     x_BxHxWxC = pipeline.load_eval_examples(config, num_inputs)["x"]
-  outputs = np.asarray(jax.device_get(jax.jit(fn, static_argnums=3)(
-      state, jnp.asarray(x_BxHxWxC), jax.random.PRNGKey(seed), num_samples)), np.float32)
+  outputs = draw_outputs(fn, state, x_BxHxWxC, jax.random.PRNGKey(seed), num_samples, same_code)
 
   b = x_BxHxWxC.shape[0]
   name = f"extras[{extra!r}]" if extra else "sample"
@@ -180,6 +211,7 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
   print(f"Wrote {out} ({grid.shape[1]}x{grid.shape[0]}): {config.method} on {config.data.name}, "
         f"{extra or 'samples'}, {b} input(s) x {outputs.shape[1]}"
         + (f" x {outputs.shape[2]} iterates" if outputs.ndim == 6 else "")
+        + ("; the same codes for every input" if same_code else "")
         + f"; difference rows x{diff_gain:g}.", flush=True)
   return grid
 
@@ -196,6 +228,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("step", None, "The checkpoint step (default: the newest).")
   flags.DEFINE_integer("seed", 0, "Sampling rng seed.")
   flags.DEFINE_float("diff_gain", 4.0, "Difference rows show gain x |sample_k - sample_{k-1}|.")
+  flags.DEFINE_bool("same_code", False, "Give every input the same random codes (one rng, a batch of "
+                    "one per input): style consistency, cimle_semantic_layouts_iccv2019 Fig. 5.")
   plugins.define_import_flag()
 
 
@@ -205,7 +239,8 @@ def main(argv):
   f = flags.FLAGS
   plugins.import_modules(f[plugins.IMPORT_FLAG].value)
   sample_to_png(f.workdir, f.out, input_path=f.input, num_samples=f.num_samples,
-                num_inputs=f.num_inputs, extra=f.extra, step=f.step, seed=f.seed, diff_gain=f.diff_gain)
+                num_inputs=f.num_inputs, extra=f.extra, step=f.step, seed=f.seed, diff_gain=f.diff_gain,
+                same_code=f.same_code)
 
 
 if __name__ == "__main__":

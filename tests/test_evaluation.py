@@ -6,6 +6,7 @@ import json
 import math
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -75,6 +76,72 @@ def test_mean_pairwise_distance():
   # Pairs of (0, 0.2, 0.5): 0.2, 0.5, 0.3 -> 1/3; second input identical -> 0.
   samples = constant_images([[0.0, 0.2, 0.5], [0.4, 0.4, 0.4]])
   assert float(metrics.mean_pairwise_distance(samples, pixel_l1())) == pytest.approx(1 / 6, abs=1e-6)
+
+
+def test_sampled_pairwise_distance_by_hand():
+  d = pixel_l1()
+  # N = 2: the only pair of different samples, whatever the rng: (0.3 + 0) / 2.
+  two = constant_images([[0.1, 0.4], [0.3, 0.3]])
+  for seed in range(3):
+    assert float(metrics.sampled_pairwise_distance(two, d, 1, jax.random.PRNGKey(seed))) == pytest.approx(
+        0.15, abs=1e-7)
+  # N = 4 >= 2 P: two disjoint pairs; every pairing of (0, 0.4, 0.4, 1) sums to 1.0 -> mean 0.5.
+  four = constant_images([[0.0, 0.4, 0.4, 1.0]])
+  for seed in range(5):
+    assert float(metrics.sampled_pairwise_distance(four, d, 2, jax.random.PRNGKey(seed))) == pytest.approx(
+        0.5, abs=1e-7)
+  # P = N (N - 1) / 2: every pair once, i.e. `mean_pairwise_distance` (1/3 and 0 -> 1/6).
+  three = constant_images([[0.0, 0.2, 0.5], [0.4, 0.4, 0.4]])
+  assert float(metrics.sampled_pairwise_distance(three, d, 3, jax.random.PRNGKey(0))) == pytest.approx(
+      1 / 6, abs=1e-7)
+  with pytest.raises(ValueError, match=r"Cannot draw 4 different pairs from 3 samples .* = 3\."):
+    metrics.sampled_pairwise_distance(three, d, 4, jax.random.PRNGKey(0))
+
+
+def test_random_distinct_pairs_are_different_samples_and_different_pairs():
+  # 2 P > N: different unordered pairs of different samples.
+  first, second = map(np.asarray, metrics.random_distinct_pairs(jax.random.PRNGKey(1), 3, 5, 8))
+  assert first.shape == second.shape == (3, 8) and np.all(first != second)
+  for j in range(3):
+    assert len({frozenset(pair) for pair in zip(first[j], second[j])}) == 8
+  # N >= 2 P: disjoint pairs, every sample used at most once.
+  first, second = map(np.asarray, metrics.random_distinct_pairs(jax.random.PRNGKey(1), 2, 10, 5))
+  for j in range(2):
+    assert sorted(np.concatenate([first[j], second[j]]).tolist()) == list(range(10))
+
+
+def test_kmeans_finds_repeated_images_and_fills_every_cluster():
+  rng = np.random.default_rng(0)
+  distinct_9xD = rng.uniform(size=(9, 6))
+  ids_N = rng.permutation(np.arange(100) % 9)
+  assignment = metrics.kmeans(distinct_9xD[ids_N], 9, np.random.default_rng(3))
+  # One cluster per distinct image.
+  assert {frozenset(np.flatnonzero(assignment == c)) for c in range(9)} == {
+      frozenset(np.flatnonzero(ids_N == i)) for i in range(9)}
+  # Fewer distinct points than clusters: still 9 non-empty clusters.
+  same = metrics.kmeans(np.zeros((10, 4)), 9, np.random.default_rng(0))
+  assert sorted(np.unique(same).tolist()) == list(range(9))
+
+
+def test_clustered_per_class_variance_picks_one_of_each_repeated_image():
+  # 9 distinct images per input, each repeated 11 or 12 times (100 samples, shuffled): the
+  # protocol picks one copy of each, so it equals the variance of the 9 distinct images.
+  rng = np.random.default_rng(0)
+  b, h, w, c, num_classes = 2, 2, 3, 2, 3
+  distinct_Bx9xHxWxC = rng.uniform(size=(b, 9, h, w, c))
+  ids_BxN = np.stack([rng.permutation(np.arange(100) % 9) for _ in range(b)])
+  samples = np.take_along_axis(distinct_Bx9xHxWxC, ids_BxN[:, :, None, None, None], axis=1)
+  labels = np.array([[[0, 0, 1], [1, 0, 1]], [[1, 1, 1], [0, 1, 0]]])  # Class 2 absent.
+  expected_K, expected_overall = metrics.per_class_pixel_variance(distinct_Bx9xHxWxC, labels, num_classes)
+  per_class_K, overall = metrics.clustered_per_class_variance(samples, labels, num_classes,
+                                                              jax.random.PRNGKey(0))
+  np.testing.assert_allclose(per_class_K[:2], expected_K[:2], rtol=1e-12)
+  assert np.isnan(per_class_K[2]) and overall == pytest.approx(expected_overall, rel=1e-12)
+  # Deterministic given the rng.
+  again_K, _ = metrics.clustered_per_class_variance(samples, labels, num_classes, jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(again_K, per_class_K)
+  with pytest.raises(ValueError, match=r"needs at least num_clusters = 9 samples per input .*; got 8\."):
+    metrics.clustered_per_class_variance(samples[:, :8], labels, num_classes, jax.random.PRNGKey(0))
 
 
 def test_per_class_pixel_variance():
@@ -156,6 +223,10 @@ def test_compute_metrics_names_classes_and_measures_modes_from_given_fields():
   modes = constant_images([[0.2, 0.8]], h=1, w=2, c=1)
   out = evaluate_lib.compute_metrics(samples, batch, "mean_abs_pixel", pixel_l1())
   assert out["per_class_variance/class0"] == pytest.approx(0.04)  # Var(0.2, 0.6).
+  # N = 2: too few for 40 pairs and for 9 clusters.
+  assert set(evaluate_lib.skipped_metrics(2, batch, "mean_abs_pixel")) == {
+      "pairwise_mean_abs_pixel_40pairs", "clustered_variance"}
+  assert not any(k.startswith(("pairwise_", "clustered_variance")) for k in out)
   assert out["per_class_variance/class1"] == pytest.approx(0.09)  # Var(0.2, 0.8).
   assert "mode_recall" not in out
   named = evaluate_lib.compute_metrics(samples, batch, "mean_abs_pixel", pixel_l1(), ("road", "car"),
@@ -165,6 +236,27 @@ def test_compute_metrics_names_classes_and_measures_modes_from_given_fields():
   assert named["mode_precision"] == 0.5 and named["mode_recall"] == 0.5 and named["mode_recall_nearest"] == 1.0
   with pytest.raises(ValueError, match="class_names has 3 names for the 2 classes"):
     evaluate_lib.compute_metrics(samples, batch, "mean_abs_pixel", pixel_l1(), ("a", "b", "c"))
+  # The modes from their own samples: 4 copies of mode 0.8.
+  four = np.full((1, 4, 1, 2, 1), 0.8, np.float32)
+  assert evaluate_lib.compute_metrics(samples, batch, "mean_abs_pixel", pixel_l1(), None, modes, 0.05,
+                                      four)["mode_recall"] == 0.5
+
+
+def test_compute_metrics_pairwise_and_clustered_keys_follow_the_metrics():
+  rng = np.random.default_rng(0)
+  batch = {"x": np.eye(2, dtype=np.float32)[[[[0, 1]]] * 2], "y": np.zeros((2, 1, 2, 3), np.float32),
+           "label": np.array([[[0, 1]]] * 2)}
+  samples = rng.uniform(size=(2, 10, 1, 2, 3)).astype(np.float32)
+  key = jax.random.PRNGKey(7)
+  out = evaluate_lib.compute_metrics(samples, batch, "mean_abs_pixel", pixel_l1(), ("road", "car"), rng=key)
+  pairs_rng, clusters_rng = jax.random.split(key)
+  assert out["pairwise_mean_abs_pixel_40pairs"] == pytest.approx(
+      float(metrics.sampled_pairwise_distance(samples, pixel_l1(), 40, pairs_rng)), rel=1e-6)
+  per_class_K, overall = metrics.clustered_per_class_variance(samples, batch["label"], 2, clusters_rng)
+  assert out["clustered_variance/road"] == pytest.approx(per_class_K[0], rel=1e-12)
+  assert out["clustered_variance/car"] == pytest.approx(per_class_K[1], rel=1e-12)
+  assert out["clustered_variance/overall"] == pytest.approx(overall, rel=1e-12)
+  assert evaluate_lib.skipped_metrics(10, batch, "mean_abs_pixel") == {}
 
 
 def test_real_toy_scenes_images_are_precise_and_nearest_their_mode(data_dir):
@@ -222,6 +314,9 @@ def test_evaluate_regression_scores_one_mode_of_k(regression_workdir, tmp_path):
     written = json.load(f)
   assert written == result
   assert written["step"] == 6 and written["distance"] == "mean_abs_pixel"
+  assert written["mode_samples"] == 64
+  assert set(written["skipped"]) == {"pairwise_mean_abs_pixel_40pairs", "clustered_variance"}
+  assert "--num_samples >= 10; got 3" in written["skipped"]["pairwise_mean_abs_pixel_40pairs"]
   m, k = written["metrics"], written["num_modes"]
   assert k == toy_scenes.DEFAULT_NUM_MODES
   for sigma in (0.3, 0.2, 0.15):
@@ -235,6 +330,19 @@ def test_evaluate_regression_scores_one_mode_of_k(regression_workdir, tmp_path):
   assert -1.0 <= m["ssim_mean"] <= 1.0
   tags = _eval_tags(regression_workdir)
   assert tags["eval/mode_recall_nearest"] == 6 and "eval/psnr_best" in tags
+
+
+def test_evaluate_with_enough_samples_adds_pairs_and_clusters(regression_workdir, tmp_path, capsys):
+  result = evaluate_lib.evaluate(regression_workdir, num_inputs=2, num_samples=10, mode_samples=5,
+                                 weights_dir=str(tmp_path / "no_weights"))
+  m = result["metrics"]
+  assert result["skipped"] == {} and result["mode_samples"] == 5
+  # The regression baseline's samples are one image.
+  assert m["pairwise_mean_abs_pixel_40pairs"] == 0.0
+  assert m["clustered_variance/overall"] == pytest.approx(0.0, abs=1e-9) and "clustered_variance/sky" in m
+  assert m["mode_recall_nearest"] == pytest.approx(1 / result["num_modes"])
+  printed = capsys.readouterr().out
+  assert "40 random pairs" in printed and "5 samples per input" in printed
 
 
 def test_sample_writes_a_difference_grid(regression_workdir, tmp_path):
@@ -301,6 +409,44 @@ def test_sample_extras_are_drawn_by_their_output_shape(regression_workdir, tmp_p
     sample_lib.sample_to_png(regression_workdir, out, num_samples=3, num_inputs=2, extra="flat")
   with pytest.raises(ValueError, match=r"no extra 'lerp'; its extras: \['brighter', 'flat', 'trajectory'\]\.$"):
     sample_lib.sample_to_png(regression_workdir, out, extra="lerp")
+
+
+def _mean_plus_noise(state, x, rng, n):
+  """A fake sampler: each input's mean (one per input) plus the normal draws of rng for the batch."""
+  del state
+  return jnp.mean(x, axis=(1, 2, 3))[:, None, None, None, None] + jax.random.normal(
+      rng, (x.shape[0], n, 2, 2, 1))
+
+
+def test_same_code_gives_every_input_the_same_codes():
+  x = np.stack([np.full((2, 2, 1), v, np.float32) for v in (0.1, 0.5, 0.9)])
+  rng = jax.random.PRNGKey(0)
+  same = sample_lib.draw_outputs(_mean_plus_noise, None, x, rng, 4, same_code=True)
+  assert same.shape == (3, 4, 2, 2, 1)
+  # Rows differ by their inputs alone: the difference between rows is constant across samples.
+  np.testing.assert_allclose(same[1] - same[0], 0.4, atol=1e-6)
+  np.testing.assert_allclose(same[2] - same[0], 0.8, atol=1e-6)
+  np.testing.assert_allclose(same[0], np.asarray(_mean_plus_noise(None, x[:1], rng, 4))[0], atol=1e-6)
+  # Without it the batch draws different codes per input.
+  independent = sample_lib.draw_outputs(_mean_plus_noise, None, x, rng, 4)
+  assert np.std(independent[1] - independent[0]) > 0.1
+
+
+def test_sample_same_code_grid(regression_workdir, tmp_path, monkeypatch):
+  # A fake extra whose rows are (fraction of class-0 pixels) + the same noise for every input.
+  def noisy(state, x, rng, n):
+    del state
+    base_B = 0.3 + 0.4 * jnp.mean(x[..., 0], axis=(1, 2))
+    return jnp.clip(base_B[:, None, None, None, None] + 0.02 * jax.random.normal(rng, (x.shape[0], n, 32, 64, 3)),
+                    0.0, 1.0)
+
+  _with_extras(monkeypatch, noisy=lambda m: noisy)
+  grid = sample_lib.sample_to_png(regression_workdir, str(tmp_path / "style.png"), num_samples=3, num_inputs=2,
+                                  extra="noisy", same_code=True)
+  tile = lambda row, col: grid[2 + row * 34:2 + row * 34 + 32, 2 + col * 66:2 + col * 66 + 64]
+  differences = [tile(2, k) - tile(0, k) for k in (1, 2, 3)]  # Input 2 minus input 1, sample k.
+  np.testing.assert_allclose(differences[1], differences[0], atol=1e-5)
+  np.testing.assert_allclose(differences[2], differences[0], atol=1e-5)
 
 
 def test_super_resolution_png_input_is_cropped_and_resized(tmp_path):

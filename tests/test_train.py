@@ -81,7 +81,7 @@ def test_parse_arg_types_and_unknown_names():
     ("train.num_steps", -5, r"config.train.num_steps=-5 is invalid: must be > 0"),
     ("method", "regresion", r"config.method='regresion' is invalid: valid: \[.*'regression'"),
     ("data.name", "toy_scene", r"valid: \[.*'toy_scenes'"),
-    ("model.name", "resnet", r"valid: \['conv_generator', 'rrdb'\]"),
+    ("model.name", "resnet", r"valid: \['conv_generator', 'crn', 'rrdb'\]"),
     ("optimizer.schedule", "linear", r"valid: \['constant', 'cosine'\]"),
 ])
 def test_validate_names_the_bad_key(key, value, message):

@@ -11,8 +11,12 @@ weights are absent).
   quality     `psnr_ssim_best_and_mean`: dm-pix PSNR / SSIM against ground truth.
   diversity   `mean_pairwise_distance`: mean distance between samples of one input
               (mean pairwise LPIPS in the literature).
-              `per_class_pixel_variance`: cimle_semantic_layouts_iccv2019 §4.3,
-              Table 1.
+              `sampled_pairwise_distance`: the same over a fixed number of random
+              pairs (cimle_srim_ijcv §5.2: 40 pairs for each of 100 layouts).
+              `per_class_pixel_variance`: per-class pixel variance across samples;
+              `clustered_per_class_variance`: the full cimle_semantic_layouts_iccv2019
+              §4.3 / Table 1 protocol (k-means into 9 clusters, one sample each,
+              10 repeats).
   both        `faithfulness_weighted_variance`: cimle_srim_ijcv §5.1.5.
   modes       `mode_metrics`: mode recall and precision against exactly known
               modes (a dataset's `DatasetSpec.true_modes`, e.g. toy_scenes).
@@ -31,6 +35,11 @@ Distance = Callable[[jax.Array, jax.Array], jax.Array]
 
 # The IJCV paper's kernel bandwidths (Table 1).
 FWV_SIGMAS = (0.3, 0.2, 0.15)
+# cimle_srim_ijcv §5.2: "40 pairs of output images for each of 100 input semantic layouts".
+PAIRWISE_NUM_PAIRS = 40
+# cimle_semantic_layouts_iccv2019 §4.3: 9 clusters (CRN's 9 outputs), the procedure repeated 10 times.
+NUM_CLUSTERS = 9
+CLUSTER_REPEATS = 10
 
 
 def _check_samples(samples_BxNxHxWxC, ground_truth_BxHxWxC=None) -> None:
@@ -182,6 +191,73 @@ def mean_pairwise_distance(samples_BxNxHxWxC: jax.Array, distance: Distance) -> 
   return jnp.mean(d_BxP)
 
 
+def random_distinct_pairs(rng: jax.Array, batch_size: int, num_samples: int, num_pairs: int
+                          ) -> tuple[jax.Array, jax.Array]:
+  """Indices of `num_pairs` random pairs of different samples for each of `batch_size` inputs.
+
+  If num_samples >= 2 num_pairs, the pairs are disjoint: a random permutation of
+  the N samples paired off, so every pair is two samples that no other pair
+  uses, as when each pair is two fresh outputs (cimle_srim_ijcv §5.2). Otherwise
+  they are `num_pairs` different unordered pairs {i, k}, i != k, drawn without
+  replacement from the N (N - 1) / 2 (pairs then share samples). Either way the
+  mean distance over the pairs estimates, without bias, the mean over all pairs.
+
+  Args:
+    rng: a jax PRNG key; input j uses `jax.random.split(rng, batch_size)[j]`.
+    batch_size: B.
+    num_samples: N, the samples per input.
+    num_pairs: P <= N (N - 1) / 2.
+
+  Returns:
+    (first_BxP, second_BxP): int32 sample indices, first != second.
+  """
+  n, p = num_samples, num_pairs
+  if p < 1 or p > n * (n - 1) // 2:
+    raise ValueError(f"Cannot draw {p} different pairs from {n} samples per input: needs "
+                     f"1 <= num_pairs <= N (N - 1) / 2 = {n * (n - 1) // 2}.")
+  keys_B = jax.random.split(rng, batch_size)
+  if n >= 2 * p:
+    perm_BxN = jax.vmap(lambda key: jax.random.permutation(key, n))(keys_B)
+    return perm_BxN[:, 0:2 * p:2], perm_BxN[:, 1:2 * p:2]
+  first_Q, second_Q = (jnp.asarray(i, jnp.int32) for i in np.triu_indices(n, k=1))
+  q_BxP = jax.vmap(lambda key: jax.random.choice(key, first_Q.shape[0], (p,), replace=False))(keys_B)
+  return first_Q[q_BxP], second_Q[q_BxP]
+
+
+def distance_of_pairs(samples_BxNxHxWxC: jax.Array, first_BxP: jax.Array, second_BxP: jax.Array,
+                      distance: Distance) -> jax.Array:
+  """d(y~_{first_jp, j}, y~_{second_jp, j}) for every input j and pair p: [B, P]."""
+  _check_samples(samples_BxNxHxWxC)
+  pick = jax.vmap(lambda samples_NxHxWxC, i_P: samples_NxHxWxC[i_P])
+  return distance(pick(samples_BxNxHxWxC, first_BxP), pick(samples_BxNxHxWxC, second_BxP))
+
+
+def sampled_pairwise_distance(samples_BxNxHxWxC: jax.Array, distance: Distance, num_pairs: int,
+                              rng: jax.Array) -> jax.Array:
+  """Diversity over random pairs: cimle_srim_ijcv §5.2 ("40 pairs ... for each of 100 layouts").
+
+    D_P = (1 / (B P)) sum_j sum_{p=1..P} d(y~_{a_jp, j}, y~_{b_jp, j}),
+
+  with (a_jp, b_jp) the P pairs of different samples of input j drawn by
+  `random_distinct_pairs` (disjoint when N >= 2 P, e.g. the paper's 40 pairs of
+  80 outputs). Its expectation is `mean_pairwise_distance`; with P = N (N - 1) / 2
+  it is exactly that.
+
+  Args:
+    samples_BxNxHxWxC: N samples for each of B inputs.
+    distance: d(a, b) over the last three axes.
+    num_pairs: P, at most N (N - 1) / 2.
+    rng: a jax PRNG key; the value is deterministic given it.
+
+  Returns:
+    A scalar.
+  """
+  _check_samples(samples_BxNxHxWxC)
+  b, n = samples_BxNxHxWxC.shape[:2]
+  first_BxP, second_BxP = random_distinct_pairs(rng, b, n, num_pairs)
+  return jnp.mean(distance_of_pairs(samples_BxNxHxWxC, first_BxP, second_BxP, distance))
+
+
 def per_class_pixel_variance(samples_BxNxHxWxC, labels_BxHxW, num_classes: int
                              ) -> tuple[np.ndarray, float]:
   """Per-class pixel variance across samples, cimle_semantic_layouts_iccv2019 §4.3, Table 1.
@@ -196,7 +272,8 @@ def per_class_pixel_variance(samples_BxNxHxWxC, labels_BxHxW, num_classes: int
     overall = mean over the classes c present in some layout of V_c
 
   Var_i is the population variance (divisor N) over the N samples. (The paper
-  first picks 9 samples by k-means over 100; we use the N samples as drawn.)
+  first picks 9 samples by k-means over 100; this function uses the N samples as
+  given, and `clustered_per_class_variance` runs the whole protocol.)
 
   Args:
     samples_BxNxHxWxC: samples in [0, 1].
@@ -222,6 +299,128 @@ def per_class_pixel_variance(samples_BxNxHxWxC, labels_BxHxW, num_classes: int
     present_K = np.sum(count_BxK > 0, axis=0)
     per_class_K = np.where(present_K > 0, np.nansum(v_BxK, axis=0) / np.maximum(present_K, 1), np.nan)
   overall = float(np.mean(per_class_K[present_K > 0])) if np.any(present_K > 0) else float("nan")
+  return per_class_K, overall
+
+
+def kmeans(points_NxD: np.ndarray, num_clusters: int, rng: np.random.Generator,
+           max_iterations: int = 100) -> np.ndarray:
+  """Plain k-means: k-means++ seeding, then Lloyd's iterations; the cluster of every point, [N].
+
+  Seeding (Arthur & Vassilvitskii 2007): the first centre is a uniformly random
+  point, each next one a point drawn with probability proportional to its squared
+  distance to the nearest centre so far (uniformly among the points not yet
+  chosen when every point coincides with a centre). Lloyd's iterations then
+  alternate assignment to the nearest centre (ties to the lower index) and
+  centres = cluster means (an empty cluster keeps its centre) until the
+  assignment stops changing. Finally every empty cluster takes the point farthest
+  from its centre among clusters of two or more points, so all `num_clusters`
+  clusters are non-empty (N >= num_clusters; with fewer distinct points than
+  clusters some clusters hold copies of one image).
+
+  Numpy on the host, deterministic given `rng`; no scikit-learn.
+
+  Args:
+    points_NxD: the points (here: flattened images).
+    num_clusters: K <= N.
+    rng: numpy generator for the seeding.
+    max_iterations: cap on Lloyd's iterations.
+  """
+  points_NxD = np.asarray(points_NxD, np.float64)
+  n, k = points_NxD.shape[0], num_clusters
+  if not 1 <= k <= n:
+    raise ValueError(f"k-means into {k} clusters needs at least {k} points; got {n}.")
+  # Exact squared distances to the seeds (data points): copies of a seed are at exactly 0.
+  chosen = [int(rng.integers(n))]
+  d2_N = np.sum((points_NxD - points_NxD[chosen[0]])**2, axis=1)
+  for _ in range(1, k):
+    weights_N = d2_N.copy()
+    weights_N[chosen] = 0.0
+    if weights_N.sum() > 0:
+      chosen.append(int(rng.choice(n, p=weights_N / weights_N.sum())))
+    else:
+      chosen.append(int(rng.choice(np.setdiff1d(np.arange(n), chosen))))
+    d2_N = np.minimum(d2_N, np.sum((points_NxD - points_NxD[chosen[-1]])**2, axis=1))
+  centres_KxD = points_NxD[chosen].copy()
+
+  sq_norms_N = np.sum(points_NxD**2, axis=1)
+
+  def squared_distances(centres_KxD):
+    return np.maximum(sq_norms_N[:, None] - 2.0 * points_NxD @ centres_KxD.T
+                      + np.sum(centres_KxD**2, axis=1)[None], 0.0)
+
+  assignment_N = np.argmin(squared_distances(centres_KxD), axis=1)
+  for _ in range(max_iterations):
+    for c in range(k):
+      members = assignment_N == c
+      if members.any():
+        centres_KxD[c] = points_NxD[members].mean(axis=0)
+    new_assignment_N = np.argmin(squared_distances(centres_KxD), axis=1)
+    if np.array_equal(new_assignment_N, assignment_N):
+      break
+    assignment_N = new_assignment_N
+  for c in range(k):
+    if not np.any(assignment_N == c):
+      sizes_K = np.bincount(assignment_N, minlength=k)
+      own_d2_N = squared_distances(centres_KxD)[np.arange(n), assignment_N]
+      assignment_N[np.argmax(np.where(sizes_K[assignment_N] >= 2, own_d2_N, -1.0))] = c
+  return assignment_N
+
+
+def _numpy_rng(rng: jax.Array) -> np.random.Generator:
+  """A numpy generator determined by a jax PRNG key."""
+  return np.random.default_rng(np.asarray(jax.random.randint(rng, (4,), 0, np.iinfo(np.int32).max)))
+
+
+def clustered_per_class_variance(samples_BxNxHxWxC, labels_BxHxW, num_classes: int, rng: jax.Array,
+                                 num_clusters: int = NUM_CLUSTERS, repeats: int = CLUSTER_REPEATS
+                                 ) -> tuple[np.ndarray, float]:
+  """The diversity protocol of cimle_semantic_layouts_iccv2019 §4.3, Table 1.
+
+  "We use our model to generate 100 images for each semantic layout ..., we
+  then use k-means to divide the generated images into 9 clusters. Then we
+  randomly pick one image from each cluster" and compute the per-class pixel
+  variance over those nine (`per_class_pixel_variance`), averaged over the test
+  set; "we repeat this procedure 10 times". Here, for every repeat and input j:
+
+    1. `kmeans` of input j's N samples (flattened pixels) into `num_clusters`
+       clusters, from a new k-means++ seeding;
+    2. one uniformly random sample of each cluster;
+  then V_c^(r) = `per_class_pixel_variance` of the B x num_clusters picked
+  samples, and the result is the mean over the repeats r of V_c^(r) (overall:
+  the mean over the classes present). The samples are drawn once: the paper
+  re-draws its 100 images per repeat; a repeat here re-clusters and re-picks.
+  The paper's setting is N = 100.
+
+  Args:
+    samples_BxNxHxWxC: N >= num_clusters samples for each of B inputs.
+    labels_BxHxW: integer class ids in [0, num_classes).
+    num_classes: the number of semantic classes.
+    rng: a jax PRNG key; k-means and the picks (numpy) are deterministic given it.
+    num_clusters: the paper's 9 (CRN's nine outputs).
+    repeats: the paper's 10.
+
+  Returns:
+    (V_c as float64 [num_classes], NaN for classes absent from every layout, overall).
+  """
+  _check_samples(samples_BxNxHxWxC)
+  samples_BxNxHxWxC = np.asarray(samples_BxNxHxWxC, np.float64)
+  b, n = samples_BxNxHxWxC.shape[:2]
+  if n < num_clusters:
+    raise ValueError(f"The clustered per-class variance needs at least num_clusters = {num_clusters} "
+                     f"samples per input (the paper: 100); got {n}.")
+  np_rng = _numpy_rng(rng)
+  flat_BxNxD = samples_BxNxHxWxC.reshape(b, n, -1)
+  per_class_RxK = []
+  for _ in range(repeats):
+    picked_BxK = np.empty((b, num_clusters), np.int64)
+    for j in range(b):
+      assignment_N = kmeans(flat_BxNxD[j], num_clusters, np_rng)
+      picked_BxK[j] = [np_rng.choice(np.flatnonzero(assignment_N == c)) for c in range(num_clusters)]
+    picked_samples = np.take_along_axis(samples_BxNxHxWxC, picked_BxK[:, :, None, None, None], axis=1)
+    per_class_RxK.append(per_class_pixel_variance(picked_samples, labels_BxHxW, num_classes)[0])
+  per_class_K = np.mean(per_class_RxK, axis=0)  # NaN (absent class) in every repeat alike.
+  present_K = np.isfinite(per_class_K)
+  overall = float(np.mean(per_class_K[present_K])) if present_K.any() else float("nan")
   return per_class_K, overall
 
 

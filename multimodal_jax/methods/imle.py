@@ -244,8 +244,9 @@ class _Parts(NamedTuple):
   rarity_NxP: jax.Array | None  # the prepared R_p(k) when imle.rebalance_loss, else None
 
   def apply(self, params, x, z, step, module=None):
-    bilinear = (self.imle.bilinear_from_step >= 0) & (step >= self.imle.bilinear_from_step)
-    return (module or self.forward_model).apply({"params": params}, x, z, bilinear=bilinear)
+    # SRIM's upsampling schedule, for generators that upsample (RRDB, ConvGenerator); -1: no option.
+    options = {} if self.imle.bilinear_from_step < 0 else {"bilinear": step >= self.imle.bilinear_from_step}
+    return (module or self.forward_model).apply({"params": params}, x, z, **options)
 
   def zero_phase(self, step):
     return step < self.imle.zero_code_steps
@@ -366,7 +367,9 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   """
   imle, prepared = config.imle, prepared or {}
   x_spec = batch_spec["x"]
-  latent_shape = tuple(x_spec.shape[1:-1]) + (imle.code_channels,)
+  latent_shape = None if generator is not None else models.code_shape(config.model, x_spec.shape[1:])
+  if not latent_shape:  # the model does not say (or takes none): a code at x's size
+    latent_shape = tuple(x_spec.shape[1:-1]) + (imle.code_channels,)
   model = generator if generator is not None else models.make_model(
       config.model, models.ModelIO.of(batch_spec, code_shape=latent_shape))
   if not isinstance(model, nn.Module):
@@ -387,7 +390,7 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   def init(rng):
     params_rng, state_rng = jax.random.split(rng)
     x = jnp.zeros((1,) + x_spec.shape[1:], jnp.float32)
-    variables = model.init(params_rng, x, jnp.zeros((1,) + latent_shape, jnp.float32), bilinear=False)
+    variables = model.init(params_rng, x, jnp.zeros((1,) + latent_shape, jnp.float32))
     tx = common.make_optimizer(config.optimizer, config.train.num_steps)
     return common.create_state(
         IMLEState, rng=state_rng, networks={"generator": common.Network.create(variables, tx)},
@@ -411,7 +414,9 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   description = (f"conditional IMLE (IJCV Alg. 1): |S|={parts.pool_size}, m={imle.num_samples} "
                  f"(chunks of {imle.chunk_size}), L={imle.updates_per_selection}, "
                  f"|S~|={imle.minibatch_size}, code {latent_shape}, z=0 for steps < {imle.zero_code_steps}, "
-                 f"bilinear from step {imle.bilinear_from_step}, generator {name}; "
+                 f"bilinear from step {imle.bilinear_from_step}, generator {name}, rebalancing: "
+                 f"{'dataset' if imle.rebalance_dataset else 'no dataset'}, "
+                 f"{'loss' if imle.rebalance_loss else 'no loss'} (§3.4); "
                  f"selection {distances['selection'].describe()}; loss {distances['loss'].describe()}")
   return base.Method(init=init, steps=steps, run_round=run_round, sample=sample,
                      steps_per_round=imle.updates_per_selection, description=description,

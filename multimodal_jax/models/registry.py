@@ -46,6 +46,7 @@ MODELS: dict[str, tuple[str, str]] = {
     # name -> ("module:builder", kind)
     "conv_generator": ("multimodal_jax.models.conv_generator:build", GENERATOR),
     "rrdb": ("multimodal_jax.models.rrdb:build", GENERATOR),
+    "crn": ("multimodal_jax.models.crn:build", GENERATOR),
     "cgml_mlp": ("multimodal_jax.models.cgml_nets:build_mlp", CGML),
     "cgml_unet": ("multimodal_jax.models.cgml_nets:build_unet", CGML),
 }
@@ -99,6 +100,18 @@ def get_builder(name: str) -> Builder:
     raise ValueError(f"Unknown model name {name!r}; valid: {model_names()}")
   module, _, function = MODELS[name][0].partition(":")
   return getattr(importlib.import_module(module), function)
+
+
+def code_shape(cfg: ml_collections.ConfigDict, x_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+  """The code shape (one example) the model named by `cfg.name` takes for inputs x_shape, if it says.
+
+  A model module may define `code_shape(cfg, x_shape)` (CRN: its noise
+  channels, or the noise encoder's input); None means the method chooses
+  (IMLE: x's spatial size + `imle.code_channels`).
+  """
+  module = importlib.import_module(MODELS[cfg.name][0].partition(":")[0]) if cfg.name in MODELS else None
+  fn = getattr(module, "code_shape", None)
+  return None if fn is None else tuple(fn(cfg, tuple(x_shape)))
 
 
 def make_model(cfg: ml_collections.ConfigDict, io: ModelIO) -> Built:

@@ -1,0 +1,270 @@
+"""CRN (cimle_semantic_layouts §3.3): shapes, noise inputs, k outputs, the registry, the paper's size."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from multimodal_jax.models import crn
+from multimodal_jax.models import registry
+
+B, CLASSES = 2, 5
+
+
+def key(seed):
+  # RBG keys: threefry's random bits compile ~5x slower on CPU, and init dominates these tests.
+  return jax.random.key(seed, impl="rbg")
+
+
+def label_map(rng, hw, classes=CLASSES, batch=B):
+  return jax.nn.one_hot(jax.random.randint(rng, (batch, *hw), 0, classes), classes)
+
+
+def init_apply(model, x, z=None, seed=0):
+  variables = jax.jit(model.init)(key(seed), x, z)
+  return variables, jax.jit(model.apply)(variables, x, z)
+
+
+def crn_config(**overrides):
+  cfg = ml_collections.ConfigDict(dict(
+      name="crn", features=(8, 8, 4), base_height=4, base_width=8, noise_channels=2, noise_encoder=False,
+      encoder_features=6, noise_encoder_input_channels=3, num_outputs=1))
+  cfg.update(overrides)
+  cfg.lock()
+  return cfg
+
+
+# ---------------------------------------------------------------- shapes and range
+
+
+@pytest.mark.parametrize("features,base,out_hw", [
+    ((8,), (4, 8), (4, 8)),
+    ((8, 8), (4, 8), (8, 16)),
+    ((8, 8, 4), (4, 8), (16, 32)),
+    ((8, 4), (3, 3), (6, 6)),
+    ((8, 8, 4), (5, 2), (20, 8)),
+])
+def test_output_is_an_image_in_the_unit_range_at_base_times_two_to_the_modules(features, base, out_hw):
+  model = crn.CRN(out_channels=3, features=features, base_height=base[0], base_width=base[1])
+  assert model.resolutions[-1] == out_hw
+  _, y = init_apply(model, label_map(key(1), out_hw))
+  assert y.shape == (B, *out_hw, 3)
+  assert y.dtype == jnp.float32
+  assert bool(jnp.all((y >= 0) & (y <= 1)))
+  assert float(jnp.std(y)) > 1e-3  # not a constant image
+
+
+def test_a_label_map_at_another_resolution_fails_clearly():
+  model = crn.CRN(features=(8, 8), base_height=4, base_width=8)
+  with pytest.raises(ValueError, match=r"2 modules from a 4x8 base outputs 8x16 .* label map is 16x32"):
+    model.init(key(0), jnp.zeros((1, 16, 32, CLASSES)))
+  with pytest.raises(ValueError, match="same size, but x is 16x32 and y is 8x16"):
+    registry.make_model(crn_config(noise_channels=0), registry.ModelIO((16, 32, CLASSES), (8, 16, 3)))
+  with pytest.raises(ValueError, match="outputs 16x32.*label map is 8x16"):
+    registry.make_model(crn_config(noise_channels=0), registry.ModelIO((8, 16, CLASSES), (8, 16, 3)))
+
+
+def test_bfloat16_computation_still_returns_float32_images_in_range():
+  model = crn.CRN(features=(8, 4), dtype=jnp.bfloat16)
+  _, y = init_apply(model, label_map(key(1), (8, 16)))
+  assert y.dtype == jnp.float32 and y.shape == (B, 8, 16, 3)
+  assert bool(jnp.all((y >= 0) & (y <= 1)))
+
+
+def test_layer_norm_statistics_are_over_height_width_and_channels_per_example():
+  module = crn.RefinementModule(features=6)
+  h = jax.random.normal(key(0), (2, 4, 8, 3)) * jnp.arange(1.0, 9.0)[None, None, :, None]
+  variables = jax.jit(module.init)(key(1), h)
+  _, state = module.apply(variables, h, capture_intermediates=True)
+  normed = state["intermediates"]["norm1"]["__call__"][0]  # scale 1, offset 0 at init
+  np.testing.assert_allclose(jnp.mean(normed, axis=(1, 2, 3)), 0.0, atol=1e-5)
+  np.testing.assert_allclose(jnp.var(normed, axis=(1, 2, 3)), 1.0, atol=1e-3)
+  # Not normalised per pixel: pixels keep different means over their channels.
+  assert float(jnp.std(jnp.mean(normed, axis=-1))) > 0.1
+  assert variables["params"]["norm1"]["scale"].shape == (6,)
+
+
+# ---------------------------------------------------------------- the label map reaches every module
+
+
+def test_every_module_reads_the_label_map_and_noise_plus_the_previous_features():
+  features, d = (8, 6, 4), 2
+  model = crn.CRN(features=features, noise_channels=d)
+  x = label_map(key(1), (16, 32))
+  z = jax.random.normal(key(2), (B, 16, 32, d))
+  variables, y = init_apply(model, x, z)
+  params = variables["params"]
+  assert params["M0"]["conv1"]["kernel"].shape == (3, 3, CLASSES + d, 8)
+  assert params["M1"]["conv1"]["kernel"].shape == (3, 3, CLASSES + d + 8, 6)
+  assert params["M2"]["conv1"]["kernel"].shape == (3, 3, CLASSES + d + 6, 4)
+  assert params["M2"]["conv2"]["kernel"].shape == (3, 3, 4, 4)
+  assert params["to_image"]["kernel"].shape == (1, 1, 4, 3)
+  # Changing the label map alone (same z) changes the image.
+  other = jax.jit(model.apply)(variables, jnp.roll(x, 1, axis=-1), z)
+  assert float(jnp.max(jnp.abs(other - y))) > 1e-3
+
+
+def test_every_module_uses_its_label_map_input():
+  """Zeroing M_i's weights on its label-map input channels (the first C) changes the output, for every i."""
+  model = crn.CRN(features=(8, 6, 4))
+  x = label_map(key(1), (16, 32))
+  variables, y = init_apply(model, x)
+  apply = jax.jit(model.apply)
+  for i in range(3):
+    params = jax.tree.map(lambda a: a, variables["params"])
+    kernel = params[f"M{i}"]["conv1"]["kernel"]
+    params[f"M{i}"]["conv1"]["kernel"] = kernel.at[:, :, :CLASSES].set(0.0)
+    y_cut = apply({"params": params}, x)
+    assert float(jnp.max(jnp.abs(y_cut - y))) > 1e-4, f"M{i}"
+
+
+# ---------------------------------------------------------------- noise (§3.3.2)
+
+
+def test_noise_channels_make_the_output_depend_on_the_code():
+  model = crn.CRN(features=(8, 8), noise_channels=3)
+  x = label_map(key(1), (8, 16))
+  assert model.code_shape(x.shape[1:]) == (8, 16, 3)
+  z1, z2 = jax.random.normal(key(2), (2, B, 8, 16, 3))
+  variables, y1 = init_apply(model, x, z1)
+  apply = jax.jit(model.apply)
+  y2 = apply(variables, x, z2)
+  assert y1.shape == y2.shape == (B, 8, 16, 3)
+  assert float(jnp.max(jnp.abs(y1 - y2))) > 1e-3
+  # A vector code is broadcast over space (registry.concat_code).
+  v = jax.random.normal(key(3), (B, 3))
+  np.testing.assert_allclose(apply(variables, x, v),
+                             apply(variables, x, jnp.broadcast_to(v[:, None, None], (B, 8, 16, 3))),
+                             atol=1e-6)
+  with pytest.raises(ValueError, match=r"takes a code z of shape \[B, 8, 16, 3\].*got none"):
+    model.apply(variables, x)
+  with pytest.raises(ValueError, match=r"\[B, 8, 16, 3\].*got \[4, 8, 3\]"):
+    model.apply(variables, x, z1[:, :4, :8])
+
+
+def test_without_noise_channels_the_code_is_ignored():
+  model = crn.CRN(features=(8, 8), noise_channels=0)
+  x = label_map(key(1), (8, 16))
+  assert model.code_shape(x.shape[1:]) == ()
+  variables, y = init_apply(model, x)
+  z = jax.random.normal(key(2), (B, 8, 16, 3))
+  np.testing.assert_array_equal(jax.jit(model.apply)(variables, x, z), y)
+  assert variables["params"]["M0"]["conv1"]["kernel"].shape[2] == CLASSES
+
+
+def test_the_noise_encoder_maps_a_small_code_to_d_channels_at_the_layout_resolution():
+  d, e = 3, 2
+  model = crn.CRN(features=(8, 8, 4), noise_channels=d, noise_encoder=True, encoder_features=6,
+                  noise_encoder_input_channels=e)
+  x = label_map(key(1), (16, 32))
+  assert model.code_shape(x.shape[1:]) == (4, 8, e)
+  z1, z2 = jax.random.normal(key(2), (2, B, 4, 8, e))
+  variables = jax.jit(model.init)(key(0), x, z1)
+  apply_sown = jax.jit(functools.partial(model.apply, mutable=["intermediates"]))
+  y1, state = apply_sown(variables, x, z1)
+  (z_hat,) = state["intermediates"]["noise_encoder_output"]
+  assert z_hat.shape == (B, 16, 32, d)
+  assert float(jnp.std(z_hat)) > 1e-3
+  enc = variables["params"]["noise_encoder"]
+  assert enc["conv1"]["kernel"].shape == (3, 3, CLASSES + e, 6)
+  assert enc["conv2"]["kernel"].shape == (3, 3, 6, 6)
+  assert enc["conv3"]["kernel"].shape == (3, 3, 6, d)
+  # The modules see concat(L, z_hat): d extra channels, as with plain noise channels.
+  assert variables["params"]["M1"]["conv1"]["kernel"].shape == (3, 3, CLASSES + d + 8, 8)
+  y2 = jax.jit(model.apply)(variables, x, z2)
+  assert y1.shape == (B, 16, 32, 3)
+  assert float(jnp.max(jnp.abs(y1 - y2))) > 1e-3
+  # The encoder's output also depends on the label map (it reads L^, not z alone).
+  _, state_other = apply_sown(variables, jnp.roll(x, 1, axis=-1), z1)
+  assert float(jnp.max(jnp.abs(state_other["intermediates"]["noise_encoder_output"][0] - z_hat))) > 1e-4
+  with pytest.raises(ValueError, match=r"\[B, 4, 8, 2\].*got \[16, 32, 3\]"):
+    model.apply(variables, x, jnp.zeros((B, 16, 32, d)))
+
+
+def test_the_noise_encoder_is_linear_in_its_last_layer_and_upsamples_bilinearly():
+  encoder = crn.NoiseEncoder(features=4, out_channels=2)
+  x = label_map(key(1), (8, 16))
+  z = jax.random.normal(key(2), (B, 4, 8, 3))
+  variables = jax.jit(encoder.init)(key(0), x, z)
+  z_hat = encoder.apply(variables, x, z)
+  _, state = encoder.apply(variables, x, z, capture_intermediates=True)
+  low = state["intermediates"]["conv3"]["__call__"][0]
+  assert low.shape == (B, 4, 8, 2) and float(jnp.min(low)) < 0  # no activation after conv3
+  np.testing.assert_allclose(z_hat, jax.image.resize(low, (B, 8, 16, 2), "bilinear"), atol=1e-6)
+
+
+# ---------------------------------------------------------------- k outputs (Chen & Koltun's baseline)
+
+
+def test_k_outputs_are_k_different_images():
+  model = crn.CRN(features=(8, 8), num_outputs=4)
+  x = label_map(key(1), (8, 16))
+  variables, y = init_apply(model, x)
+  assert y.shape == (B, 4, 8, 16, 3)
+  assert bool(jnp.all((y >= 0) & (y <= 1)))
+  assert variables["params"]["to_image"]["kernel"].shape == (1, 1, 8, 12)
+  for a in range(4):
+    for b in range(a + 1, 4):
+      assert float(jnp.max(jnp.abs(y[:, a] - y[:, b]))) > 1e-3, (a, b)
+  # Output j is channels [3j, 3j + 3) of the 1x1 conv.
+  single = crn.CRN(features=(8, 8), num_outputs=1)
+  params = jax.tree.map(lambda a: a, variables["params"])
+  params["to_image"] = {"kernel": params["to_image"]["kernel"][..., 6:9], "bias": params["to_image"]["bias"][6:9]}
+  np.testing.assert_allclose(jax.jit(single.apply)({"params": params}, x), y[:, 2], atol=1e-6)
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_the_registry_builds_crn_by_name_and_checks_the_code_shape():
+  assert "crn" in registry.model_names(registry.GENERATOR)
+  x_shape, y_shape = (16, 32, CLASSES), (16, 32, 3)
+  cfg = crn_config()
+  model = registry.make_model(cfg, registry.ModelIO(x_shape, y_shape, code_shape=(16, 32, 2)))
+  assert isinstance(model, crn.CRN)
+  assert (model.features, model.out_channels, model.noise_channels, model.num_outputs) == ((8, 8, 4), 3, 2, 1)
+  assert crn.code_shape(cfg, x_shape) == (16, 32, 2)
+  x = label_map(key(1), (16, 32))
+  _, y = init_apply(model, x, jnp.zeros((B, 16, 32, 2)))
+  assert y.shape == (B, 16, 32, 3)
+
+  enc_cfg = crn_config(noise_encoder=True)
+  assert crn.code_shape(enc_cfg, x_shape) == (4, 8, 3)
+  model = registry.make_model(enc_cfg, registry.ModelIO(x_shape, y_shape, code_shape=(4, 8, 3)))
+  assert model.noise_encoder and model.encoder_features == 6 and model.noise_encoder_input_channels == 3
+  with pytest.raises(ValueError, match=r"takes a code z of shape \[B, 4, 8, 3\].*got \[16, 32, 2\]"):
+    registry.make_model(enc_cfg, registry.ModelIO(x_shape, y_shape, code_shape=(16, 32, 2)))
+  with pytest.raises(ValueError, match=r"\[B, 16, 32, 2\].*got none"):
+    registry.make_model(cfg, registry.ModelIO(x_shape, y_shape))
+  with pytest.raises(ValueError, match="noise_channels=0 takes no code"):
+    registry.make_model(crn_config(noise_channels=0), registry.ModelIO(x_shape, y_shape, code_shape=(16, 32, 2)))
+  plain = registry.make_model(crn_config(noise_channels=0, num_outputs=9), registry.ModelIO(x_shape, y_shape))
+  assert plain.num_outputs == 9 and crn.code_shape(crn_config(noise_channels=0), x_shape) == ()
+
+
+# ---------------------------------------------------------------- the paper's network
+
+
+def test_parameter_count_of_the_paper_network_at_256x512():
+  """§3.3.1 widths (M0..M6 for 256 x 512), 20 classes + 10 noise channels (§4.2), RGB out."""
+  classes, d, features = 20, 10, crn.PAPER_FEATURES[:7]
+  assert features == (1024, 1024, 1024, 1024, 1024, 512, 512)
+  model = crn.CRN(out_channels=3, features=features, noise_channels=d)
+  x = jax.ShapeDtypeStruct((1, 256, 512, classes), jnp.float32)
+  z = jax.ShapeDtypeStruct((1, 256, 512, d), jnp.float32)
+  shapes = jax.eval_shape(model.init, key(0), x, z)["params"]
+  count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes))
+
+  def module(c_in, c_out):  # two 3x3 convs (kernel + bias), two layer norms (scale + offset)
+    return (9 * c_in * c_out + c_out) + 2 * c_out + (9 * c_out * c_out + c_out) + 2 * c_out
+
+  label = classes + d
+  expected = module(label, 1024) + sum(module(label + f_prev, f) for f_prev, f in zip(features, features[1:]))
+  expected += 512 * 3 + 3  # the 1x1 conv to RGB
+  # By hand: M0 9,719,808; M1..M4 4 x 19,156,992; M5 7,219,200; M6 4,859,904; 1x1 conv 1,539.
+  assert expected == 9_719_808 + 4 * 19_156_992 + 7_219_200 + 4_859_904 + 1_539 == 98_428_419
+  assert count == expected
+  assert shapes["M5"]["conv1"]["kernel"].shape == (3, 3, label + 1024, 512)
