@@ -19,10 +19,13 @@ weights). Variants:
   :no_encoder     the ablation without the noise encoder: d noise channels drawn directly
   :no_rebalance   the ablation without dataset and loss rebalancing
   :vgg            l1 on VGG-19 conv1_2 ... conv5_2, equal contribution (needs converted weights)
+  :crn_best_of_k  baseline (Table 2): Chen & Koltun's CRN with k = 9 outputs and the
+                  best-of-k loss (`method='regression'`, model.num_outputs = 9, no noise)
+  :crn_noise_regression
+                  baseline (Table 2): CRN + noise channels trained by plain regression
 
 Not yet here (issue #10): the GTA-5 / Cityscapes paper variants (|S| = 400,
-m = 10, L = 10000, |S~| = 1, lr 1e-5 at 256x512), the CRN baselines, and the
-tuned default budget.
+m = 10, L = 10000, |S~| = 1, lr 1e-5 at 256x512) and a tuned default budget.
 """
 
 import ml_collections
@@ -32,14 +35,16 @@ from multimodal_jax.losses import perceptual
 
 # Every argument this file is meant to be run with (tests load each one).
 VARIANTS = ["", "runlocal", "no_encoder", "no_rebalance", "no_encoder,no_rebalance", "vgg",
-            "no_encoder,runlocal"]
+            "no_encoder,runlocal", "crn_best_of_k", "crn_noise_regression", "crn_best_of_k,runlocal",
+            "crn_noise_regression,runlocal"]
 
 # cimle_semantic_layouts_iccv2019 §3.3.1: the distance's VGG-19 layers.
 CRN_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, no_encoder=False, no_rebalance=False, vgg=False)
+  arg = config_lib.parse_arg(arg, runlocal=False, no_encoder=False, no_rebalance=False, vgg=False,
+                             crn_best_of_k=False, crn_noise_regression=False)
   config = config_lib.base_config()
   config.method = "imle"
   config.data.name = "toy_scenes"
@@ -87,6 +92,14 @@ def get_config(arg=None):
     config.distance = distance
     config.imle.selection_distance = distance.copy_and_resolve_references()
 
+  if arg.crn_best_of_k or arg.crn_noise_regression:
+    config.method = "regression"  # the same CRN, no IMLE (the imle section is unused)
+    config.data.batch_size = 16
+    config.model.noise_encoder = False
+    config.model.noise_channels = 10 if arg.crn_noise_regression else 0
+    config.model.num_outputs = 9 if arg.crn_best_of_k else 1
+    config.train.num_steps = 2000
+
   if arg.runlocal:
     config.data.builder_config = "tiny"
     config.data.batch_size = 8
@@ -97,6 +110,7 @@ def get_config(arg=None):
     config.imle.updates_per_selection = 2
     config.imle.minibatch_size = 2
     config.imle.calibration_examples = 2
+    config.model.num_outputs = min(config.model.num_outputs, 3)
     config_lib.set_runlocal_schedule(config)
   config.lock()
   return config
