@@ -6,5 +6,6 @@ from multimodal_jax.data import digits_box
 from multimodal_jax.data import digits_completion
 from multimodal_jax.data import local_photos_sr
 from multimodal_jax.data import paper_sr
+from multimodal_jax.data import street_layouts
 from multimodal_jax.data import toy3d
 from multimodal_jax.data import toy_scenes
