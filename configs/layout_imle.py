@@ -19,6 +19,8 @@ weights). Variants:
   :no_encoder     the ablation without the noise encoder: d noise channels drawn directly
   :no_rebalance   the ablation without dataset and loss rebalancing
   :vgg            l1 on VGG-19 conv1_2 ... conv5_2, equal contribution (needs converted weights)
+  :skewed         toy_scenes with rare appearances (mode k with p ~ 0.7^k), where rebalancing
+                  has something to do; evaluate reports `mode_recall_rare` (the rarer half)
   :crn_best_of_k  baseline (Table 2): Chen & Koltun's CRN with k = 9 outputs and the
                   best-of-k loss (`method='regression'`, model.num_outputs = 9, no noise)
   :crn_noise_regression
@@ -40,7 +42,8 @@ from multimodal_jax.losses import perceptual
 # Every argument this file is meant to be run with (tests load each one).
 VARIANTS = ["", "runlocal", "no_encoder", "no_rebalance", "no_encoder,no_rebalance", "vgg",
             "no_encoder,runlocal", "crn_best_of_k", "crn_noise_regression", "crn_best_of_k,runlocal",
-            "crn_noise_regression,runlocal", "gta5", "cityscapes"]
+            "crn_noise_regression,runlocal", "gta5", "cityscapes", "skewed", "skewed,no_rebalance",
+            "skewed,no_encoder"]
 
 # cimle_semantic_layouts_iccv2019 §3.3.1: the distance's VGG-19 layers.
 CRN_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
@@ -48,11 +51,13 @@ CRN_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, no_encoder=False, no_rebalance=False, vgg=False,
-                             crn_best_of_k=False, crn_noise_regression=False, gta5=False, cityscapes=False)
+                             crn_best_of_k=False, crn_noise_regression=False, gta5=False, cityscapes=False,
+                             skewed=False)
   config = config_lib.base_config()
   config.method = "imle"
   config.data.name = "toy_scenes"
   config.data.batch_size = 64  # the pool S
+  config.data.builder_config = "skewed" if arg.skewed else ""
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "crn"

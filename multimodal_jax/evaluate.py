@@ -146,8 +146,8 @@ def skipped_metrics(num_samples: int, batch: dict[str, np.ndarray], distance_nam
 def compute_metrics(samples_BxNxHxWxC: np.ndarray, batch: dict[str, np.ndarray], distance_name: str,
                     distance: perceptual.Distance, class_names: tuple[str, ...] | None = None,
                     true_modes_BxKxHxWxC: np.ndarray | None = None, mode_tolerance: float | None = None,
-                    mode_samples_BxMxHxWxC: np.ndarray | None = None, rng: jax.Array | None = None
-                    ) -> dict[str, float]:
+                    mode_samples_BxMxHxWxC: np.ndarray | None = None, rng: jax.Array | None = None,
+                    rare_modes_K: np.ndarray | None = None) -> dict[str, float]:
   """Every metric that applies to the batch, as a flat dict of floats.
 
   Metrics that do not apply to N (`skipped_metrics`) are left out.
@@ -163,6 +163,8 @@ def compute_metrics(samples_BxNxHxWxC: np.ndarray, batch: dict[str, np.ndarray],
     mode_samples_BxMxHxWxC: the samples that the mode metrics use (evaluate:
       `--mode_samples` of them); default: `samples_BxNxHxWxC`.
     rng: the key of the random pairs and of k-means (split in two); default PRNGKey(0).
+    rare_modes_K: the modes the training data shows least often (`rare_modes_of`):
+      adds `mode_recall_rare`.
   """
   y_BxHxWxC = batch["y"]
   b, n = samples_BxNxHxWxC.shape[:2]
@@ -201,8 +203,18 @@ def compute_metrics(samples_BxNxHxWxC: np.ndarray, batch: dict[str, np.ndarray],
       out["clustered_variance/overall"] = overall
   if true_modes_BxKxHxWxC is not None:
     out.update(metrics.mode_metrics(samples_BxNxHxWxC if mode_samples_BxMxHxWxC is None
-                                    else mode_samples_BxMxHxWxC, true_modes_BxKxHxWxC, mode_tolerance))
+                                    else mode_samples_BxMxHxWxC, true_modes_BxKxHxWxC, mode_tolerance,
+                                    rare_modes_K))
   return out
+
+
+def rare_modes_of(data_config) -> np.ndarray | None:
+  """Boolean [K]: the modes below the median training frequency, for datasets that give
+  `DatasetSpec.mode_frequencies` (None when every mode is as frequent)."""
+  spec = data_registry.get_dataset(data_config.name)
+  if spec.mode_frequencies is None:
+    return None
+  return metrics.rare_modes(spec.mode_frequencies(pipeline.get_builder(data_config).builder_config))
 
 
 def true_modes_of_batch(data_config, batch: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -270,7 +282,8 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
   # The sampling key is PRNGKey(seed) itself; the metrics' randomness is a stream of its own.
   scalars = compute_metrics(samples_BxNxHxWxC, batch, distance_name, distance, spec.class_names,
                             true_modes_BxKxHxWxC, spec.mode_tolerance, mode_samples_BxMxHxWxC,
-                            rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1))
+                            rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+                            rare_modes_K=None if true_modes_BxKxHxWxC is None else rare_modes_of(config.data))
 
   result = {
       "workdir": os.path.abspath(workdir), "step": step, "method": config.method,

@@ -126,3 +126,34 @@ class _Constant(imle.nn.Module):
     del z, bilinear
     bias = self.param("bias", jax.nn.initializers.zeros, ())
     return jnp.full(x.shape[:3] + (3,), 0.5) + 0.0 * bias
+
+
+# ---------------------------------------------------------------- rare modes: data and metric
+
+
+def test_skewed_toy_scenes_draws_modes_with_the_stated_probabilities():
+  from multimodal_jax.data import toy_scenes  # pylint: disable=g-import-not-at-top
+  p = toy_scenes.mode_probabilities(12, 0.7)
+  np.testing.assert_allclose(p, 0.7**np.arange(12) / np.sum(0.7**np.arange(12)))
+  np.testing.assert_allclose(toy_scenes.mode_probabilities(4), 0.25)
+  modes = np.array([toy_scenes.make_example(0, 0, i, 8, 16, 12, mode_decay=0.7)["mode"] for i in range(3000)])
+  counts = np.bincount(modes, minlength=12) / len(modes)
+  tolerance = 4 * np.sqrt(p * (1 - p) / len(modes)) + 1e-3  # 4 binomial standard deviations
+  assert np.all(np.abs(counts - p) <= tolerance), (counts, p)
+  # The uniform draw is unchanged: the default data stay byte-identical.
+  a = toy_scenes.make_example(0, 0, 5, 8, 16, 12)
+  b = toy_scenes.make_example(0, 0, 5, 8, 16, 12, mode_decay=1.0)
+  assert a["mode"] == b["mode"] and np.array_equal(a["image"], b["image"])
+
+
+def test_rare_mode_recall_counts_only_the_rare_modes():
+  from multimodal_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  modes = np.zeros((1, 4, 2, 2, 3), np.float32)
+  for k in range(4):
+    modes[0, k] = k / 4
+  samples = modes[:, [0, 0, 1, 3]]  # hits modes 0, 1, 3 exactly
+  rare = metrics.rare_modes(np.array([0.4, 0.3, 0.2, 0.1]))
+  np.testing.assert_array_equal(rare, [False, False, True, True])
+  out = metrics.mode_metrics(samples, modes, 0.01, rare)
+  assert out["mode_recall"] == 0.75 and out["mode_recall_rare"] == 0.5
+  assert metrics.rare_modes(np.full(4, 0.25)) is None

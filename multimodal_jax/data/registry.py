@@ -91,6 +91,9 @@ class DatasetSpec:
       example whose `label` is given, for datasets that know p(y | x) exactly.
       Evaluation then measures mode recall and precision
       (`evaluation.metrics.mode_metrics`); it needs `label` in eval batches.
+    mode_frequencies: tfds BuilderConfig -> [K], how often each true mode
+      occurs in the training data; evaluation then also reports the recall of
+      the rarer half of the modes (`mode_recall_rare`).
     mode_tolerance: a sample is "precise" when its mean absolute error to its
       nearest true mode is below this; required with `true_modes`, since only
       the dataset knows its noise level and how far apart its modes are.
@@ -105,6 +108,7 @@ class DatasetSpec:
   class_names: tuple[str, ...] | None = None
   true_modes: Callable[[np.ndarray, Any], np.ndarray] | None = None
   mode_tolerance: float | None = None
+  mode_frequencies: Callable[[Any], np.ndarray] | None = None
 
   def __post_init__(self):
     if self.true_modes is not None and not (self.mode_tolerance or 0) > 0:

@@ -187,16 +187,29 @@ def sample_layout(rng: np.random.Generator, height: int,
   return label_HxW
 
 
+def mode_probabilities(num_modes: int, mode_decay: float = 1.0) -> np.ndarray:
+  """p(mode = k) proportional to mode_decay^k: [K] (uniform for 1, the default)."""
+  _check_num_modes(num_modes)
+  if not mode_decay > 0:
+    raise ValueError(f'mode_decay must be > 0, got {mode_decay}.')
+  p_K = mode_decay**np.arange(num_modes, dtype=np.float64)
+  return p_K / p_K.sum()
+
+
 def make_example(seed: int, split_code: int, index: int, height: int,
-                 width: int, num_modes: int) -> dict[str, np.ndarray]:
+                 width: int, num_modes: int, mode_decay: float = 1.0) -> dict[str, np.ndarray]:
   """One example, a pure function of (seed, split_code, index).
 
   Layout, mode and noise come from one numpy stream, so the builder is
-  deterministic and independent of generation order or parallelism.
+  deterministic and independent of generation order or parallelism. Modes are
+  uniform, or p(k) ~ mode_decay^k (rare modes, for rebalancing).
   """
   rng = np.random.default_rng([seed, split_code, index])
   label_HxW = sample_layout(rng, height, width)
-  mode = int(rng.integers(num_modes))
+  if mode_decay == 1.0:  # the uniform draw of the original data, kept byte-identical
+    mode = int(rng.integers(num_modes))
+  else:
+    mode = int(rng.choice(num_modes, p=mode_probabilities(num_modes, mode_decay)))
   noise_HxWx1 = rng.uniform(-NOISE_AMPLITUDE, NOISE_AMPLITUDE,
                             (height, width, 1)).astype(np.float32)
   image = render_mode(label_HxW, mode, num_modes) + noise_HxWx1
@@ -220,6 +233,8 @@ class ToyScenesConfig(tfds.core.BuilderConfig):
   num_train: int = 4096
   num_test: int = 512
   seed: int = 0
+  # p(mode = k) ~ mode_decay^k; 1 = uniform. The test split draws the same way.
+  mode_decay: float = 1.0
 
 
 _SPLIT_CODES = {'train': 0, 'test': 1}
@@ -237,6 +252,10 @@ class ToyScenes(registry.LocalBuilder):
                       description='32x64, 16 modes.'),
       ToyScenesConfig(name='64x128', height=64, width=128,
                       description='64x128, 12 modes.'),
+      # Rare appearances (cimle_semantic_layouts §3.4): mode k with p ~ 0.7^k,
+      # from 31% (mode 0) down to 0.6% (mode 11) of the images.
+      ToyScenesConfig(name='skewed', mode_decay=0.7,
+                      description='32x64, 12 modes with p(k) ~ 0.7^k.'),
       # Same shapes as `default`, for tests and smoke runs (builds in ~1 s).
       ToyScenesConfig(name='tiny', num_train=64, num_test=16,
                       description='32x64, 12 modes, 64/16 examples.'),
@@ -269,7 +288,8 @@ class ToyScenes(registry.LocalBuilder):
     config = self.builder_config
     for index in range(num_examples):
       yield index, make_example(config.seed, _SPLIT_CODES[split], index,
-                                config.height, config.width, config.num_modes)
+                                config.height, config.width, config.num_modes,
+                                config.mode_decay)
 
 
 class LayoutToImage(grain.transforms.Map):
@@ -330,6 +350,8 @@ registry.register('toy_scenes', registry.DatasetSpec(
     # every pixel, so half that, 0.035, accepts every real image and, by the
     # triangle inequality, no image is within tolerance of two modes.
     mode_tolerance=MIN_MODE_COLOUR_DISTANCE / 2,
+    mode_frequencies=lambda builder_config: mode_probabilities(
+        builder_config.num_modes, builder_config.mode_decay),
 ))
 registry.register('toy_scenes_colorization', registry.DatasetSpec(
     tfds_name='toy_scenes',

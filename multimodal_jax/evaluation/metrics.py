@@ -446,7 +446,8 @@ def mode_errors(samples_BxNxHxWxC, true_modes_BxKxHxWxC) -> np.ndarray:
                    for samples_NxHxWxC, modes_KxHxWxC in zip(samples_BxNxHxWxC, true_modes_BxKxHxWxC)])
 
 
-def mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, tolerance: float) -> dict[str, float]:
+def mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, tolerance: float,
+                 rare_modes_K: np.ndarray | None = None) -> dict[str, float]:
   """Mode recall and precision of samples against the exactly known modes of each input.
 
   Each sample y~_ij is assigned to its nearest true mode
@@ -470,9 +471,13 @@ def mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, tolerance: float) -> d
     samples_BxNxHxWxC: N samples for each of B inputs.
     true_modes_BxKxHxWxC: the K true modes of each input.
     tolerance: the precision threshold on e_ijk*.
+    rare_modes_K: optional boolean [K], the modes the training data shows
+      least often (`DatasetSpec.mode_frequencies`): adds `mode_recall_rare`, the
+      share of those modes hit by >= 1 precise sample (cimle_semantic_layouts
+      §3.4: what rebalancing is for).
 
   Returns:
-    {'mode_recall', 'mode_recall_nearest', 'mode_precision'}.
+    {'mode_recall', 'mode_recall_nearest', 'mode_precision'} (+ 'mode_recall_rare').
   """
   if tolerance is None or not tolerance > 0:
     raise ValueError(f"The mode tolerance must be > 0; got {tolerance}.")
@@ -485,8 +490,21 @@ def mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, tolerance: float) -> d
   for j in range(errors_BxNxK.shape[0]):
     hit_BxK[j, nearest_BxN[j][precise_BxN[j]]] = True
     hit_nearest_BxK[j, nearest_BxN[j]] = True
-  return {
+  out = {
       "mode_recall": float(np.mean(hit_BxK.sum(axis=1) / num_modes)),
       "mode_recall_nearest": float(np.mean(hit_nearest_BxK.sum(axis=1) / num_modes)),
       "mode_precision": float(np.mean(precise_BxN)),
   }
+  if rare_modes_K is not None:
+    rare_K = np.asarray(rare_modes_K, bool)
+    if rare_K.shape != (num_modes,) or not rare_K.any():
+      raise ValueError(f"rare_modes_K must be a boolean [{num_modes}] with at least one True; got {rare_K}.")
+    out["mode_recall_rare"] = float(np.mean(hit_BxK[:, rare_K].sum(axis=1) / rare_K.sum()))
+  return out
+
+
+def rare_modes(frequencies_K: np.ndarray) -> np.ndarray:
+  """The modes whose training frequency is below the median: boolean [K] (None if all are equal)."""
+  frequencies_K = np.asarray(frequencies_K, np.float64)
+  rare_K = frequencies_K < np.median(frequencies_K)
+  return rare_K if rare_K.any() else None
