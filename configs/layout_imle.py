@@ -30,8 +30,12 @@ weights). Variants:
                   |S| = 400, m = 10, L = 10000, |S~| = 1, lr 1e-5, the VGG-19 distance
   :cityscapes     the same on tfds `cityscapes/semantic_segmentation` (manual download)
 
-Not yet here (issue #10): a default budget tuned to the acceptance targets,
-and a measured time per pool of the paper variants on an accelerator.
+Measured (default, 1500 updates, 11.5 min on a busy 2-core CPU; evaluate on 32
+layouts, 64 samples each): mode recall 0.62 (nearest mode, no tolerance: 0.93)
+at precision 0.32, best-of-16 PSNR 24.5 dB; L1 regression: recall 0, nearest
+1/K. Not yet here (issue #10): a budget that reaches the acceptance targets
+(recall >= 0.8 at precision >= 0.9 in 10 minutes) and a measured time per pool
+of the paper variants on an accelerator.
 """
 
 import ml_collections
@@ -56,7 +60,7 @@ def get_config(arg=None):
   config = config_lib.base_config()
   config.method = "imle"
   config.data.name = "toy_scenes"
-  config.data.batch_size = 64  # the pool S
+  config.data.batch_size = 32  # the pool S
   config.data.builder_config = "skewed" if arg.skewed else ""
 
   config.model = ml_collections.ConfigDict()
@@ -73,8 +77,8 @@ def get_config(arg=None):
   config.distance = perceptual.default_distance_config("pixel", pixel_norm="l1")
   config.imle = ml_collections.ConfigDict()
   config.imle.selection_distance = perceptual.default_distance_config("pixel", pixel_norm="l1")
-  config.imle.num_samples = 24  # m
-  config.imle.chunk_size = 24
+  config.imle.num_samples = 16  # m
+  config.imle.chunk_size = 16
   config.imle.example_blocks = 1
   config.imle.updates_per_selection = 20  # L
   config.imle.minibatch_size = 16  # |S~|
@@ -89,7 +93,8 @@ def get_config(arg=None):
   config.imle.rebalance_top_classes = 5
 
   config.optimizer.learning_rate = 1e-3
-  config.train.num_steps = 2000
+  config.optimizer.schedule = "cosine"
+  config.train.num_steps = 1500
   config.train.log_every = 100
   config.train.checkpoint_every = 500
   config.train.sample_every = 500
