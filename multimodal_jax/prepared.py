@@ -32,7 +32,7 @@ import io
 import json
 import os
 import time
-from typing import Callable, Mapping
+from typing import Callable
 
 from etils import epath
 import jax
@@ -47,7 +47,7 @@ _FINGERPRINT_KEY = "__fingerprint__"
 # config.data keys that say where and how fast to read, not what: no recompute.
 _DATA_KEYS_IGNORED = ("data_dir", "num_workers", "batch_size")
 
-Prepared = Mapping[str, np.ndarray]
+Prepared = methods_base.Prepared
 
 
 def method_module(config: ml_collections.ConfigDict):

@@ -133,7 +133,7 @@ def validate_method_config(config: ml_collections.ConfigDict) -> None:
 
 
 def make_method(config: ml_collections.ConfigDict, batch_spec: Batch,
-                prepared: Mapping[str, Any] | None = None) -> Method:
+                prepared: Prepared | None = None) -> Method:
   """Builds the method named by `config.method`, bound to `config`, the batch shapes and its prepared state."""
   check_method_name(config.method)
   module = importlib.import_module(METHODS[config.method])

@@ -73,6 +73,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from multimodal_jax import config_lib
 from multimodal_jax.methods import base
@@ -366,7 +367,7 @@ def _make_znet_step(parts: _Parts) -> base.StepFn:
     state = state.apply_gradients("znet", grads, count_step=False)
     return state, {
         "loss": loss, "z_l1": z_l1, "rho_l1": rho_l1, "rho_target": jnp.mean(rho_B),
-        "rho_pred": jnp.mean(rho_hat), "grad_norm": common.global_norm(grads),
+        "rho_pred": jnp.mean(rho_hat), "grad_norm": optax.tree.norm(grads),
     }
 
   return znet_step
@@ -387,7 +388,7 @@ def _make_gen_step(parts: _Parts) -> base.StepFn:
     loss, grads = jax.value_and_grad(loss_fn)(params)
     state = state.apply_gradients("encoder", grads["encoder"], count_step=False)
     state = state.apply_gradients("generator", grads["generator"])
-    return state, {"energy": loss, "grad_norm": common.global_norm(grads)}
+    return state, {"energy": loss, "grad_norm": optax.tree.norm(grads)}
 
   return gen_step
 

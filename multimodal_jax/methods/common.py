@@ -159,7 +159,3 @@ def learning_rates(config: ml_collections.ConfigDict, **optimizers: ml_collectio
                    ) -> dict[str, optax.Schedule]:
   """{network: its learning-rate schedule}, for the loop's `learning_rate/<network>` scalars."""
   return {name: learning_rate_schedule(opt, config.train.num_steps) for name, opt in optimizers.items()}
-
-
-def global_norm(tree: PyTree) -> jax.Array:
-  return optax.tree.norm(tree)

@@ -53,6 +53,7 @@ import jax
 from jax.experimental import io_callback
 import jax.numpy as jnp
 import ml_collections
+import optax
 import numpy as np
 
 from multimodal_jax import config_lib
@@ -251,11 +252,13 @@ class _Parts(NamedTuple):
   def zero_phase(self, step):
     return step < self.imle.zero_code_steps
 
-  def mask(self, batch) -> jax.Array | None:
-    """Per-pixel distance weights: the rarity mask of §3.4 (loss rebalancing), or the batch's own."""
+  def mask(self, batch, idx: jax.Array | None = None) -> jax.Array | None:
+    """Per-pixel distance weights of the pool (or of its examples `idx`): the rarity mask of §3.4
+    (loss rebalancing), or the batch's own."""
+    pick = (lambda a: a) if idx is None else (lambda a: a[idx])
     if self.rarity_NxP is None:
-      return batch.get("mask")
-    return rebalancing.rarity_mask(batch["label"], self.rarity_NxP[batch["index"]])
+      return None if "mask" not in batch else pick(batch["mask"])
+    return rebalancing.rarity_mask(pick(batch["label"]), self.rarity_NxP[pick(batch["index"])])
 
   def distance(self, which: str, frozen: PyTree) -> perceptual.Distance:
     template, key = self.distances[which]
@@ -315,8 +318,7 @@ def _make_update_step(parts: _Parts) -> base.StepFn:
                                    pool_size)
     idx = order[(within * k + jnp.arange(k)) % pool_size]
     x, y = batch["x"][idx], batch["y"][idx]
-    mask = parts.mask(batch)
-    mask = None if mask is None else mask[idx]
+    mask = parts.mask(batch, idx)  # only the minibatch's, not the whole pool's
     z = jnp.where(parts.zero_phase(state.step), 0.0, state.pool_latents[idx])
     distance = parts.distance("loss", state.frozen)
 
@@ -325,7 +327,7 @@ def _make_update_step(parts: _Parts) -> base.StepFn:
 
     loss, grads = jax.value_and_grad(loss_fn)(state.networks["generator"].params)
     state = state.apply_gradients("generator", grads)
-    return state, {"loss": loss, "grad_norm": common.global_norm(grads),
+    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    "selected_distance": jnp.mean(state.pool_distances[idx])}
 
   return update_step

@@ -23,6 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from multimodal_jax import config_lib
 from multimodal_jax.methods import base
@@ -75,7 +76,7 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
     # Under jit over a mesh, the mean above is over the *global* batch, so
     # the gradient is already the all-reduced one.
     state = state.apply_gradients("generator", grads)
-    return state, {"loss": loss, "grad_norm": common.global_norm(grads)}
+    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   def sample(state, x, rng, num_samples):
     """N outputs per input: one per code (coded generators), the k outputs in turn, or G(x) N times."""
