@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     # clu's metric writers and periodic actions import TensorFlow; tfds uses it to encode images.
     "tensorflow-cpu>=2.21,<2.22",
     "numpy>=2.0",
+    "scipy",  # GTA-5's split.mat; the tests check the KDE against scipy.stats (already a scikit-* dependency)
     "dm-pix>=0.4.5",
     "pillow",
     # Offline source images for the embedded datasets.
