@@ -65,13 +65,14 @@ def get_config(arg=None):
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "crn"
-  config.model.features = (64, 64, 48, 32)  # M0 at 4x8 ... M3 at 32x64
+  config.model.features = (32, 32, 24, 16)  # M0 at 4x8 ... M3 at 32x64 (narrow: see the docstring)
   config.model.base_height = 4
   config.model.base_width = 8
   config.model.noise_channels = 10  # d (§4.2)
   config.model.noise_encoder = not arg.no_encoder
-  config.model.encoder_features = 100  # §3.3.2
-  config.model.noise_encoder_input_channels = 4  # the Gaussian code at 4x8 (not in the paper)
+  config.model.encoder_features = 32  # §3.3.2 uses 100 (:gta5, :cityscapes)
+  config.model.noise_encoder_input_channels = 4  # e: the Gaussian code's size (not in the paper)
+  config.model.noise_encoder_code = "spatial"  # 'spatial' (4x8xe) or 'vector' (e, broadcast); models/crn.py
   config.model.num_outputs = 1
 
   config.distance = perceptual.default_distance_config("pixel", pixel_norm="l1")
@@ -80,7 +81,7 @@ def get_config(arg=None):
   config.imle.num_samples = 16  # m
   config.imle.chunk_size = 16
   config.imle.example_blocks = 1
-  config.imle.updates_per_selection = 20  # L
+  config.imle.updates_per_selection = 40  # L
   config.imle.minibatch_size = 16  # |S~|
   config.imle.code_channels = 10  # used by the code drawn at the layout's size (:no_encoder)
   config.imle.perturbation = 0.0
@@ -92,12 +93,12 @@ def get_config(arg=None):
   config.imle.rebalance_loss = not arg.no_rebalance
   config.imle.rebalance_top_classes = 5
 
-  config.optimizer.learning_rate = 1e-3
+  config.optimizer.learning_rate = 2e-3
   config.optimizer.schedule = "cosine"
-  config.train.num_steps = 1500
-  config.train.log_every = 100
-  config.train.checkpoint_every = 500
-  config.train.sample_every = 500
+  config.train.num_steps = 4000
+  config.train.log_every = 200
+  config.train.checkpoint_every = 1000
+  config.train.sample_every = 1000
   config.train.num_grid_samples = 6
 
   if arg.vgg or arg.gta5 or arg.cityscapes:
@@ -111,6 +112,7 @@ def get_config(arg=None):
     config.data.batch_size = 400  # |S|
     config.data.num_workers = 8
     config.model.features = (1024, 1024, 1024, 1024, 1024, 512, 512)  # M0..M6: 4x8 -> 256x512
+    config.model.encoder_features = 100  # §3.3.2
     config.imle.num_samples = 10  # m
     config.imle.chunk_size = 2
     config.imle.example_blocks = 8  # memory: 50 layouts x 2 codes at 256x512 per generator call

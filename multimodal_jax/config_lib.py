@@ -130,8 +130,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.optimizer.learning_rate > 0, "optimizer.learning_rate", "must be > 0")
   check(config.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")
   check(config.optimizer.name in ("adam", "adamw"), "optimizer.name", "valid: ['adam', 'adamw']")
-  check(config.optimizer.schedule in ("constant", "cosine"), "optimizer.schedule",
-          "valid: ['constant', 'cosine']")
+  check(config.optimizer.schedule in ("constant", "cosine", "poly"), "optimizer.schedule",
+          "valid: ['constant', 'cosine', 'poly']")
   check(config.method in methods_base.METHODS, "method", f"valid: {sorted(methods_base.METHODS)}")
   names = data_registry.dataset_names()
   check(config.data.name in names, "data.name", f"valid: {names}")

@@ -26,6 +26,16 @@ metric that applies to the dataset (evaluation/metrics.py):
                                datasets whose `DatasetSpec.true_modes` gives the
                                exact modes of an example (toy_scenes: K = 12),
                                from `--mode_samples` (default 64) samples per input
+  reality/{pixel_accuracy,     layout datasets, `--reality` (default: the diversity
+  mean_iou}, reality/real_*    method): samples and real images segmented by a small
+                               net trained on the real training images (Table II of
+                               diversity_loss_yang_liu_cai; evaluation/reality.py)
+  noise_linking/<class>,       methods with `gradation_<class>` extras (the diversity
+  noise_linking                loss): mean change inside segment c over the mean change
+                               outside it as n^c sweeps -1 -> 1 (diversity_loss_yang_liu_cai
+                               Fig. 2-3 as a number; `metrics.noise_linking`), per class
+                               and averaged over classes (`noise_linking_inside`: the
+                               inside change itself)
 
 `--num_inputs=100 --num_samples=100` is the papers' protocol: the ICCV'19 Table 1
 variance over 100 samples of each of 100 layouts, and the IJCV 40 pairs of
@@ -65,7 +75,9 @@ from multimodal_jax import plugins
 from multimodal_jax.data import pipeline
 from multimodal_jax.data import registry as data_registry
 from multimodal_jax.evaluation import metrics
+from multimodal_jax.evaluation import reality
 from multimodal_jax.losses import perceptual
+from multimodal_jax.methods import base as methods_base
 
 EVAL_JSON = "eval.json"
 SUBSTITUTE_DISTANCE = "mean_abs_pixel"
@@ -208,6 +220,43 @@ def compute_metrics(samples_BxNxHxWxC: np.ndarray, batch: dict[str, np.ndarray],
   return out
 
 
+NOISE_LINKING_STEPS = 9
+REALITY_CHOICES = ("auto", "on", "off")
+
+
+def reality_metrics_of(workdir: str, data_config, samples_BxNxHxWxC: np.ndarray,
+                       batch: dict[str, np.ndarray]) -> dict[str, float]:
+  """diversity_loss_yang_liu_cai Table II: samples and real images segmented by a net trained on real images."""
+  params, _ = reality.load_or_train_segmenter(workdir, data_config)
+  num_classes = batch["x"].shape[-1]
+  out = reality.reality_metrics(params, samples_BxNxHxWxC, batch["label"], num_classes)
+  out.update(reality.real_reference(params, batch["y"], batch["label"], num_classes))
+  return {k: float(v) for k, v in out.items()}
+
+
+def noise_linking_metrics(method, state, batch: dict[str, np.ndarray], class_names: tuple[str, ...] | None,
+                          seed: int = 0) -> dict[str, float]:
+  """`noise_linking/<class>` (inside / outside change) and their mean, from the method's gradation extras."""
+  num_classes = batch["x"].shape[-1]
+  names = class_names or tuple(f"class{c}" for c in range(num_classes))
+  out, ratios, insides = {}, [], []
+  for c, name in enumerate(names):
+    fn = method.extras.get(f"{methods_base.GRADATION_PREFIX}{name}")
+    if fn is None:
+      continue
+    sweep = jax.device_get(jax.jit(fn, static_argnums=3)(state, jnp.asarray(batch["x"]),
+                                                          jax.random.PRNGKey(seed), NOISE_LINKING_STEPS))
+    inside, outside = metrics.noise_linking(sweep, batch["label"], c)
+    if np.isfinite(inside) and np.isfinite(outside):
+      out[f"noise_linking/{name}"] = inside / max(outside, 1e-6)
+      ratios.append(out[f"noise_linking/{name}"])
+      insides.append(inside)
+  if ratios:
+    out["noise_linking"] = float(np.mean(ratios))
+    out["noise_linking_inside"] = float(np.mean(insides))
+  return out
+
+
 def rare_modes_of(data_config) -> np.ndarray | None:
   """Boolean [K]: the modes below the median training frequency, for datasets that give
   `DatasetSpec.mode_frequencies` (None when every mode is as frequent)."""
@@ -236,7 +285,8 @@ def true_modes_of_batch(data_config, batch: dict[str, np.ndarray]) -> np.ndarray
 
 
 def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: int | None = None,
-             seed: int = 0, weights_dir: str | None = None, mode_samples: int = 64) -> dict[str, Any]:
+             seed: int = 0, weights_dir: str | None = None, mode_samples: int = 64,
+             reality_mode: str = "auto") -> dict[str, Any]:
   """Evaluates the run in `workdir`; writes eval.json and TensorBoard scalars; returns the json dict.
 
   Args:
@@ -249,11 +299,17 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
     mode_samples: samples per input for the mode metrics (datasets with true
       modes): a second draw with the same seed (the same samples when equal to
       `num_samples`), so the other metrics do not depend on it.
+    reality_mode: 'on', 'off' or 'auto' (on for the `diversity` method): the
+      reality metrics of layout datasets (`evaluation/reality.py`: a small
+      segmentation network trained on the real training images, cached in
+      the workdir, ~20 s the first time).
   """
   if num_samples < 2:
     raise ValueError(f"--num_samples must be >= 2 to measure diversity; got {num_samples}.")
   if mode_samples < 1:
     raise ValueError(f"--mode_samples must be >= 1; got {mode_samples}.")
+  if reality_mode not in REALITY_CHOICES:
+    raise ValueError(f"reality_mode must be one of {REALITY_CHOICES}; got {reality_mode!r}.")
   start = time.time()
   config, method, state, _ = inference.load_trained(workdir, step)
   step = int(jax.device_get(state.step))
@@ -284,6 +340,11 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
                             true_modes_BxKxHxWxC, spec.mode_tolerance, mode_samples_BxMxHxWxC,
                             rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
                             rare_modes_K=None if true_modes_BxKxHxWxC is None else rare_modes_of(config.data))
+
+  if "label" in batch:
+    scalars.update(noise_linking_metrics(method, state, batch, spec.class_names, seed))
+    if reality_mode == "on" or (reality_mode == "auto" and config.method == "diversity"):
+      scalars.update(reality_metrics_of(workdir, config.data, samples_BxNxHxWxC, batch))
 
   result = {
       "workdir": os.path.abspath(workdir), "step": step, "method": config.method,
@@ -331,6 +392,13 @@ def summary(result: dict[str, Any], seconds: float) -> str:
     lines.append(f"  modes (K={k}, 1/K={1 / k:.3f}, {result['mode_samples']} samples per input)  recall "
                  f"{m['mode_recall']:.3f}, recall (nearest, no tolerance) {m['mode_recall_nearest']:.3f}, "
                  f"precision {m['mode_precision']:.3f}")
+  if "noise_linking" in m:
+    lines.append(f"  noise linking (change inside segment c / outside, n^c swept -1 -> 1, mean over classes) "
+                 f"{m['noise_linking']:.3g}; mean change inside {m['noise_linking_inside']:.3g}")
+  if "reality/mean_iou" in m:
+    lines.append(f"  reality (segmented by a net trained on real images)  pixel accuracy "
+                 f"{m['reality/pixel_accuracy']:.3f}, mean IoU {m['reality/mean_iou']:.3f}; real images: "
+                 f"{m['reality/real_pixel_accuracy']:.3f}, {m['reality/real_mean_iou']:.3f}")
   for name, why in result.get("skipped", {}).items():
     lines.append(f"  skipped {name}: {why}")
   lines.append(f"  written to {os.path.join(result['workdir'], EVAL_JSON)} and TensorBoard (eval/*).")
@@ -348,6 +416,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("step", None, "The checkpoint step to evaluate (default: the newest).")
   flags.DEFINE_integer("seed", 0, "Sampling rng seed.")
   flags.DEFINE_string("weights_dir", None, "Where to look for the LPIPS weights first.")
+  flags.DEFINE_enum("reality", "auto", REALITY_CHOICES, "Reality metrics of layout datasets (a segmentation "
+                    "net trained on real images, cached in the workdir): auto = for the diversity method.")
   plugins.define_import_flag()
 
 
@@ -357,7 +427,7 @@ def main(argv):
   f = flags.FLAGS
   plugins.import_modules(f[plugins.IMPORT_FLAG].value)
   evaluate(f.workdir, num_inputs=f.num_inputs, num_samples=f.num_samples, step=f.step, seed=f.seed,
-           weights_dir=f.weights_dir, mode_samples=f.mode_samples)
+           weights_dir=f.weights_dir, mode_samples=f.mode_samples, reality_mode=f.reality)
 
 
 if __name__ == "__main__":

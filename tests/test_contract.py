@@ -121,6 +121,8 @@ def test_sigkill_resume_is_bitwise_and_four_devices_agree(method_name, data_dir,
   assert any("networks" in k for k in straight)
   for key in straight:
     np.testing.assert_array_equal(straight[key], again[key], err_msg=f"resume changed {key}")
-    np.testing.assert_allclose(straight[key], four[key], rtol=1e-4, atol=1e-5,
+    # Reduction order differs on 4 devices; a GAN's alternating updates amplify that roundoff
+    # (measured: 1.2e-5 on one of pix2pix's 8192 kernel entries after 6 rounds), Adam steps are ~lr = 2e-4.
+    np.testing.assert_allclose(straight[key], four[key], rtol=1e-4, atol=5e-5,
                                err_msg=f"4 devices changed {key}")
   assert int(np.load(outs["straight"])["step"]) == NUM_STEPS

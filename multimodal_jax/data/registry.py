@@ -122,6 +122,19 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {}
 
 
+def manual_dir(dl_manager, dataset: str, needs: str, builder: str) -> epath.Path:
+  """The builder's manual_dir, or a one-line FileNotFoundError naming the folder and what it must hold.
+
+  (tfds' own message spans many lines: it repeats the instructions.)
+  """
+  try:
+    return epath.Path(dl_manager.manual_dir)
+  except AssertionError:
+    folder = getattr(dl_manager, '_manual_dir', None)
+    raise FileNotFoundError(f'{dataset} manual_dir {folder} does not exist or is empty; it needs {needs} '
+                            f'(see {builder}.MANUAL_DOWNLOAD_INSTRUCTIONS).') from None
+
+
 def register(name: str, spec: DatasetSpec) -> None:
   if name in DATASETS:
     raise ValueError(f"Dataset {name!r} is registered twice.")

@@ -260,13 +260,7 @@ class GTA5Layouts(registry.LocalBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    try:
-      manual_dir = epath.Path(dl_manager.manual_dir)
-    except AssertionError:
-      # tfds' own message spans many lines (it repeats the instructions); name the folder in one.
-      folder = getattr(dl_manager, '_manual_dir', None)
-      raise FileNotFoundError(f'GTA-5 manual_dir {folder} does not exist or is empty; it needs images/ and '
-                              'labels/ (see GTA5Layouts.MANUAL_DOWNLOAD_INSTRUCTIONS).') from None
+    manual_dir = registry.manual_dir(dl_manager, 'GTA-5', 'images/ and labels/', 'GTA5Layouts')
     image_frames = _read_frame_numbers(manual_dir / 'images')
     label_frames = _read_frame_numbers(manual_dir / 'labels')
     frames = image_frames & label_frames

@@ -508,3 +508,30 @@ def rare_modes(frequencies_K: np.ndarray) -> np.ndarray:
   frequencies_K = np.asarray(frequencies_K, np.float64)
   rare_K = frequencies_K < np.median(frequencies_K)
   return rare_K if rare_K.any() else None
+
+
+# ------------------------------------------------------------ noise linking
+
+
+def noise_linking(sweep_BxTxHxWxC, labels_BxHxW, c: int) -> tuple[float, float]:
+  """(change inside segment c, change outside it) along a sweep of n^c (diversity_loss_yang_liu_cai §IV-B).
+
+  The change of a pixel is its total variation along the sweep,
+  sum_t mean_channels |y_{t+1} - y_t|; inside / outside average it over the
+  pixels whose label is / is not c, over the inputs where c is present (NaN
+  when it is present nowhere). A noise entry linked to its segment (Fig. 2-3)
+  changes the inside and leaves the outside alone: inside / outside >> 1.
+  """
+  sweep = np.asarray(sweep_BxTxHxWxC, np.float32)
+  labels = np.asarray(labels_BxHxW)
+  if sweep.ndim != 5 or sweep.shape[1] < 2 or sweep.shape[:1] + sweep.shape[2:4] != labels.shape:
+    raise ValueError(f"noise_linking needs a sweep [B, T >= 2, H, W, C] and labels [B, H, W]; got "
+                     f"{sweep.shape} and {labels.shape}.")
+  change_BxHxW = np.abs(np.diff(sweep, axis=1)).mean(axis=-1).sum(axis=1)
+  present = (labels == c).any(axis=(1, 2))
+  if not present.any():
+    return float("nan"), float("nan")
+  inside = labels[present] == c
+  values = change_BxHxW[present]
+  outside = float(values[~inside].mean()) if (~inside).any() else float("nan")
+  return float(values[inside].mean()), outside

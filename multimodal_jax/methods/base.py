@@ -44,6 +44,9 @@ Prepared = Mapping[str, np.ndarray]
 # train iterator draw examples with replacement in proportion to it.
 SAMPLING_WEIGHTS = "sampling_weights"
 Metrics = dict[str, jax.Array]
+# Extras named GRADATION_PREFIX + <class name> sweep the noise of that class's segment
+# (the diversity loss); `evaluate` turns them into the noise-linking ratio.
+GRADATION_PREFIX = "gradation_"
 StepFn = Callable[[PyTree, Batch], tuple[PyTree, Metrics]]
 
 
@@ -105,6 +108,8 @@ METHODS: dict[str, str] = {
     "regression": "multimodal_jax.methods.regression",
     "imle": "multimodal_jax.methods.imle",
     "cgml": "multimodal_jax.methods.cgml",
+    "latent_codes": "multimodal_jax.methods.latent_codes",
+    "diversity": "multimodal_jax.methods.diversity",
 }
 
 

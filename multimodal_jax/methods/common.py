@@ -13,6 +13,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+SCHEDULES = ("constant", "cosine", "poly")
+POLY_POWER = 0.9
+
 PyTree = Any
 
 
@@ -107,14 +110,20 @@ def optimizer_step(tx: optax.GradientTransformation, params: PyTree, opt_state: 
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-  """Linear warm-up, then `opt.schedule` ('constant' or 'cosine') to the end."""
+  """Linear warm-up, then `opt.schedule` to the end: 'constant', 'cosine', or 'poly'.
+
+  'poly' is Caffe's "poly" policy, lr (1 - t / T)^0.9 (the power of
+  latent_dropout_codes_he_schiele_fritz_eccv2018 §4.1 and of DeepLab).
+  """
   warmup = optax.linear_schedule(0.0, opt.learning_rate, max(opt.warmup_steps, 1))
   if opt.schedule == "constant":
     main = optax.constant_schedule(opt.learning_rate)
   elif opt.schedule == "cosine":
     main = optax.cosine_decay_schedule(opt.learning_rate, max(num_steps - opt.warmup_steps, 1))
+  elif opt.schedule == "poly":
+    main = optax.polynomial_schedule(opt.learning_rate, 0.0, POLY_POWER, max(num_steps - opt.warmup_steps, 1))
   else:
-    raise ValueError(f"Unknown optimizer.schedule {opt.schedule!r}; valid: ['constant', 'cosine']")
+    raise ValueError(f"Unknown optimizer.schedule {opt.schedule!r}; valid: {list(SCHEDULES)}")
   if opt.warmup_steps <= 0:
     return main
   return optax.join_schedules([warmup, main], [opt.warmup_steps])

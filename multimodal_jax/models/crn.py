@@ -24,9 +24,14 @@ Choices where the paper is silent, or where we depart from it:
   * Output: CRN maps the last features to the image with a linear 1x1 conv;
     we squash it into [0, 1] as every generator here: y = (tanh(o) + 1) / 2
     (as `rrdb`).
-  * Noise encoder input: the Gaussian code is spatial at M0's resolution
-    (see `CRN`), and the encoder's output is upsampled bilinearly to the
-    label map's resolution.
+  * Noise encoder input: the paper gives only "noise sampled from a
+    Gaussian", forced onto "a low-dimensional manifold". Two choices
+    (`noise_encoder_code`): 'spatial', a code at M0's resolution (4 x 8 x e),
+    or 'vector', one e-vector per example broadcast over M0's grid: the
+    lowest-dimensional reading, and what an appearance that is a property of
+    the whole image (a palette, a time of day) needs, as no receptive field
+    has to agree across independent spatial draws. The encoder runs at M0's
+    resolution and its output is upsampled bilinearly to the label map's.
 """
 
 from __future__ import annotations
@@ -91,7 +96,7 @@ class NoiseEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, label_BxHxWxC: jax.Array, z_Bxhxwxe: jax.Array) -> jax.Array:
-    """z_hat [B, H, W, out_channels]."""
+    """z_hat [B, H, W, out_channels]; z is [B, h, w, e] (spatial) or [B, h, w, e] broadcast from a vector."""
     code_hw = z_Bxhxwxe.shape[1:3]
     h = jnp.concatenate([_resize(label_BxHxWxC, code_hw), z_Bxhxwxe.astype(label_BxHxWxC.dtype)], axis=-1)
     h = _lrelu(nn.Conv(self.features, (3, 3), dtype=self.dtype, name="conv1")(h))
@@ -115,8 +120,10 @@ class CRN(nn.Module):
       [B, H, W, d] at the label map's resolution (or a vector [B, d],
       broadcast over space as `registry.concat_code` does); L^ = concat(L, z).
     * d > 0, noise_encoder=True ("Noise Encoder"): z is low-dimensional
-      Gaussian noise [B, base_height, base_width, noise_encoder_input_channels]
-      at M_0's resolution; z_hat = NoiseEncoder(L, z) [B, H, W, d] (sown as
+      Gaussian noise, [B, base_height, base_width, e] at M_0's resolution
+      (noise_encoder_code='spatial') or a vector [B, e] broadcast over M_0's
+      grid ('vector'), e = noise_encoder_input_channels; z_hat =
+      NoiseEncoder(L, z) [B, H, W, d] (sown as
       intermediates/noise_encoder_output) and L^ = concat(L, z_hat).
   With d > 0, z is required (z = 0 gives the deterministic network).
 
@@ -129,8 +136,10 @@ class CRN(nn.Module):
     noise_channels: d, noise channels concatenated to the label map (10 in §4.2).
     noise_encoder: whether z goes through the noise encoder first.
     encoder_features: width of the noise encoder's hidden convs (100).
-    noise_encoder_input_channels: channels of the encoder's Gaussian input at
-      M_0's resolution (the paper does not give its size).
+    noise_encoder_input_channels: e, channels of the encoder's Gaussian input
+      (the paper does not give its size).
+    noise_encoder_code: 'spatial' (z at M_0's resolution) or 'vector' (one
+      e-vector per example); module docstring.
     num_outputs: k; k > 1 is Chen & Koltun's multi-output baseline (one 1x1
       conv emitting k images), returned as [B, k, H, W, out_channels].
     dtype: computation dtype (parameters stay float32; the output is float32).
@@ -143,6 +152,7 @@ class CRN(nn.Module):
   noise_encoder: bool = False
   encoder_features: int = 100
   noise_encoder_input_channels: int = 4
+  noise_encoder_code: str = "spatial"
   num_outputs: int = 1
   dtype: Any = jnp.float32
 
@@ -155,6 +165,8 @@ class CRN(nn.Module):
     """Raises unless one label map's (H, W, ...) is the last module's resolution."""
     if not self.features:
       raise ValueError("CRN needs at least one module: `features` is empty.")
+    if self.noise_encoder_code not in ("spatial", "vector"):
+      raise ValueError(f"CRN noise_encoder_code must be 'spatial' or 'vector', got {self.noise_encoder_code!r}.")
     if self.num_outputs < 1 or self.noise_channels < 0:
       raise ValueError(f"CRN needs num_outputs >= 1 and noise_channels >= 0, got {self.num_outputs} and "
                        f"{self.noise_channels}.")
@@ -169,6 +181,8 @@ class CRN(nn.Module):
     """The shape of one example's code z for a label map of shape x_shape = (H, W, C); () for none."""
     if self.noise_channels == 0:
       return ()
+    if self.noise_encoder and self.noise_encoder_code == "vector":
+      return (self.noise_encoder_input_channels,)
     if self.noise_encoder:
       return (self.base_height, self.base_width, self.noise_encoder_input_channels)
     return (*x_shape[:2], self.noise_channels)
@@ -199,6 +213,8 @@ class CRN(nn.Module):
     if self.noise_channels:
       self.check_code_shape(x.shape[1:], None if z is None else z.shape[1:])
       if self.noise_encoder:
+        if z.ndim == 2:  # a vector code: broadcast over M_0's grid
+          z = jnp.broadcast_to(z[:, None, None, :], (z.shape[0], self.base_height, self.base_width, z.shape[-1]))
         z = NoiseEncoder(self.encoder_features, self.noise_channels, self.dtype, name="noise_encoder")(x, z)
         self.sow("intermediates", "noise_encoder_output", z)
       x = registry.concat_code(x, z.astype(self.dtype))
@@ -219,22 +235,23 @@ def _from_config(cfg: ml_collections.ConfigDict, out_channels: int) -> CRN:
   return CRN(out_channels=out_channels, features=tuple(int(f) for f in cfg.features),
              base_height=cfg.base_height, base_width=cfg.base_width, noise_channels=cfg.noise_channels,
              noise_encoder=cfg.noise_encoder, encoder_features=cfg.encoder_features,
-             noise_encoder_input_channels=cfg.noise_encoder_input_channels, num_outputs=cfg.num_outputs)
+             noise_encoder_input_channels=cfg.noise_encoder_input_channels,
+             noise_encoder_code=cfg.get("noise_encoder_code", "spatial"), num_outputs=cfg.num_outputs)
 
 
 def code_shape(cfg: ml_collections.ConfigDict, x_shape: Sequence[int]) -> tuple[int, ...]:
   """The code shape (one example) that the `crn` built from `cfg` takes for label maps x_shape = (H, W, C).
 
   For a method that must know what to draw before building the model: () (no
-  code), (H, W, d) (noise channels) or (base_height, base_width,
-  noise_encoder_input_channels) (noise encoder).
+  code), (H, W, d) (noise channels), or for the noise encoder (base_height,
+  base_width, e) ('spatial') or (e,) ('vector'), e = noise_encoder_input_channels.
   """
   return _from_config(cfg, out_channels=1).code_shape(x_shape)
 
 
 def build(cfg: ml_collections.ConfigDict, io: registry.ModelIO) -> CRN:
   """`model.name='crn'`: fields features, base_height, base_width, noise_channels, noise_encoder,
-  noise_encoder_input_channels, encoder_features, num_outputs.
+  noise_encoder_input_channels, noise_encoder_code (optional, 'spatial'), encoder_features, num_outputs.
 
   The label map (x) and the image (y) must have the same spatial size, equal to
   the last module's resolution, and `io.code_shape` must be what the network

@@ -41,14 +41,19 @@ Builder = Callable[[ml_collections.ConfigDict, "ModelIO"], Built]
 
 GENERATOR = "generator"  # one module following the generator convention below
 CGML = "cgml"  # cGML's {encoder, generator, znet}
+DISCRIMINATOR = "discriminator"  # a GAN's D(x, y) -> logits, built from config.discriminator
+BRANCHED = "branched"  # n hypotheses per input: apply(x, z=None) -> [B, N, H, W, Cy] (models/dropout_codes.py)
 
 MODELS: dict[str, tuple[str, str]] = {
     # name -> ("module:builder", kind)
     "conv_generator": ("multimodal_jax.models.conv_generator:build", GENERATOR),
     "rrdb": ("multimodal_jax.models.rrdb:build", GENERATOR),
     "crn": ("multimodal_jax.models.crn:build", GENERATOR),
+    "dropout_crn": ("multimodal_jax.models.dropout_codes:build", BRANCHED),
     "cgml_mlp": ("multimodal_jax.models.cgml_nets:build_mlp", CGML),
     "cgml_unet": ("multimodal_jax.models.cgml_nets:build_unet", CGML),
+    "unet": ("multimodal_jax.models.pix2pix:build_unet", GENERATOR),
+    "patchgan": ("multimodal_jax.models.pix2pix:build_patchgan", DISCRIMINATOR),
 }
 
 

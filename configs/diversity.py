@@ -1,0 +1,118 @@
+r"""The diversity loss (diversity_loss_yang_liu_cai) on pix2pix or CRN.
+
+  python -m multimodal_jax.main --config=configs/diversity.py --workdir=/tmp/diversity
+
+`method='diversity'` (methods/diversity.py): the base network's loss plus
+beta times the segment-wise diversity loss (Eq. 7-8), with one noise input
+channel holding n^c on the pixels of class c (§IV-A), n ~ U[-1, 1]^{|C|}.
+
+Default: pix2pix (a U-Net with dropout and a PatchGAN, Adam 2e-4, beta1 0.5,
+alpha = 100) + the diversity loss (beta = 0.1, lambda_c = 0.3, §IV-A) on
+`toy_scenes` (32x64 layouts, 6 classes, 12 known appearance modes), a small U-Net
+(5 downsamplings, 16 base channels) and PatchGAN (16 base channels). Variants:
+
+  :runlocal      tiny scenes, tiny networks, a few steps (smoke test)
+  :crn           CRN with one noise channel, L_B = the pixel l1 (VGG content loss on the paper
+                 variants), beta = 10 (§IV-A)
+  :no_diversity  the base network alone (beta = 0): pix2pix (or `crn,no_diversity`)
+  :facades       CMP Facades (data/facades.py, manual_dir; 400/100/106, 286 resize + random 256
+                 crop + flip), the 256x256 U-Net (8 downsamplings, 64 channels), 70x70 PatchGAN,
+                 batch 1, 200 epochs (pix2pix's setting)
+  :cityscapes    Cityscapes via tfds at 256x512 (data/street_layouts.py, `cityscapes_layouts`)
+
+`evaluate` reports the noise-linking ratio (mean change inside segment c over
+the mean change outside it as n^c sweeps -1 -> 1, per class and averaged),
+the reality of the samples under a segmentation network trained on the real
+images (pixel accuracy and mean IoU, generated vs real), and on toy_scenes the
+mode recall and precision. `sample --extra=gradation_<class>` draws the sweeps.
+"""
+
+import ml_collections
+
+from multimodal_jax import config_lib
+from multimodal_jax.losses import perceptual
+
+VARIANTS = ["", "runlocal", "crn", "no_diversity", "crn,no_diversity", "crn,runlocal", "no_diversity,runlocal",
+            "facades", "cityscapes", "crn,cityscapes"]
+
+# CRN's content loss (its released code): VGG-19 layers and weights, with the pixel term.
+CRN_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
+CRN_LAYER_WEIGHTS = (1 / 2.6, 1 / 4.8, 1 / 3.7, 1 / 5.6, 10 / 1.5)
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, runlocal=False, crn=False, no_diversity=False, facades=False, cityscapes=False)
+  config = config_lib.base_config()
+  config.method = "diversity"
+  config.data.name = "toy_scenes"
+  config.data.batch_size = 8
+
+  config.diversity = ml_collections.ConfigDict()
+  config.diversity.base = "crn" if arg.crn else "pix2pix"
+  config.diversity.beta = 0.0 if arg.no_diversity else (10.0 if arg.crn else 0.1)  # §IV-A
+  config.diversity.lambda_c = 0.3  # §IV-A, in [-1, 1] image units (losses/diversity.py)
+  config.diversity.l1_weight = 100.0  # alpha, Eq. 2 (pix2pix)
+
+  config.model = ml_collections.ConfigDict()
+  config.discriminator = ml_collections.ConfigDict()
+  if arg.crn:
+    config.model.name = "crn"
+    config.model.features = (64, 64, 48, 32)
+    config.model.base_height = 4
+    config.model.base_width = 8
+    config.model.noise_channels = 1  # the noise input channel of §IV-A
+    config.model.noise_encoder = False
+    config.model.encoder_features = 0
+    config.model.noise_encoder_input_channels = 0
+    config.model.num_outputs = 1
+    config.discriminator.name = ""  # unused
+    config.optimizer.learning_rate = 1e-3
+  else:
+    config.model.name = "unet"
+    config.model.features = 16  # ngf
+    config.model.num_downs = 5  # 32x64 -> 1x2
+    config.model.norm = "instance"
+    config.model.dropout_rate = 0.5
+    config.discriminator.name = "patchgan"
+    config.discriminator.features = 16  # ndf
+    config.discriminator.num_layers = 3  # 70x70 at 256x256
+    config.discriminator.norm = "instance"
+    config.optimizer.learning_rate = 2e-4  # pix2pix
+    config.optimizer.b1 = 0.5
+  config.distance = perceptual.default_distance_config("pixel", pixel_norm="l1")
+  config.train.num_steps = 2000
+  config.train.log_every = 100
+  config.train.checkpoint_every = 500
+  config.train.sample_every = 500
+  config.train.num_grid_samples = 6
+
+  if arg.facades or arg.cityscapes:
+    config.data.name = "facades" if arg.facades else "cityscapes_layouts"
+    config.data.batch_size = 1  # pix2pix
+    config.data.num_workers = 8
+    if arg.crn:
+      config.model.features = (1024, 1024, 1024, 1024, 1024, 512, 512)  # 4x8 -> 256x512
+      if arg.facades:
+        raise ValueError("configs/diversity.py: the paper runs CRN on Cityscapes only (§IV-A); use crn,cityscapes.")
+      config.distance = perceptual.default_distance_config(
+          "vgg", pixel_weight=1.0, layers=CRN_LAYERS, layer_weights=CRN_LAYER_WEIGHTS, feature_norm="l1")
+    else:
+      config.model.features = 64
+      config.model.num_downs = 8  # "U-Net 256"
+      config.discriminator.features = 64
+    config.train.num_steps = 200 * 400 if arg.facades else 100 * 2975  # 200 epochs (pix2pix); CRN: 100 (§IV-A)
+    config.train.log_every = 1000
+    config.train.checkpoint_every = 10_000
+    config.train.sample_every = 10_000
+
+  if arg.runlocal:
+    config.data.builder_config = "tiny"
+    config.data.batch_size = 4
+    if arg.crn:
+      config.model.features = (8, 8, 8, 8)
+    else:
+      config.model.features = 4
+      config.discriminator.features = 4
+    config_lib.set_runlocal_schedule(config)
+  config.lock()
+  return config

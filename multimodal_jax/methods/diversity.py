@@ -1,0 +1,200 @@
+"""`diversity`: a base network trained with the diversity loss (diversity_loss_yang_liu_cai, Eq. 1-8, Algorithm 1).
+
+The generator G(l, n) is any registry generator (`config.model`) fed the
+layout l (one-hot, `x`) and the one-channel noise input of §IV-A built from
+n ~ U[-1, 1]^{|C|} (`losses.diversity.noise_channel`; the batch must carry
+the layout's class ids `label`). Two base networks (`diversity.base`):
+
+  * 'pix2pix' (§III-A): G a U-Net with dropout (`model.name='unet'`), D a
+    PatchGAN (`config.discriminator`, `name='patchgan'`) on concat(l, image).
+      L_D (Eq. 1, maximised) as the logistic loss of D on real and generated
+      pairs, halved as in pix2pix: 0.5 (softplus(-D(l, i)) + softplus(D(l, G(l, n))));
+      L_G (Eq. 2) with pix2pix's non-saturating form of the adversarial term,
+      -log D(l, G(l, n)) = softplus(-D(l, G(l, n))), plus alpha ||G(l, n) - i||_1
+      (alpha = `diversity.l1_weight`, 100).
+    D and G are two networks of the state with their own Adam states; each
+    round runs the compiled "discriminator" step then the "generator" step on
+    the same batch (Eq. 3, alternating). `state.step` counts G updates.
+  * 'crn' (§III-B): G a CRN with one noise channel (`model.name='crn'`,
+    `noise_channels=1`), L_B = `config.distance` (the VGG content loss; the
+    pixel l1 on the local default) between G(l, n) and the image.
+
+The diversity loss (Eq. 7, `losses.diversity`) is added with weight beta
+(`diversity.beta`; 0.1 with pix2pix, 10 with CRN, §IV-A; 0 = the base network
+alone, `:no_diversity`), G(l, n) and G(l, 0) coming from one forward pass over
+a batch of two per example (Algorithm 1). The base loss is taken on G(l, n),
+the output Eq. 2 names.
+
+Sampling draws a fresh n per sample (and, for pix2pix, keeps dropout on, as
+pix2pix does at test time). Extras `gradation_<class>` (§IV-B, Fig. 2-3): for
+each input, the outputs as n^c sweeps from -1 to 1 with the other entries fixed
+at one random draw; `evaluate` turns them into the noise-linking ratio.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from multimodal_jax import config_lib
+from multimodal_jax.data import registry as data_registry
+from multimodal_jax.losses import diversity as div
+from multimodal_jax.losses import perceptual
+from multimodal_jax.methods import base
+from multimodal_jax.methods import common
+from multimodal_jax.models import registry as models
+
+BASES = ("pix2pix", "crn")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  dv = config.diversity
+  config_lib.require(config, dv.base in BASES, "diversity.base", f"valid: {list(BASES)}")
+  config_lib.require(config, config.model.name in models.model_names(models.GENERATOR), "model.name",
+                     f"valid: {models.model_names(models.GENERATOR)}")
+  if dv.base == "pix2pix":
+    config_lib.require(config, config.discriminator.name in models.model_names(models.DISCRIMINATOR),
+                       "discriminator.name", f"valid: {models.model_names(models.DISCRIMINATOR)}")
+  config_lib.require(config, dv.beta >= 0, "diversity.beta", "must be >= 0 (0 = the base network alone)")
+  config_lib.require(config, dv.lambda_c > 0, "diversity.lambda_c", "must be > 0")
+  config_lib.require(config, dv.l1_weight >= 0, "diversity.l1_weight", "must be >= 0")
+
+
+def class_names(config: ml_collections.ConfigDict, num_classes: int) -> tuple[str, ...]:
+  names = data_registry.get_dataset(config.data.name).class_names
+  return tuple(names) if names and len(names) == num_classes else tuple(f"class{c}" for c in range(num_classes))
+
+
+def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
+                prepared: base.Prepared | None = None) -> base.Method:
+  """The diversity-loss method bound to `config` and the batch shapes (it prepares nothing)."""
+  del prepared
+  dv = config.diversity
+  if "label" not in batch_spec:
+    raise ValueError(f"The diversity loss needs the layout's class ids (`label` [H, W]) in the batches of "
+                     f"{config.data.name!r}; it has {sorted(batch_spec)}.")
+  x_shape, y_shape = tuple(batch_spec["x"].shape[1:]), tuple(batch_spec["y"].shape[1:])
+  num_classes = x_shape[-1]
+  code_shape = x_shape[:2] + (1,)
+  generator = models.make_model(config.model, models.ModelIO.of(batch_spec, code_shape=code_shape))
+  gan = dv.base == "pix2pix"
+  discriminator = None
+  if gan:
+    discriminator = models.make_model(config.discriminator, models.ModelIO.of(batch_spec))
+  distance = perceptual.make_distance(config.distance)
+  if not gan and distance.needs_calibration:
+    raise ValueError("diversity with base 'crn' needs explicit config.distance.layer_weights.")
+  takes_train = "train" in inspect.signature(generator.__call__).parameters
+  names = class_names(config, num_classes)
+
+  def generate(params, x, z, rng):
+    kwargs = {"train": True} if takes_train else {}
+    return generator.apply({"params": params}, x, z, rngs={"dropout": rng}, **kwargs)
+
+  def logits(params, x, y):
+    return discriminator.apply({"params": params}, x, y.astype(x.dtype))
+
+  def init(rng):
+    g_rng, d_rng, state_rng = jax.random.split(rng, 3)
+    x = jnp.zeros((1,) + x_shape, jnp.float32)
+    tx = common.make_optimizer(config.optimizer, config.train.num_steps)
+    variables = generator.init({"params": g_rng, "dropout": g_rng}, x, jnp.zeros((1,) + code_shape),
+                               **({"train": False} if takes_train else {}))
+    networks = {"generator": common.Network.create(variables, tx)}
+    if gan:
+      networks["discriminator"] = common.Network.create(
+          discriminator.init(d_rng, x, jnp.zeros((1,) + y_shape)), tx)
+    return common.create_state(rng=state_rng, networks=networks)
+
+  def noise_of(rng, batch):
+    n = div.sample_noise(rng, batch["x"].shape[0], num_classes)
+    return n, div.noise_channel(batch["label"], n)
+
+  def generator_step(state: common.MethodState, batch):
+    rngs = common.step_rngs(state.rng, state.step, "noise", "dropout")
+    n, z = noise_of(rngs["noise"], batch)
+    x, y = batch["x"], batch["y"]
+
+    def loss_fn(params):
+      if dv.beta > 0:  # Algorithm 1: G(l, n) and G(l, 0) as one batch of two per example
+        y_n, y_0 = div.paired_outputs(lambda x2, z2: generate(params, x2, z2, rngs["dropout"]), x, z)
+        l_div = jnp.mean(div.diversity_loss(y_0, y_n, batch["label"], n, dv.lambda_c))
+      else:
+        y_n, l_div = generate(params, x, z, rngs["dropout"]), jnp.zeros(())
+      if gan:  # Eq. 2, non-saturating adversarial term
+        adversarial = jnp.mean(jax.nn.softplus(-logits(state.networks["discriminator"].params, x, y_n)))
+        l1 = jnp.mean(jnp.abs(y_n - y)) * div.IMAGE_RANGE_SCALE  # pix2pix's [-1, 1] units
+        l_base = adversarial + dv.l1_weight * l1
+        parts = {"adversarial": adversarial, "l1": l1}
+      else:
+        l_base = jnp.mean(distance(y_n, y))
+        parts = {}
+      return l_base + dv.beta * l_div, {"base_loss": l_base, "diversity_loss": l_div, **parts}
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.networks["generator"].params)
+    state = state.apply_gradients("generator", grads)
+    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **parts}
+
+  def discriminator_step(state: common.MethodState, batch):
+    rngs = common.step_rngs(state.rng, state.step, "discriminator_noise", "discriminator_dropout")
+    _, z = noise_of(rngs["discriminator_noise"], batch)
+    x, y = batch["x"], batch["y"]
+    fake = jax.lax.stop_gradient(generate(state.networks["generator"].params, x, z,
+                                          rngs["discriminator_dropout"]))
+
+    def loss_fn(params):  # Eq. 1 as a loss to minimise
+      real_logits, fake_logits = logits(params, x, y), logits(params, x, fake)
+      loss = 0.5 * (jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits)))
+      return loss, {"real_accuracy": jnp.mean(real_logits > 0), "fake_accuracy": jnp.mean(fake_logits < 0)}
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.networks["discriminator"].params)
+    state = state.apply_gradients("discriminator", grads, count_step=False)
+    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **parts}
+
+  def run_round(compiled: base.CompiledSteps, state, batch):
+    if gan:
+      state = compiled("discriminator", state, batch)
+    return compiled("generator", state, batch)
+
+  def outputs_for_noise(state, x, n_NxBxC, rng):
+    """[B, N, H, W, C]: G(l, n_j) for the N noise vectors of each input (the layout's argmax is its label)."""
+    params = state.networks["generator"].params
+    label = jnp.argmax(x, axis=-1)
+    rngs = jax.random.split(rng, n_NxBxC.shape[0])
+    y_NxB = jax.lax.map(lambda a: generate(params, x, div.noise_channel(label, a[0]), a[1]), (n_NxBxC, rngs))
+    return jnp.swapaxes(y_NxB, 0, 1)
+
+  def sample(state, x, rng, num_samples):
+    """N samples per input, a fresh n ~ U[-1, 1]^{|C|} each."""
+    noise_rng, dropout_rng = jax.random.split(rng)
+    n = jax.random.uniform(noise_rng, (num_samples, x.shape[0], num_classes), minval=-1.0, maxval=1.0)
+    return outputs_for_noise(state, x, n, dropout_rng)
+
+  def gradation(c):
+    def sweep(state, x, rng, num_samples):
+      """Fig. 2-3: n^c from -1 to 1 in N steps, the other entries fixed at one draw; one dropout mask."""
+      noise_rng, dropout_rng = jax.random.split(rng)
+      n = jax.random.uniform(noise_rng, (1, x.shape[0], num_classes), minval=-1.0, maxval=1.0)
+      n = jnp.repeat(n, num_samples, axis=0).at[:, :, c].set(jnp.linspace(-1.0, 1.0, num_samples)[:, None])
+      params = state.networks["generator"].params
+      label = jnp.argmax(x, axis=-1)
+      y_NxB = jax.lax.map(lambda a: generate(params, x, div.noise_channel(label, a), dropout_rng), n)
+      return jnp.swapaxes(y_NxB, 0, 1)
+    return sweep
+
+  extras = {f"{base.GRADATION_PREFIX}{name}": gradation(c) for c, name in enumerate(names)}
+  steps = {"generator": generator_step}
+  if gan:
+    steps["discriminator"] = discriminator_step
+  learning_rates = (common.learning_rates(config, generator=config.optimizer, discriminator=config.optimizer)
+                    if gan else common.learning_rates(config, generator=config.optimizer))
+  base_text = (f"pix2pix ({config.model.name} + {config.discriminator.name}, alpha = {dv.l1_weight})" if gan
+               else f"{config.model.name}, L_B = {distance.describe()}")
+  text = (f"diversity loss (Eq. 7-8: beta = {dv.beta}, lambda_c = {dv.lambda_c}) on {base_text}" if dv.beta > 0
+          else f"the base network alone: {base_text}")
+  return base.Method(init=init, steps=steps, run_round=run_round, sample=sample, steps_per_round=1,
+                     learning_rates=learning_rates, extras=extras, description=text)

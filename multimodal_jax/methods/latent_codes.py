@@ -1,0 +1,201 @@
+"""`latent_codes`: stochastic regression with latent drop-out codes (latent_dropout_codes_he_schiele_fritz_eccv2018).
+
+A multi-branch generator (`config.model`, registry kind BRANCHED;
+models/dropout_codes.py: 'shared' channel-wise drop-out codes, 'separate'
+branches, or the 'late_split' CRN head) makes n hypotheses f_i(X) of each
+input, and one of two losses trains them (`latent_codes.loss`):
+
+  * 'best_neighbour' (Eq. 4, MCL): L = sum_m min_i l(f_i(X_m), Y_m).
+  * 'neighbours_enhanced' (Eq. 5): each example also brings up to N training
+    targets Y^j of its input-space neighbours (dis(X^j, X^0) < theta, §3.2;
+    optionally one per HSV k-means cluster, §4.3). The neighbours assignment
+    (`losses.multiple_choice.assign_neighbours`: Y^0 to its best hypothesis,
+    each hypothesis at most one target, the rest greedily by smallest loss)
+    gives the matching set S_m, and L = sum_m sum_{(i, j) in S_m} l(f_i(X_m), Y^j_m).
+Reported losses are per example (the sums divided by the batch size), so
+they do not scale with the batch.
+
+l is `config.distance` (Eq. 6, "L1-based perceptual loss": the VGG-19 feature
+distance with explicit `layer_weights`, or the pixel l1 on the local default).
+
+Prepared state (multimodal_jax/prepared.py), for 'neighbours_enhanced' only,
+computed once over the training set with progress output
+(data/neighbours.py): `neighbours` int32 [N_train, N] (-1 = none) and
+`train_targets` uint8 [N_train, H, W, C], the training targets at 8 bits
+(the step gathers the neighbours' targets by the batch's `index`; they are a
+constant of the compiled step, not part of the state or checkpoints).
+
+'shared': the n training codes z_i ~ U(0, 1)^C are drawn once at init (the
+state's `train_codes`, so they survive a resume). `sample` returns the n
+training codes' outputs first, then new codes (the paper's evaluation uses
+both, §4.2); 'separate' / 'late_split' return their n outputs in turn. Extra
+`interpolate` (Eq. 3): outputs along a*z_i + (1 - a)*z_j between two training
+codes ('shared' only).
+"""
+
+from __future__ import annotations
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from multimodal_jax import config_lib
+from multimodal_jax.data import neighbours as neighbours_lib
+from multimodal_jax.losses import multiple_choice
+from multimodal_jax.losses import perceptual
+from multimodal_jax.methods import base
+from multimodal_jax.methods import common
+from multimodal_jax.models import registry as models
+
+LOSSES = ("best_neighbour", "neighbours_enhanced")
+
+
+@flax.struct.dataclass
+class LatentCodesState(common.MethodState):
+  """networks = {'generator'}; `train_codes` [n, C] the fixed training codes ('shared'), else an unused [1, 1]."""
+  train_codes: jax.Array
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  lc = config.latent_codes
+  config_lib.require(config, config.model.name in models.model_names(models.BRANCHED), "model.name",
+                     f"valid: {models.model_names(models.BRANCHED)}")
+  config_lib.require(config, lc.loss in LOSSES, "latent_codes.loss", f"valid: {list(LOSSES)}")
+  config_lib.require(config, lc.neighbour_metric in neighbours_lib.METRICS, "latent_codes.neighbour_metric",
+                     f"valid: {list(neighbours_lib.METRICS)}")
+  config_lib.require(config, lc.num_neighbours >= 1, "latent_codes.num_neighbours", "must be >= 1")
+  config_lib.require(config, lc.neighbour_candidates >= lc.num_neighbours, "latent_codes.neighbour_candidates",
+                     "must be >= num_neighbours")
+  config_lib.require(config, lc.neighbour_threshold > 0, "latent_codes.neighbour_threshold", "must be > 0")
+  config_lib.require(config, lc.neighbour_resolution >= 1, "latent_codes.neighbour_resolution", "must be >= 1")
+
+
+def prepare(config: ml_collections.ConfigDict, train_source) -> dict[str, np.ndarray]:
+  """The neighbour lists and 8-bit training targets ('neighbours_enhanced'; nothing otherwise)."""
+  lc = config.latent_codes
+  if lc.loss != "neighbours_enhanced":
+    return {}
+  first = train_source[0]
+  n = len(train_source)
+  feats, targets, hsv = None, np.zeros((n,) + first["y"].shape, np.uint8), None
+  for batch in train_source.batches(256, description="Neighbours: reading the training set"):
+    f = neighbours_lib.input_features(batch["x"], lc.neighbour_resolution)
+    feats = np.zeros((n, f.shape[-1]), np.float32) if feats is None else feats
+    feats[batch["index"]] = f
+    targets[batch["index"]] = np.clip(np.round(np.asarray(batch["y"]) * 255.0), 0, 255).astype(np.uint8)
+    if lc.neighbour_kmeans:
+      h = neighbours_lib.hsv_features(batch["y"])
+      hsv = np.zeros((n, h.shape[-1]), np.float32) if hsv is None else hsv
+      hsv[batch["index"]] = h
+  candidates, _ = neighbours_lib.nearest_candidates(
+      feats, lc.neighbour_threshold, lc.neighbour_candidates, lc.neighbour_metric,
+      description=f"Neighbours: {lc.neighbour_metric} < {lc.neighbour_threshold}")
+  if lc.neighbour_kmeans:
+    chosen = neighbours_lib.pick_diverse(candidates, hsv, lc.num_neighbours)
+  else:
+    chosen = candidates[:, :lc.num_neighbours]
+  counts = (chosen >= 0).sum(1)
+  print(f"Neighbours: {counts.mean():.2f} per example on average (of {lc.num_neighbours}); "
+        f"{(counts == 0).mean():.1%} of the examples have none.", flush=True)
+  return {"neighbours": chosen.astype(np.int32), "train_targets": targets}
+
+
+def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
+                prepared: base.Prepared | None = None) -> base.Method:
+  """The latent-codes method bound to `config`, the batch shapes and (for Eq. 5) the prepared neighbours."""
+  lc, prepared = config.latent_codes, prepared or {}
+  distance = perceptual.make_distance(config.distance)
+  if distance.needs_calibration:
+    raise ValueError("latent_codes needs explicit config.distance.layer_weights (Eq. 6's lambda_i) for a "
+                     "feature distance.")
+  x_shape = tuple(batch_spec["x"].shape[1:])
+  code_shape = models.code_shape(config.model, x_shape) or ()
+  model = models.make_model(config.model, models.ModelIO.of(batch_spec, code_shape=code_shape))
+  num_branches = int(config.model.num_branches)
+  enhanced = lc.loss == "neighbours_enhanced"
+  if enhanced:
+    for key in ("neighbours", "train_targets"):
+      if key not in prepared:
+        raise ValueError(f"latent_codes.loss='neighbours_enhanced' needs the prepared {key!r}: build the method "
+                         "with prepared=latent_codes.prepare(config, train_source) (the training loop does).")
+    neighbours_NxJ = jnp.asarray(prepared["neighbours"])
+    targets_u8 = jnp.asarray(prepared["train_targets"])
+
+  def apply(params, x, codes):
+    """[B, N, H, W, C]: one output per code ('shared') or the n branch outputs (codes None)."""
+    y = model.apply({"params": params}, x, *([codes] if code_shape else []))
+    return y[:, None] if y.ndim == 4 else y
+
+  def init(rng):
+    params_rng, codes_rng, state_rng = jax.random.split(rng, 3)
+    x = jnp.zeros((1,) + x_shape, jnp.float32)
+    train_codes = (jax.random.uniform(codes_rng, (num_branches,) + code_shape) if code_shape
+                   else jnp.zeros((1, 1), jnp.float32))  # orbax saves no empty arrays
+    variables = model.init(params_rng, x, *([train_codes] if code_shape else []))
+    tx = common.make_optimizer(config.optimizer, config.train.num_steps)
+    return common.create_state(LatentCodesState, rng=state_rng, train_codes=train_codes,
+                               networks={"generator": common.Network.create(variables, tx)})
+
+  def targets_of(batch):
+    """(targets [B, 1 + N, H, W, C], valid [B, 1 + N]): the example's own, then its neighbours'."""
+    nb_BxN = neighbours_NxJ[batch["index"]]
+    valid = nb_BxN >= 0
+    nb_y = targets_u8[jnp.maximum(nb_BxN, 0)].astype(jnp.float32) / 255.0
+    y = batch["y"][:, None]
+    return (jnp.concatenate([y, nb_y.astype(y.dtype)], axis=1),
+            jnp.concatenate([jnp.ones_like(valid[:, :1]), valid], axis=1))
+
+  def train_step(state: LatentCodesState, batch):
+    codes = state.train_codes if code_shape else None
+
+    def loss_fn(params):
+      y_hat = apply(params, batch["x"], codes)
+      if not enhanced:  # Eq. 4
+        loss_B, best_B, _ = multiple_choice.best_of_k(distance, y_hat, batch["y"])
+        return jnp.mean(loss_B), (jax.nn.one_hot(best_B, y_hat.shape[1]), jnp.ones_like(loss_B))
+      targets, valid = targets_of(batch)  # Eq. 5
+      d_BxJxI = multiple_choice.pairwise_distances(distance, y_hat, targets)
+      assigned = multiple_choice.assign_neighbours(d_BxJxI, valid)
+      return jnp.sum(assigned * d_BxJxI) / d_BxJxI.shape[0], (assigned.sum(1), valid.sum(1))
+
+    (loss, (used_BxI, targets_B)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.networks["generator"].params)
+    state = state.apply_gradients("generator", grads)
+    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                   "branches_trained": jnp.mean(jnp.sum(used_BxI > 0, axis=1).astype(jnp.float32)),
+                   "branches_used_in_batch": jnp.sum(jnp.any(used_BxI > 0, axis=0)).astype(jnp.float32),
+                   "targets_per_example": jnp.mean(targets_B.astype(jnp.float32))}
+
+  def sample(state, x, rng, num_samples):
+    """N outputs per input: the training codes' then new codes ('shared'), or the n branches in turn."""
+    params = state.networks["generator"].params
+    if not code_shape:
+      y = apply(params, x, None)
+      return y[:, jnp.arange(num_samples) % y.shape[1]]
+    new = jax.random.uniform(rng, (x.shape[0], num_samples) + code_shape)
+    first = min(num_samples, num_branches)
+    codes = new.at[:, :first].set(jnp.broadcast_to(state.train_codes[:first], (x.shape[0], first) + code_shape))
+    y_NxB = jax.lax.map(lambda z: apply(params, x, z[:, None])[:, 0], jnp.swapaxes(codes, 0, 1))
+    return jnp.swapaxes(y_NxB, 0, 1)
+
+  def interpolate(state, x, rng, num_samples):
+    """Eq. 3: Y(a) = f2(f1(X), d(a z_i + (1 - a) z_j)), a in [0, 1], for two random training codes."""
+    if not code_shape:
+      raise ValueError("interpolate needs drop-out codes: model.architecture='shared'.")
+    ij = jax.random.choice(rng, num_branches, (2,), replace=num_branches < 2)
+    a = jnp.linspace(1.0, 0.0, num_samples)[:, None]
+    codes = a * state.train_codes[ij[0]] + (1.0 - a) * state.train_codes[ij[1]]
+    return apply(state.networks["generator"].params, x, codes)
+
+  arch = config.model.get("architecture", "?")
+  nb = (f", N = {lc.num_neighbours} neighbours with {lc.neighbour_metric} < {lc.neighbour_threshold}"
+        f"{' (HSV k-means)' if lc.neighbour_kmeans else ''}") if enhanced else ""
+  return base.Method(init=init, steps={"train": train_step}, run_round=base.single_step_round("train"),
+                     sample=sample, steps_per_round=1,
+                     learning_rates=common.learning_rates(config, generator=config.optimizer),
+                     extras={"interpolate": interpolate} if code_shape else {},
+                     description=f"latent drop-out codes ({arch}, n = {num_branches}), {lc.loss} loss{nb}, "
+                                 f"l = {distance.describe()}")

@@ -1,0 +1,138 @@
+"""The diversity loss (Yang, Liu, Cai): noise channel, Eq. 7, Algorithm 1's paired forward, the method, noise linking."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from multimodal_jax import evaluate
+from multimodal_jax.evaluation import metrics
+from multimodal_jax.losses import diversity as div
+from multimodal_jax.methods import base as methods_base
+from test_train import load_config
+
+CONFIG = str(REPO / "configs" / "diversity.py")
+
+
+def test_noise_channel_puts_n_c_on_the_pixels_of_class_c():
+  label = jnp.array([[[0, 1], [2, 1]], [[2, 2], [0, 0]]])
+  n = jnp.array([[0.5, -0.25, 1.0], [-1.0, 0.0, 0.75]])
+  z = np.asarray(div.noise_channel(label, n))
+  np.testing.assert_array_equal(z[..., 0], [[[0.5, -0.25], [1.0, -0.25]], [[0.75, 0.75], [-1.0, -1.0]]])
+
+
+def test_segment_l1_and_eq_7_by_hand():
+  label = jnp.array([[[0, 0], [1, 1]]])  # class 2 absent
+  a = jnp.zeros((1, 2, 2, 1))
+  b = jnp.array([[[[0.1], [0.3]], [[0.05], [0.05]]]])
+  dist, present = div.segment_l1(a, b, label, 3)
+  np.testing.assert_allclose(dist, [[0.4, 0.1, 0.0]], rtol=1e-6)  # mean |a - b| x 2 ([-1, 1] units)
+  np.testing.assert_array_equal(present, [[True, True, False]])
+  n = jnp.array([[-0.5, 1.0, 1.0]])
+  # class 0: 0.4 >= 0.3, no hinge; class 1: |1| * (0.3 - 0.1); class 2 absent: nothing.
+  np.testing.assert_allclose(div.diversity_loss(a, b, label, n, 0.3), [0.2], rtol=1e-6)
+  np.testing.assert_allclose(div.diversity_loss(a, b, label, jnp.array([[-0.5, 0.5, 1.0]]), 0.5), [0.05 + 0.2],
+                             rtol=1e-6)
+
+
+def test_paired_outputs_is_two_forwards_in_one_batch():
+  def generate(x, z):
+    return jnp.tanh(x.sum(-1, keepdims=True) * 0.3 + z * 2.0)
+
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(3, 4, 4, 2)), jnp.float32)
+  z = jnp.asarray(np.random.default_rng(1).uniform(size=(3, 4, 4, 1)), jnp.float32)
+  y_n, y_0 = div.paired_outputs(generate, x, z)
+  np.testing.assert_allclose(y_n, generate(x, z), atol=1e-6)
+  np.testing.assert_allclose(y_0, generate(x, jnp.zeros_like(z)), atol=1e-6)
+
+
+def test_noise_linking_separates_inside_from_outside():
+  label = np.zeros((1, 4, 4), np.int64)
+  label[0, :2] = 1
+  sweep = np.zeros((1, 3, 4, 4, 3), np.float32)
+  sweep[0, :, :2] = np.array([0.0, 0.2, 0.5])[:, None, None, None]  # class 1 moves by 0.5 in total
+  sweep[0, 2, 2:] = 0.01  # class 0 moves by 0.01
+  inside, outside = metrics.noise_linking(sweep, label, 1)
+  np.testing.assert_allclose([inside, outside], [0.5, 0.01], rtol=1e-5)
+  assert np.isnan(metrics.noise_linking(sweep, label, 3)[0])
+
+
+def _train(arg, steps, beta=None):
+  config, _ = load_config(CONFIG, arg)
+  with config.unlocked():
+    if beta is not None:
+      config.diversity.beta = beta
+    config.train.num_steps = steps
+  spec = {"x": jax.ShapeDtypeStruct((4, 32, 64, 6), jnp.float32), "y": jax.ShapeDtypeStruct((4, 32, 64, 3), jnp.float32),
+          "label": jax.ShapeDtypeStruct((4, 32, 64), jnp.int32)}
+  method = methods_base.make_method(config, spec, {})
+  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  label = np.zeros((4, 32, 64), np.int32)
+  label[:, 16:] = 2  # sky over road
+  label[:, 8:16, 10:30] = 3
+  x = np.eye(6, dtype=np.float32)[label]
+  y = np.where(label[..., None] == 0, 0.6, 0.3) * np.ones((1, 1, 1, 3), np.float32)  # one target: noise is useless
+  batch = {"x": jnp.asarray(x), "y": jnp.asarray(y), "label": jnp.asarray(label)}
+  steps = {name: jax.jit(fn) for name, fn in method.steps.items()}
+
+  class Compiled:
+    def __call__(self, name, state, batch):
+      return steps[name](state, batch)[0]
+
+  before = state
+  for _ in range(config.train.num_steps):
+    state = method.run_round(Compiled(), state, batch)
+  return config, method, before, state, batch
+
+
+def test_discriminator_and_generator_steps_update_only_their_network_and_count_g_updates():
+  _, method, state, _, batch = _train("runlocal", 0)
+  assert set(method.steps) == {"generator", "discriminator"}
+
+  def same(a, b):
+    return all(jax.tree.leaves(jax.tree.map(lambda u, v: bool(jnp.all(u == v)), a, b)))
+
+  after_d, metrics_d = jax.jit(method.steps["discriminator"])(state, batch)
+  assert int(after_d.step) == 0  # a D update is not a G update
+  assert same(after_d.networks["generator"].params, state.networks["generator"].params)
+  assert not same(after_d.networks["discriminator"].params, state.networks["discriminator"].params)
+  assert {"real_accuracy", "fake_accuracy", "loss"} <= set(metrics_d)
+  after_g, metrics_g = jax.jit(method.steps["generator"])(after_d, batch)
+  assert int(after_g.step) == 1
+  assert same(after_g.networks["discriminator"].params, after_d.networks["discriminator"].params)
+  assert not same(after_g.networks["generator"].params, after_d.networks["generator"].params)
+  assert float(metrics_g["diversity_loss"]) > 0 and {"adversarial", "l1", "base_loss"} <= set(metrics_g)
+
+
+@pytest.mark.parametrize("beta,linked", [(10.0, True), (0.0, False)])
+def test_the_diversity_loss_links_each_noise_entry_to_its_segment(beta, linked):
+  """With one target per layout the base loss alone makes G ignore the noise; Eq. 7 makes n^c move segment c."""
+  config, method, _, state, batch = _train("crn,runlocal", 100, beta=beta)
+  out = evaluate.noise_linking_metrics(method, state, {k: np.asarray(v) for k, v in batch.items()},
+                                       ("sky", "ground", "road", "building", "tree", "car"))
+  assert set(out) >= {"noise_linking/sky", "noise_linking/road", "noise_linking/building", "noise_linking"}
+  if linked:
+    assert out["noise_linking_inside"] > 0.05 and out["noise_linking"] > 3.0, out
+  else:
+    assert out["noise_linking_inside"] < 0.02, out
+  assert config.diversity.beta == beta
+
+
+def test_sampling_draws_fresh_noise_and_gradation_sweeps_one_class():
+  _, method, _, state, batch = _train("crn,runlocal", 1)
+  x = batch["x"][:2]
+  samples = np.asarray(jax.jit(method.sample, static_argnums=3)(state, x, jax.random.PRNGKey(1), 3))
+  assert samples.shape == (2, 3, 32, 64, 3) and 0 <= samples.min() and samples.max() <= 1
+  sweep = np.asarray(jax.jit(method.extras["gradation_road"], static_argnums=3)(state, x, jax.random.PRNGKey(1), 4))
+  assert sweep.shape == (2, 4, 32, 64, 3) and np.abs(sweep[:, -1] - sweep[:, 0]).max() > 0
+  again = np.asarray(jax.jit(method.extras["gradation_road"], static_argnums=3)(state, x, jax.random.PRNGKey(1), 4))
+  np.testing.assert_array_equal(sweep, again)
+  assert {f"gradation_{c}" for c in ("sky", "ground", "road", "building", "tree", "car")} <= set(method.extras)
+
+
+def test_a_layout_without_labels_is_a_clear_error():
+  config, _ = load_config(CONFIG, "runlocal")
+  spec = {"x": jax.ShapeDtypeStruct((4, 32, 64, 6), jnp.float32), "y": jax.ShapeDtypeStruct((4, 32, 64, 3), jnp.float32)}
+  with pytest.raises(ValueError, match="class ids"):
+    methods_base.make_method(config, spec, {})

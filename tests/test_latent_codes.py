@@ -1,0 +1,207 @@
+"""Latent drop-out codes (He, Schiele, Fritz, ECCV 2018): Eq. 2 dropout, the §3.2 assignment, neighbours, the method."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import REPO
+from multimodal_jax.data import neighbours
+from multimodal_jax.losses import multiple_choice
+from multimodal_jax.losses import perceptual
+from multimodal_jax.methods import base as methods_base
+from multimodal_jax.models import dropout_codes
+from multimodal_jax.models import registry
+from test_train import load_config
+
+CONFIG = str(REPO / "configs" / "latent_codes.py")
+
+
+def test_channel_dropout_is_eq_2():
+  f = jnp.arange(2 * 2 * 3 * 4, dtype=jnp.float32).reshape(2, 2, 3, 4) + 1.0
+  z = jnp.array([[0.9, 0.1, 0.6, 0.5], [0.2, 0.7, 0.3, 0.8]])
+  out = np.asarray(dropout_codes.channel_dropout(f, z, 0.5))
+  keep = np.array([[1, 0, 1, 0], [0, 1, 0, 1]], np.float32)  # z_c > r (0.5 itself is dropped)
+  np.testing.assert_allclose(out, np.asarray(f) * keep[:, None, None, :] / 0.5)
+
+
+def test_assignment_gives_y0_its_best_branch_then_greedy_one_target_per_branch():
+  # Targets j (rows) x hypotheses i (columns).
+  d = jnp.array([[[0.5, 0.1, 0.9, 0.8],     # Y^0: best is branch 1 (taken even though Y^1 is nearer it)
+                  [0.3, 0.05, 0.2, 0.7],    # Y^1: branch 1 is taken -> its next best is 2 (0.2)...
+                  [0.25, 0.6, 0.15, 0.9],   # Y^2: ...but Y^2 takes branch 2 first (0.15 is the smallest free)
+                  [0.1, 0.1, 0.1, 0.1]]])   # Y^3: padding
+  valid = jnp.array([[True, True, True, False]])
+  a = np.asarray(multiple_choice.assign_neighbours(d, valid))[0]
+  expected = np.zeros((4, 4))
+  expected[0, 1] = expected[2, 2] = 1  # then Y^1's best free: branch 0 (0.3) < branch 3 (0.7)
+  expected[1, 0] = 1
+  np.testing.assert_array_equal(a, expected)
+
+
+def test_assignment_stops_when_branches_run_out_and_never_doubles_up():
+  rng = np.random.default_rng(0)
+  d = jnp.asarray(rng.uniform(size=(5, 6, 3)))  # 6 targets, 3 branches
+  a = np.asarray(multiple_choice.assign_neighbours(d, jnp.ones((5, 6), bool)))
+  assert (a.sum(axis=1) <= 1).all() and (a.sum(axis=2) <= 1).all()
+  np.testing.assert_array_equal(a.sum(axis=(1, 2)), 3)  # every branch used
+  np.testing.assert_array_equal(a[:, 0].sum(-1), 1)  # Y^0 always assigned
+  np.testing.assert_array_equal(a[np.arange(5), 0].argmax(-1), np.asarray(d)[:, 0].argmin(-1))
+
+
+def test_nearest_candidates_match_brute_force_with_threshold():
+  rng = np.random.default_rng(1)
+  f = rng.uniform(size=(30, 7)).astype(np.float32)
+  for metric, dist in (("l1", lambda a, b: np.abs(a - b).mean(-1)),
+                       ("l2", lambda a, b: np.sqrt(((a - b) ** 2).mean(-1)))):
+    full = dist(f[:, None], f[None])
+    np.fill_diagonal(full, np.inf)
+    threshold = np.quantile(full[np.isfinite(full)], 0.2)
+    idx, d = neighbours.nearest_candidates(f, threshold, 5, metric)
+    for i in range(30):
+      order = np.argsort(full[i])[:5]
+      ok = full[i, order] < threshold
+      np.testing.assert_array_equal(idx[i], np.where(ok, order, -1))
+      np.testing.assert_allclose(d[i][ok], full[i, order][ok], rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="metric"):
+    neighbours.nearest_candidates(f, 1.0, 3, "cosine")
+
+
+def test_hsv_features_embed_hue_on_a_circle():
+  red = np.zeros((1, 8, 8, 3), np.float32)
+  red[..., 0] = 1.0
+  grey = np.full((1, 8, 8, 3), 0.5, np.float32)
+  f_red = neighbours.hsv_features(red).reshape(16, 3)
+  f_grey = neighbours.hsv_features(grey).reshape(16, 3)
+  np.testing.assert_allclose(f_red, np.tile([1.0, 0.0, 1.0], (16, 1)), atol=1e-6)  # s=1, h=0, v=1
+  np.testing.assert_allclose(f_grey, np.tile([0.0, 0.0, 0.5], (16, 1)), atol=1e-6)  # no hue, no saturation
+
+
+def test_pick_diverse_takes_one_candidate_per_colour_cluster():
+  colours = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+  images = np.repeat(colours, 4, axis=0)[:, None, None, :] * np.ones((1, 4, 4, 1), np.float32)  # 12: RRRRGGGGBBBB
+  hsv = neighbours.hsv_features(images)
+  candidates = np.array([[0, 1, 4, 5, 8, 2, -1, -1], [1, 2, 3, 0, -1, -1, -1, -1]], np.int32)
+  picks = neighbours.pick_diverse(candidates, hsv, 3)
+  assert sorted(i // 4 for i in picks[0]) == [0, 1, 2]  # one red, one green, one blue
+  assert (picks[1] >= 0).sum() == 1 and picks[1][0] in (0, 1, 2, 3)  # all red: one cluster, no repeats
+
+
+def _model(architecture, n=3, features=(4, 6, 5)):
+  cfg = ml_collections.ConfigDict(dict(name="dropout_crn", architecture=architecture, features=features,
+                                       base_height=2, base_width=4, split_at=1, num_branches=n,
+                                       dropout_rate=0.5))
+  code = dropout_codes.code_shape(cfg, (8, 16, 5))
+  return registry.make_model(cfg, registry.ModelIO((8, 16, 5), (8, 16, 3), code)), code
+
+
+@pytest.mark.parametrize("architecture", dropout_codes.ARCHITECTURES)
+def test_architectures_give_n_different_outputs_in_range(architecture):
+  model, code = _model(architecture)
+  x = jnp.asarray(np.eye(5, dtype=np.float32)[np.random.default_rng(0).integers(0, 5, (2, 8, 16))])
+  z = jax.random.uniform(jax.random.PRNGKey(1), (3,) + code) if code else None
+  variables = model.init(jax.random.PRNGKey(0), x, *([z] if code else []))
+  y = np.asarray(model.apply(variables, x, *([z] if code else [])))
+  assert y.shape == (2, 3, 8, 16, 3) and y.min() >= 0 and y.max() <= 1
+  assert np.abs(y[:, 0] - y[:, 1]).max() > 1e-4  # the branches differ
+  if architecture == "shared":
+    assert code == (6,)  # features[split_at]
+    per_example = jnp.broadcast_to(z, (2, 3, 6))
+    np.testing.assert_allclose(model.apply(variables, x, per_example), y, atol=1e-6)
+    same = model.apply(variables, x, jnp.stack([z[0]] * 3))
+    np.testing.assert_allclose(same[:, 0], same[:, 2], atol=1e-6)  # one code, one image
+  if architecture == "separate":  # n sets of f2 parameters, one trunk
+    kernel = variables["params"]["heads"]["cascade"]["M2"]["conv1"]["kernel"]
+    assert kernel.shape[0] == 3
+    assert "trunk" in variables["params"]
+
+
+def test_shared_model_rejects_a_code_of_the_wrong_width():
+  model, _ = _model("shared")
+  x = jnp.zeros((1, 8, 16, 5))
+  with pytest.raises(ValueError, match=r"\[N, 6\]"):
+    model.init(jax.random.PRNGKey(0), x, jnp.zeros((3, 4)))
+
+
+def _two_mode_problem(loss, n_branches=4):
+  """One input, targets uniformly dark (0.2) or light (0.8): the per-pixel median regression finds is 0.2-0.8."""
+  config, _ = load_config(CONFIG, "runlocal")
+  with config.unlocked():
+    config.model.features = (8, 8)
+    config.model.num_branches = n_branches
+    config.latent_codes.loss = loss
+    config.latent_codes.num_neighbours = 3
+    config.optimizer.learning_rate = 1e-2
+    config.optimizer.schedule = "constant"
+    config.train.num_steps = 150
+  n = 8
+  y = np.where((np.arange(n) % 2 == 0)[:, None, None, None], 0.2, 0.8) * np.ones((n, 8, 16, 3))
+  x = np.zeros((n, 8, 16, 6), np.float32)
+  x[..., 0] = 1.0
+  prepared = {}
+  if loss == "neighbours_enhanced":  # every example's neighbours: the next three (both modes)
+    prepared = {"neighbours": ((np.arange(n)[:, None] + np.arange(1, 4)[None]) % n).astype(np.int32),
+                "train_targets": np.round(y * 255).astype(np.uint8)}
+  spec = {"x": jax.ShapeDtypeStruct((4, 8, 16, 6), jnp.float32), "y": jax.ShapeDtypeStruct((4, 8, 16, 3), jnp.float32),
+          "index": jax.ShapeDtypeStruct((4,), jnp.int32)}
+  method = methods_base.make_method(config, spec, prepared)
+  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  step = jax.jit(method.steps["train"])
+  rng = np.random.default_rng(0)
+  for _ in range(150):
+    idx = rng.choice(n, 4, replace=False)
+    state, m = step(state, {"x": jnp.asarray(x[idx]), "y": jnp.asarray(y[idx], jnp.float32),
+                            "index": jnp.asarray(idx, jnp.int32)})
+  samples = np.asarray(jax.jit(method.sample, static_argnums=3)(state, jnp.asarray(x[:1]), jax.random.PRNGKey(1),
+                                                                n_branches))
+  return method, m, samples[0].mean(axis=(1, 2, 3))
+
+
+def test_neighbours_enhanced_loss_covers_both_modes_and_trains_several_branches():
+  method, metrics, means = _two_mode_problem("neighbours_enhanced")
+  assert "neighbours_enhanced" in method.description
+  assert float(metrics["targets_per_example"]) == 4 and float(metrics["branches_trained"]) == 4
+  assert np.abs(means - 0.2).min() < 0.05 and np.abs(means - 0.8).min() < 0.05, means
+
+
+def test_best_neighbour_loss_trains_one_branch_per_example():
+  _, metrics, means = _two_mode_problem("best_neighbour")
+  assert float(metrics["branches_trained"]) == 1 and float(metrics["targets_per_example"]) == 1
+  assert means.shape == (4,)
+
+
+def test_missing_prepared_neighbours_is_a_clear_error():
+  config, _ = load_config(CONFIG, "runlocal")
+  spec = {"x": jax.ShapeDtypeStruct((4, 32, 64, 6), jnp.float32), "y": jax.ShapeDtypeStruct((4, 32, 64, 3), jnp.float32)}
+  with pytest.raises(ValueError, match="prepared 'neighbours'"):
+    methods_base.make_method(config, spec, {})
+
+
+def test_shared_sampling_uses_training_codes_first_then_new_ones_and_interpolates():
+  config, _ = load_config(CONFIG, "no_neighbours,runlocal")
+  spec = {"x": jax.ShapeDtypeStruct((2, 32, 64, 6), jnp.float32), "y": jax.ShapeDtypeStruct((2, 32, 64, 3), jnp.float32)}
+  method = methods_base.make_method(config, spec, {})
+  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  n = config.model.num_branches
+  x = jnp.asarray(np.eye(6, dtype=np.float32)[np.random.default_rng(0).integers(0, 6, (2, 32, 64))])
+  sample = jax.jit(method.sample, static_argnums=3)
+  a = np.asarray(sample(state, x, jax.random.PRNGKey(1), n + 3))
+  b = np.asarray(sample(state, x, jax.random.PRNGKey(2), n + 3))
+  np.testing.assert_allclose(a[:, :n], b[:, :n], atol=1e-6)  # the training codes' outputs
+  assert np.abs(a[:, n:] - b[:, n:]).max() > 1e-4  # new codes
+  strip = np.asarray(jax.jit(method.extras["interpolate"], static_argnums=3)(state, x, jax.random.PRNGKey(3), 5))
+  assert strip.shape == (2, 5, 32, 64, 3)
+  # The end points of Eq. 3 are training codes' outputs.
+  assert min(np.abs(strip[:, 0] - a[:, j]).max() for j in range(n)) < 1e-5
+  assert min(np.abs(strip[:, -1] - a[:, j]).max() for j in range(n)) < 1e-5
+
+
+def test_pairwise_distances_match_a_loop():
+  distance = perceptual.make_distance(perceptual.default_distance_config("pixel", pixel_norm="l1"))
+  rng = np.random.default_rng(2)
+  h = jnp.asarray(rng.uniform(size=(2, 3, 4, 4, 3)), jnp.float32)
+  t = jnp.asarray(rng.uniform(size=(2, 5, 4, 4, 3)), jnp.float32)
+  d = np.asarray(multiple_choice.pairwise_distances(distance, h, t))
+  expected = np.abs(np.asarray(t)[:, :, None] - np.asarray(h)[:, None]).mean(axis=(3, 4, 5))
+  np.testing.assert_allclose(d, expected, rtol=1e-5)
