@@ -18,6 +18,8 @@ Adam with the poly schedule (power 0.9). Variants:
   :separate       "early split with separate parameters": n branches after M1
   :late_split     CRN's multi-output head: n images from the last 1x1 conv
   :no_neighbours  the best-neighbour loss (Eq. 4, MCL) instead of Eq. 5
+  :element_dropout  ordinary element-wise dropout (a code per feature of F_1) instead of
+                  channel-wise (Fig. 9's comparison)
   :pets           the paper's §4.2: Oxford-IIIT Pet heads at 96x96 from surface normals
                   (data/pets_lfw.py, manual_dir), 'shared' n = 20, the VGG-19 l1 loss
   :lfw            the paper's §4.3: LFW faces at 128x128 from 68-channel landmark heatmaps
@@ -36,7 +38,7 @@ from multimodal_jax import config_lib
 from multimodal_jax.losses import perceptual
 
 VARIANTS = ["", "runlocal", "separate", "late_split", "no_neighbours", "separate,runlocal",
-            "late_split,runlocal", "no_neighbours,runlocal", "pets", "lfw"]
+            "late_split,runlocal", "no_neighbours,runlocal", "element_dropout", "element_dropout,runlocal", "pets", "lfw"]
 
 # VGG-19 layers and weights of Eq. 6 (CRN's perceptual loss, which the paper uses).
 PAPER_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
@@ -45,7 +47,7 @@ PAPER_LAYER_WEIGHTS = (1 / 2.6, 1 / 4.8, 1 / 3.7, 1 / 5.6, 10 / 1.5)  # CRN's re
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, separate=False, late_split=False, no_neighbours=False,
-                             pets=False, lfw=False)
+                             pets=False, lfw=False, element_dropout=False)
   config = config_lib.base_config()
   config.method = "latent_codes"
   config.data.name = "toy_scenes"
@@ -60,6 +62,7 @@ def get_config(arg=None):
   config.model.split_at = 1  # drop-out / split after M1 ("early split", §3.3)
   config.model.num_branches = 16  # n
   config.model.dropout_rate = 0.5  # r (§4.1)
+  config.model.dropout_mode = "element" if arg.element_dropout else "channel"  # Eq. 2; 'element': Fig. 9
 
   config.latent_codes = ml_collections.ConfigDict()
   config.latent_codes.loss = "best_neighbour" if arg.no_neighbours else "neighbours_enhanced"

@@ -205,3 +205,31 @@ def test_pairwise_distances_match_a_loop():
   d = np.asarray(multiple_choice.pairwise_distances(distance, h, t))
   expected = np.abs(np.asarray(t)[:, :, None] - np.asarray(h)[:, None]).mean(axis=(3, 4, 5))
   np.testing.assert_allclose(d, expected, rtol=1e-5)
+
+
+def test_element_dropout_code_has_one_entry_per_feature_and_its_mask_varies_over_space():
+  f = jnp.ones((1, 2, 3, 4))
+  z = jnp.asarray(np.random.default_rng(3).uniform(size=(1, 2, 3, 4)), jnp.float32)
+  out = np.asarray(dropout_codes.channel_dropout(f, z, 0.5))
+  np.testing.assert_array_equal(out, (np.asarray(z) > 0.5) * 2.0)
+  cfg = ml_collections.ConfigDict(dict(name="dropout_crn", architecture="shared", features=(4, 6, 5), base_height=2,
+                                       base_width=4, split_at=1, num_branches=3, dropout_rate=0.5,
+                                       dropout_mode="element"))
+  assert dropout_codes.code_shape(cfg, (8, 16, 5)) == (4, 8, 6)  # F_1 at 4x8 with 6 channels
+
+
+def test_best_neighbour_loss_trains_only_the_best_branch():
+  """Eq. 4 (MCL): with separate branches, only the best branch's parameters get a gradient."""
+  config, _ = load_config(CONFIG, "separate,no_neighbours,runlocal")
+  spec = {"x": jax.ShapeDtypeStruct((1, 32, 64, 6), jnp.float32), "y": jax.ShapeDtypeStruct((1, 32, 64, 3), jnp.float32)}
+  method = methods_base.make_method(config, spec, {})
+  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  x = jnp.asarray(np.eye(6, dtype=np.float32)[np.random.default_rng(0).integers(0, 6, (1, 32, 64))])
+  outputs = np.asarray(jax.jit(method.sample, static_argnums=3)(state, x, jax.random.PRNGKey(0),
+                                                                config.model.num_branches))
+  y = jnp.asarray(outputs[:, 2]) + 0.01  # nearest to branch 2
+  after, _ = jax.jit(method.steps["train"])(state, {"x": x, "y": y})
+  kernel_before = state.networks["generator"].params["heads"]["cascade"]["M3"]["conv1"]["kernel"]
+  kernel_after = after.networks["generator"].params["heads"]["cascade"]["M3"]["conv1"]["kernel"]
+  changed = np.abs(np.asarray(kernel_after - kernel_before)).reshape(config.model.num_branches, -1).max(axis=1) > 0
+  np.testing.assert_array_equal(changed, [i == 2 for i in range(config.model.num_branches)])

@@ -28,9 +28,10 @@ constant of the compiled step, not part of the state or checkpoints).
 'shared': the n training codes z_i ~ U(0, 1)^C are drawn once at init (the
 state's `train_codes`, so they survive a resume). `sample` returns the n
 training codes' outputs first, then new codes (the paper's evaluation uses
-both, §4.2); 'separate' / 'late_split' return their n outputs in turn. Extra
-`interpolate` (Eq. 3): outputs along a*z_i + (1 - a)*z_j between two training
-codes ('shared' only).
+both, §4.2); 'separate' / 'late_split' return their n outputs in turn. Extras
+('shared' only): `interpolate` (Eq. 3), outputs along a*z_i + (1 - a)*z_j
+between two training codes; `training_codes` and `fresh_codes`, the outputs of
+the training codes alone or of new codes alone.
 """
 
 from __future__ import annotations
@@ -169,24 +170,38 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
                    "branches_used_in_batch": jnp.sum(jnp.any(used_BxI > 0, axis=0)).astype(jnp.float32),
                    "targets_per_example": jnp.mean(targets_B.astype(jnp.float32))}
 
-  def sample(state, x, rng, num_samples):
-    """N outputs per input: the training codes' then new codes ('shared'), or the n branches in turn."""
+  def outputs_for_codes(state, x, codes_BxNx):
+    """[B, N, H, W, C], one code batch at a time (memory O(B))."""
     params = state.networks["generator"].params
+    y_NxB = jax.lax.map(lambda z: apply(params, x, z[:, None])[:, 0], jnp.swapaxes(codes_BxNx, 0, 1))
+    return jnp.swapaxes(y_NxB, 0, 1)
+
+  def sample(state, x, rng, num_samples, train_first=num_branches):
+    """N outputs per input: the training codes' then new codes ('shared'), or the n branches in turn."""
     if not code_shape:
-      y = apply(params, x, None)
+      y = apply(state.networks["generator"].params, x, None)
       return y[:, jnp.arange(num_samples) % y.shape[1]]
     new = jax.random.uniform(rng, (x.shape[0], num_samples) + code_shape)
-    first = min(num_samples, num_branches)
+    first = min(num_samples, train_first)
     codes = new.at[:, :first].set(jnp.broadcast_to(state.train_codes[:first], (x.shape[0], first) + code_shape))
-    y_NxB = jax.lax.map(lambda z: apply(params, x, z[:, None])[:, 0], jnp.swapaxes(codes, 0, 1))
-    return jnp.swapaxes(y_NxB, 0, 1)
+    return outputs_for_codes(state, x, codes)
+
+  def training_codes(state, x, rng, num_samples):
+    """The n training codes' outputs in turn (no new codes)."""
+    del rng
+    codes = state.train_codes[jnp.arange(num_samples) % num_branches]
+    return outputs_for_codes(state, x, jnp.broadcast_to(codes, (x.shape[0], num_samples) + code_shape))
+
+  def fresh_codes(state, x, rng, num_samples):
+    """New codes only, z ~ U(0, 1)^C (test-time sampling, §3.1)."""
+    return sample(state, x, rng, num_samples, train_first=0)
 
   def interpolate(state, x, rng, num_samples):
     """Eq. 3: Y(a) = f2(f1(X), d(a z_i + (1 - a) z_j)), a in [0, 1], for two random training codes."""
     if not code_shape:
       raise ValueError("interpolate needs drop-out codes: model.architecture='shared'.")
     ij = jax.random.choice(rng, num_branches, (2,), replace=num_branches < 2)
-    a = jnp.linspace(1.0, 0.0, num_samples)[:, None]
+    a = jnp.linspace(1.0, 0.0, num_samples).reshape((num_samples,) + (1,) * len(code_shape))
     codes = a * state.train_codes[ij[0]] + (1.0 - a) * state.train_codes[ij[1]]
     return apply(state.networks["generator"].params, x, codes)
 
@@ -196,6 +211,7 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   return base.Method(init=init, steps={"train": train_step}, run_round=base.single_step_round("train"),
                      sample=sample, steps_per_round=1,
                      learning_rates=common.learning_rates(config, generator=config.optimizer),
-                     extras={"interpolate": interpolate} if code_shape else {},
+                     extras=({"interpolate": interpolate, "training_codes": training_codes,
+                              "fresh_codes": fresh_codes} if code_shape else {}),
                      description=f"latent drop-out codes ({arch}, n = {num_branches}), {lc.loss} loss{nb}, "
                                  f"l = {distance.describe()}")

@@ -41,9 +41,13 @@ ARCHITECTURES = ("shared", "separate", "late_split")
 
 
 def channel_dropout(f_BxHxWxC: jax.Array, z_BxC: jax.Array, rate: float) -> jax.Array:
-  """Eq. 2: O(c, h, w) = I(c, h, w) * 1[z_c > r] / (1 - r), one mask per example for all locations."""
-  keep_BxC = (z_BxC > rate).astype(f_BxHxWxC.dtype)
-  return f_BxHxWxC * keep_BxC[:, None, None, :] / (1.0 - rate)
+  """Eq. 2: O(c, h, w) = I(c, h, w) * 1[z_c > r] / (1 - r), one mask per example for all locations.
+
+  A code z [B, H, W, C] (one entry per location: `dropout_mode='element'`)
+  gives ordinary element-wise dropout instead, the comparison of §4.2 / Fig. 9.
+  """
+  keep = (z_BxC > rate).astype(f_BxHxWxC.dtype)
+  return f_BxHxWxC * (keep[:, None, None, :] if keep.ndim == 2 else keep) / (1.0 - rate)
 
 
 class Cascade(nn.Module):
@@ -94,6 +98,9 @@ class BranchedCRN(nn.Module):
     split_at: the split follows module M_{split_at} (0 <= split_at < len(features)).
     num_branches: n: the training codes ('shared') or the branches ('separate').
     dropout_rate: r of Eq. 2 ('shared').
+    dropout_mode: 'channel' (Eq. 2: a code of C entries, one per channel) or
+      'element' (ordinary dropout driven by a code of h x w x C entries, one
+      per feature of F_{split_at}: the paper's Fig. 9 comparison).
   """
   out_channels: int = 3
   features: Sequence[int] = (64, 64, 48, 32)
@@ -103,11 +110,19 @@ class BranchedCRN(nn.Module):
   split_at: int = 1
   num_branches: int = 16
   dropout_rate: float = 0.5
+  dropout_mode: str = "channel"
   dtype: Any = jnp.float32
 
   @property
   def code_channels(self) -> int:
     return int(self.features[self.split_at])
+
+  @property
+  def code_shape(self) -> tuple[int, ...]:
+    """One output's code: (C,) for channel-wise dropout, (h, w, C) at F_{split_at}'s resolution for element-wise."""
+    if self.dropout_mode == "element":
+      return (self.base_height * 2**self.split_at, self.base_width * 2**self.split_at, self.code_channels)
+    return (self.code_channels,)
 
   def check(self, x_shape: Sequence[int]) -> None:
     """Raises (one line) unless the settings and one label map's shape (H, W, C) fit."""
@@ -115,6 +130,8 @@ class BranchedCRN(nn.Module):
       raise ValueError(f"BranchedCRN architecture must be 'shared' or 'separate', got {self.architecture!r}.")
     if not 0 <= self.split_at < len(self.features):
       raise ValueError(f"split_at must be in [0, {len(self.features)}) (a module index), got {self.split_at}.")
+    if self.dropout_mode not in ("channel", "element"):
+      raise ValueError(f"dropout_mode must be 'channel' or 'element', got {self.dropout_mode!r}.")
     if self.num_branches < 1 or not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"num_branches must be >= 1 and dropout_rate in [0, 1); got {self.num_branches} and "
                        f"{self.dropout_rate}.")
@@ -132,13 +149,15 @@ class BranchedCRN(nn.Module):
     head_args = (self.features, self.base_height, self.base_width, self.split_at + 1, self.out_channels,
                  self.dtype)
     if self.architecture == "shared":
-      if z is None or z.ndim not in (2, 3) or z.shape[-1] != self.code_channels:
-        raise ValueError(f"The 'shared' architecture takes codes z of shape [B, N, {self.code_channels}] or "
-                         f"[N, {self.code_channels}]; got {None if z is None else tuple(z.shape)}.")
-      z_BxNxC = jnp.broadcast_to(z, (b,) + z.shape[-2:]) if z.ndim == 2 else z
-      n = z_BxNxC.shape[1]
+      code = self.code_shape
+      shape = ", ".join(map(str, code))
+      if z is None or z.ndim - len(code) not in (1, 2) or tuple(z.shape[z.ndim - len(code):]) != code:
+        raise ValueError(f"The 'shared' architecture takes codes z of shape [B, N, {shape}] or [N, {shape}]; "
+                         f"got {None if z is None else tuple(z.shape)}.")
+      z_BxNx = jnp.broadcast_to(z, (b,) + z.shape) if z.ndim == len(code) + 1 else z
+      n = z_BxNx.shape[1]
       # Every (example, code) pair is one row of a [B N] batch through f2.
-      f = channel_dropout(jnp.repeat(f1, n, axis=0), z_BxNxC.reshape(b * n, -1), self.dropout_rate)
+      f = channel_dropout(jnp.repeat(f1, n, axis=0), z_BxNx.reshape((b * n,) + code), self.dropout_rate)
       y = Head(*head_args, name="head")(jnp.repeat(x, n, axis=0), f)
       return y.reshape((b, n) + y.shape[1:])
     if z is not None:
@@ -150,7 +169,7 @@ class BranchedCRN(nn.Module):
 
 def build(cfg: ml_collections.ConfigDict, io: registry.ModelIO) -> nn.Module:
   """`model.name='dropout_crn'`: fields architecture, features, base_height, base_width, split_at,
-  num_branches, dropout_rate ('late_split': a `crn.CRN` with num_outputs = num_branches)."""
+  num_branches, dropout_rate, dropout_mode (optional, 'channel') ('late_split': a `crn.CRN` with num_outputs = num_branches)."""
   if tuple(io.x_shape[:2]) != tuple(io.y_shape[:2]):
     raise ValueError(f"dropout_crn maps a label map to an image of the same size, but x is "
                      f"{io.x_shape[0]}x{io.x_shape[1]} and y is {io.y_shape[0]}x{io.y_shape[1]}.")
@@ -164,12 +183,18 @@ def build(cfg: ml_collections.ConfigDict, io: registry.ModelIO) -> nn.Module:
     return model
   model = BranchedCRN(out_channels=io.y_shape[-1], features=features, base_height=cfg.base_height,
                       base_width=cfg.base_width, architecture=cfg.architecture, split_at=cfg.split_at,
-                      num_branches=cfg.num_branches, dropout_rate=cfg.dropout_rate)
+                      num_branches=cfg.num_branches, dropout_rate=cfg.dropout_rate,
+                      dropout_mode=cfg.get("dropout_mode", "channel"))
   model.check(io.x_shape)
   return model
 
 
 def code_shape(cfg: ml_collections.ConfigDict, x_shape: Sequence[int]) -> tuple[int, ...]:
-  """(C,) = (features[split_at],) for 'shared' (one drop-out code per output); () otherwise."""
+  """'shared': (C,) = (features[split_at],), one drop-out code per output ((h, w, C) for
+  dropout_mode='element'); () otherwise."""
   del x_shape
-  return (int(cfg.features[cfg.split_at]),) if cfg.architecture == "shared" else ()
+  if cfg.architecture != "shared":
+    return ()
+  return BranchedCRN(features=tuple(int(f) for f in cfg.features), base_height=cfg.base_height,
+                     base_width=cfg.base_width, split_at=cfg.split_at,
+                     dropout_mode=cfg.get("dropout_mode", "channel"), parent=None).code_shape
