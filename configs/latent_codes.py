@@ -26,6 +26,13 @@ Adam with the poly schedule (power 0.9). Variants:
                   (data/pets_lfw.py, manual_dir), n = 10, neighbours by l1 on the heatmaps
                   with HSV k-means
 
+Measured (toy_scenes, evaluate on 32 layouts): the default after 800 steps
+(~8-10 min on a busy 2-core CPU) hits every mode with its nearest sample
+(nearest-mode recall 1.00; L1 regression 0.083) but few within tolerance (recall
+0.39, precision 0.07: a neighbour's target has another layout, so boundaries
+blur). At 400 steps: neighbours-enhanced recall 0.245 / diversity 0.186,
+best-neighbour 0.036 / 0.180, element-wise dropout 0 / 0.153.
+
 Where the paper is silent (and the choices here): the backbone's widths and the
 split depth (the paper: "CRN-style", dropout "early"), the number of neighbours
 N and the threshold theta (data/neighbours.py reduces inputs before the

@@ -33,9 +33,10 @@ weights). Variants:
 Default budget (measured on toy_scenes, evaluate on 32 layouts, 64 samples
 each, on a 2-core CPU shared with other jobs): a narrow CRN (widths 32-32-24-16,
 noise encoder 32 wide), |S| = 32, m = 16, L = 80, |S~| = 16, lr 2e-3 with a
-cosine schedule, 4800 updates (60 rounds): mode recall 0.91 (nearest mode, no
-tolerance: 0.99) at precision 0.58, best-of-16 PSNR 25.3 dB (measured at 5040
-updates; L = 40 and 4000 updates: 0.89 / 0.56). The paper's widths
+cosine schedule, 4800 updates (60 rounds; 14 min with other jobs on the CPU,
+5.2 updates/s at the end): mode recall 0.82 (nearest mode, no tolerance: 0.98) at
+precision 0.53, best-of-16 PSNR 25.9 dB. Run to 5040 updates: 0.91 / 0.58; L = 40
+and 4000 updates: 0.89 / 0.56 -- the spread between runs is ~0.05. The paper's widths
 (64-64-48-32, encoder 100) at the same wall time reach 1500 updates and recall
 0.62 at precision 0.32: on a CPU, narrow convolutions buy more updates than
 width buys quality. L1 regression: recall 0 (nearest 1/K). Not yet reached

@@ -25,7 +25,8 @@ alone, `:no_diversity`), G(l, n) and G(l, 0) coming from one forward pass over
 a batch of two per example (Algorithm 1). The base loss is taken on G(l, n),
 the output Eq. 2 names.
 
-Sampling draws a fresh n per sample (and, for pix2pix, keeps dropout on, as
+Sampling (which sees only x) takes the class ids as argmax of the one-hot layout
+x, and draws a fresh n per sample (and, for pix2pix, keeps dropout on, as
 pix2pix does at test time). Extras `gradation_<class>` (§IV-B, Fig. 2-3): for
 each input, the outputs as n^c sweeps from -1 to 1 with the other entries fixed
 at one random draw; `evaluate` turns them into the noise-linking ratio.
