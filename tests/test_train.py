@@ -81,8 +81,8 @@ def test_parse_arg_types_and_unknown_names():
     ("train.num_steps", -5, r"config.train.num_steps=-5 is invalid: must be > 0"),
     ("method", "regresion", r"config.method='regresion' is invalid: valid: \[.*'regression'"),
     ("data.name", "toy_scene", r"valid: \[.*'toy_scenes'"),
-    ("model.name", "resnet", r"valid: \['conv_generator', 'crn', 'rrdb'\]"),
-    ("optimizer.schedule", "linear", r"valid: \['constant', 'cosine'\]"),
+    ("model.name", "resnet", r"valid: \['conv_generator', 'crn', 'rrdb', 'unet'\]"),
+    ("optimizer.schedule", "linear", r"valid: \['constant', 'cosine', 'poly'\]"),
 ])
 def test_validate_names_the_bad_key(key, value, message):
   config, _ = load_config(CONFIG)
