@@ -134,7 +134,7 @@ def _two_mode_problem(loss, n_branches=4):
     config.latent_codes.num_neighbours = 3
     config.optimizer.learning_rate = 1e-2
     config.optimizer.schedule = "constant"
-    config.train.num_steps = 150
+    config.train.num_steps = 100
   n = 8
   y = np.where((np.arange(n) % 2 == 0)[:, None, None, None], 0.2, 0.8) * np.ones((n, 8, 16, 3))
   x = np.zeros((n, 8, 16, 6), np.float32)
@@ -149,7 +149,7 @@ def _two_mode_problem(loss, n_branches=4):
   state = jax.jit(method.init)(jax.random.PRNGKey(0))
   step = jax.jit(method.steps["train"])
   rng = np.random.default_rng(0)
-  for _ in range(150):
+  for _ in range(config.train.num_steps):
     idx = rng.choice(n, 4, replace=False)
     state, m = step(state, {"x": jnp.asarray(x[idx]), "y": jnp.asarray(y[idx], jnp.float32),
                             "index": jnp.asarray(idx, jnp.int32)})
