@@ -33,7 +33,7 @@ loss (mIoU 0.20): scale it with the base loss.
 the mean change outside it as n^c sweeps -1 -> 1, per class and averaged),
 the reality of the samples under a segmentation network trained on the real
 images (pixel accuracy and mean IoU, generated vs real), and on toy_scenes the
-mode recall and precision. `sample --extra=gradation_<class>` draws the sweeps.
+mode recall and precision. `sample --extra=gradation_<class id>` draws the sweeps.
 """
 
 import ml_collections

@@ -35,7 +35,7 @@ best-neighbour 0.036 / 0.180, element-wise dropout 0 / 0.153.
 
 Where the paper is silent (and the choices here): the backbone's widths and the
 split depth (the paper: "CRN-style", dropout "early"), the number of neighbours
-N and the threshold theta (data/neighbours.py reduces inputs before the
+N and the threshold theta (losses/neighbours.py reduces inputs before the
 distance; theta is in that distance's units).
 """
 

@@ -30,7 +30,7 @@ metric that applies to the dataset (evaluation/metrics.py):
   mean_iou}, reality/real_*    method): samples and real images segmented by a small
                                net trained on the real training images (Table II of
                                diversity_loss_yang_liu_cai; evaluation/reality.py)
-  noise_linking/<class>,       methods with `gradation_<class>` extras (the diversity
+  noise_linking/<class>,       methods with `gradation_<class id>` extras (the diversity
   noise_linking                loss): mean change inside segment c over the mean change
                                outside it as n^c sweeps -1 -> 1 (diversity_loss_yang_liu_cai
                                Fig. 2-3 as a number; `metrics.noise_linking`), per class
@@ -241,7 +241,7 @@ def noise_linking_metrics(method, state, batch: dict[str, np.ndarray], class_nam
   names = class_names or tuple(f"class{c}" for c in range(num_classes))
   out, ratios, insides = {}, [], []
   for c, name in enumerate(names):
-    fn = method.extras.get(f"{methods_base.GRADATION_PREFIX}{name}")
+    fn = method.extras.get(f"{methods_base.GRADATION_PREFIX}{c}")
     if fn is None:
       continue
     sweep = jax.device_get(jax.jit(fn, static_argnums=3)(state, jnp.asarray(batch["x"]),

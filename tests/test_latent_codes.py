@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from multimodal_jax.data import neighbours
+from multimodal_jax.losses import neighbours
 from multimodal_jax.losses import multiple_choice
 from multimodal_jax.losses import perceptual
 from multimodal_jax.methods import base as methods_base

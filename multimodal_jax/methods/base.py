@@ -44,7 +44,7 @@ Prepared = Mapping[str, np.ndarray]
 # train iterator draw examples with replacement in proportion to it.
 SAMPLING_WEIGHTS = "sampling_weights"
 Metrics = dict[str, jax.Array]
-# Extras named GRADATION_PREFIX + <class name> sweep the noise of that class's segment
+# Extras named GRADATION_PREFIX + <class id> sweep the noise of that class's segment
 # (the diversity loss); `evaluate` turns them into the noise-linking ratio.
 GRADATION_PREFIX = "gradation_"
 StepFn = Callable[[PyTree, Batch], tuple[PyTree, Metrics]]

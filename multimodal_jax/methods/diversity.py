@@ -27,7 +27,7 @@ the output Eq. 2 names.
 
 Sampling (which sees only x) takes the class ids as argmax of the one-hot layout
 x, and draws a fresh n per sample (and, for pix2pix, keeps dropout on, as
-pix2pix does at test time). Extras `gradation_<class>` (§IV-B, Fig. 2-3): for
+pix2pix does at test time). Extras `gradation_<c>` (class id c; §IV-B, Fig. 2-3): for
 each input, the outputs as n^c sweeps from -1 to 1 with the other entries fixed
 at one random draw; `evaluate` turns them into the noise-linking ratio.
 """
@@ -42,7 +42,6 @@ import ml_collections
 import optax
 
 from multimodal_jax import config_lib
-from multimodal_jax.data import registry as data_registry
 from multimodal_jax.losses import diversity as div
 from multimodal_jax.losses import perceptual
 from multimodal_jax.methods import base
@@ -65,11 +64,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   config_lib.require(config, dv.l1_weight >= 0, "diversity.l1_weight", "must be >= 0")
 
 
-def class_names(config: ml_collections.ConfigDict, num_classes: int) -> tuple[str, ...]:
-  names = data_registry.get_dataset(config.data.name).class_names
-  return tuple(names) if names and len(names) == num_classes else tuple(f"class{c}" for c in range(num_classes))
-
-
 def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
                 prepared: base.Prepared | None = None) -> base.Method:
   """The diversity-loss method bound to `config` and the batch shapes (it prepares nothing)."""
@@ -90,7 +84,6 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   if not gan and distance.needs_calibration:
     raise ValueError("diversity with base 'crn' needs explicit config.distance.layer_weights.")
   takes_train = "train" in inspect.signature(generator.__call__).parameters
-  names = class_names(config, num_classes)
 
   def generate(params, x, z, rng):
     kwargs = {"train": True} if takes_train else {}
@@ -187,7 +180,7 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
       return jnp.swapaxes(y_NxB, 0, 1)
     return sweep
 
-  extras = {f"{base.GRADATION_PREFIX}{name}": gradation(c) for c, name in enumerate(names)}
+  extras = {f"{base.GRADATION_PREFIX}{c}": gradation(c) for c in range(num_classes)}
   steps = {"generator": generator_step}
   if gan:
     steps["discriminator"] = discriminator_step

@@ -20,7 +20,7 @@ distance with explicit `layer_weights`, or the pixel l1 on the local default).
 
 Prepared state (multimodal_jax/prepared.py), for 'neighbours_enhanced' only,
 computed once over the training set with progress output
-(data/neighbours.py): `neighbours` int32 [N_train, N] (-1 = none) and
+(losses/neighbours.py): `neighbours` int32 [N_train, N] (-1 = none) and
 `train_targets` uint8 [N_train, H, W, C], the training targets at 8 bits
 (the step gathers the neighbours' targets by the batch's `index`; they are a
 constant of the compiled step, not part of the state or checkpoints).
@@ -44,7 +44,7 @@ import numpy as np
 import optax
 
 from multimodal_jax import config_lib
-from multimodal_jax.data import neighbours as neighbours_lib
+from multimodal_jax.losses import neighbours as neighbours_lib
 from multimodal_jax.losses import multiple_choice
 from multimodal_jax.losses import perceptual
 from multimodal_jax.methods import base
