@@ -22,7 +22,12 @@ metric that applies to the dataset (evaluation/metrics.py):
   clustered_variance/<class>   ICCV'19 §4.3 / Table 1: k-means of the N samples
                                into 9 clusters, one sample of each, per-class
                                pixel variance, 10 repeats (`label` and N >= 9)
+  bicubic/{psnr,ssim},         super-resolution datasets: bicubic upsampling of the same
+  psnr_gap_to_bicubic,         inputs (the trivial baseline), bicubic PSNR - psnr_mean (dB),
+  diversity_per_db_gap         and the diversity / that gap when it is > 0
   mode_recall, mode_recall_nearest, mode_precision
+  (+ mode_*_t0 for methods with an `initial_sample` extra, cGML: the same z_0
+  decoded without the Z-network's T iterations, what inference adds or loses)
                                datasets whose `DatasetSpec.true_modes` gives the
                                exact modes of an example (toy_scenes: K = 12),
                                from `--mode_samples` (default 64) samples per input
@@ -234,6 +239,24 @@ def reality_metrics_of(workdir: str, data_config, samples_BxNxHxWxC: np.ndarray,
   return {k: float(v) for k, v in out.items()}
 
 
+def reference_row(scalars: dict[str, float], distance_name: str, batch: dict[str, np.ndarray]
+                  ) -> dict[str, float]:
+  """Super-resolution: bicubic upsampling's PSNR/SSIM on the same inputs, and the model's gap to it.
+
+  `psnr_gap_to_bicubic` = bicubic PSNR - the model's mean PSNR (dB; negative
+  when a typical sample beats bicubic); `diversity_per_db_gap` = the model's
+  diversity / that gap: how much diversity each dB lost buys (left out when
+  there is no loss).
+  """
+  ref = metrics.REFERENCE_UPSAMPLING
+  out = metrics.reference_upsampling_metrics(batch["x"], batch["y"])
+  gap = out[f"{ref}/psnr"] - scalars["psnr_mean"]
+  out[f"psnr_gap_to_{ref}"] = gap
+  if gap > 0:
+    out["diversity_per_db_gap"] = scalars[f"diversity_{distance_name}"] / gap
+  return out
+
+
 def noise_linking_metrics(method, state, batch: dict[str, np.ndarray], class_names: tuple[str, ...] | None,
                           seed: int = 0) -> dict[str, float]:
   """`noise_linking/<class>` (inside / outside change) and their mean, from the method's gradation extras."""
@@ -284,6 +307,18 @@ def true_modes_of_batch(data_config, batch: dict[str, np.ndarray]) -> np.ndarray
                    for label_HxW in batch["label"]])
 
 
+def initial_mode_metrics(method, state, batch: dict[str, np.ndarray], true_modes_BxKxHxWxC: np.ndarray,
+                         tolerance: float, num_samples: int, seed: int = 0) -> dict[str, float]:
+  """`mode_*_t0`: the mode metrics of the method's `initial_sample` (cGML: G at the z_0 of `sample`).
+
+  Drawn with `sample`'s key, so t = 0 and t = T are the same starting codes.
+  """
+  samples = np.asarray(jax.device_get(jax.jit(method.extras["initial_sample"], static_argnums=3)(
+      state, jnp.asarray(batch["x"]), jax.random.PRNGKey(seed), num_samples)), np.float32)
+  out = metrics.mode_metrics(samples, true_modes_BxKxHxWxC, tolerance)
+  return {f"{k}_t0": v for k, v in out.items()}
+
+
 def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: int | None = None,
              seed: int = 0, weights_dir: str | None = None, mode_samples: int = 64,
              reality_mode: str = "auto") -> dict[str, Any]:
@@ -291,7 +326,8 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
 
   Args:
     workdir: the --workdir of a training run.
-    num_inputs: how many eval examples (the first ones of the eval split).
+    num_inputs: how many eval examples (the first ones of the eval split; all of
+      them, with a printed note, if the split has fewer).
     num_samples: samples drawn per input (N >= 2).
     step: the checkpoint to evaluate; None = the newest.
     seed: the sampling rng seed.
@@ -314,7 +350,8 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
   config, method, state, _ = inference.load_trained(workdir, step)
   step = int(jax.device_get(state.step))
   dataset_name = config.data.name
-  batch = pipeline.load_eval_examples(config, num_inputs)
+  batch = pipeline.load_eval_examples(config, num_inputs, allow_fewer=True)
+  num_inputs = len(batch["x"])  # A small eval split gives all it has (the loader says so).
   sample_jit = jax.jit(method.sample, static_argnums=3)
 
   def draw(n: int) -> np.ndarray:
@@ -340,7 +377,12 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
                             true_modes_BxKxHxWxC, spec.mode_tolerance, mode_samples_BxMxHxWxC,
                             rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
                             rare_modes_K=None if true_modes_BxKxHxWxC is None else rare_modes_of(config.data))
+  if true_modes_BxKxHxWxC is not None and "initial_sample" in method.extras:
+    scalars.update(initial_mode_metrics(method, state, batch, true_modes_BxKxHxWxC, spec.mode_tolerance,
+                                        mode_samples, seed))
 
+  if metrics.is_super_resolution(batch["x"], batch["y"]):
+    scalars.update(reference_row(scalars, distance_name, batch))
   if "label" in batch:
     scalars.update(noise_linking_metrics(method, state, batch, spec.class_names, seed))
     if reality_mode == "on" or (reality_mode == "auto" and config.method == "diversity"):
@@ -382,6 +424,12 @@ def summary(result: dict[str, Any], seconds: float) -> str:
               if pairwise_key(d) in m else "")
            + "; FWV "
            + ", ".join(f"sigma={s:g}: {m[metrics.fwv_key(d, s)]:.3g}" for s in result["fwv_sigmas"])]
+  ref = metrics.REFERENCE_UPSAMPLING
+  if f"{ref}/psnr" in m:
+    lines.append(f"  reference  {ref} upsampling of the same inputs: PSNR {m[f'{ref}/psnr']:.2f} dB, SSIM "
+                 f"{m[f'{ref}/ssim']:.3f}; mean sample {-m[f'psnr_gap_to_{ref}']:+.2f} dB against it"
+                 + (f"; diversity per dB lost {m['diversity_per_db_gap']:.3g}" if "diversity_per_db_gap" in m
+                    else ""))
   if "per_class_variance/overall" in m:
     lines.append(f"  per-class pixel variance, overall {m['per_class_variance/overall']:.4g}"
                  + (f"; clustered ({metrics.NUM_CLUSTERS} clusters, {metrics.CLUSTER_REPEATS} repeats, "
@@ -392,6 +440,9 @@ def summary(result: dict[str, Any], seconds: float) -> str:
     lines.append(f"  modes (K={k}, 1/K={1 / k:.3f}, {result['mode_samples']} samples per input)  recall "
                  f"{m['mode_recall']:.3f}, recall (nearest, no tolerance) {m['mode_recall_nearest']:.3f}, "
                  f"precision {m['mode_precision']:.3f}")
+    if "mode_recall_t0" in m:
+      lines.append(f"    at t = 0 (z_0 decoded, no inference steps)  recall {m['mode_recall_t0']:.3f}, "
+                   f"recall (nearest) {m['mode_recall_nearest_t0']:.3f}, precision {m['mode_precision_t0']:.3f}")
   if "noise_linking" in m:
     lines.append(f"  noise linking (change inside segment c / outside, n^c swept -1 -> 1, mean over classes) "
                  f"{m['noise_linking']:.3g}; mean change inside {m['noise_linking_inside']:.3g}")

@@ -15,11 +15,11 @@ from typing import Sequence
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from multimodal_jax import plugins
 from multimodal_jax import prepared as prepared_lib
 from multimodal_jax.methods import base as methods_base
+from multimodal_jax.models import registry as models_registry
 
 RUN_INFO = "run_info.json"
 
@@ -46,8 +46,10 @@ def write_run_info(workdir: str, config: ml_collections.ConfigDict, batch_spec,
           "batch_spec": {k: [list(v.shape), np.dtype(v.dtype).name] for k, v in batch_spec.items()},
           "imports": imports}
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, RUN_INFO), "w") as f:
+  path = os.path.join(workdir, RUN_INFO)
+  with open(path + ".tmp", "w") as f:
     json.dump(info, f, indent=1)
+  os.replace(path + ".tmp", path)  # Atomic: a run killed mid-write leaves the previous file whole.
 
 
 def load_trained(workdir: str, step: int | None = None):
@@ -73,17 +75,18 @@ def load_trained(workdir: str, step: int | None = None):
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   abstract_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
                                 jax.eval_shape(method.init, jax.random.PRNGKey(config.seed)))
-  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-  manager.close()
-  return config, method, restored["state"], batch_spec
+  # The newest checkpoint that restores (or `step`). Imported here: checkpointing -> workdir -> inference.
+  from multimodal_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  state, _ = checkpointing.restore_for_inference(workdir, abstract_state, step)
+  return config, method, state, batch_spec
 
 
 def sample_grid(x_rgb: np.ndarray, samples: np.ndarray, y: np.ndarray, pad: int = 2) -> np.ndarray:
   """Rows of input | samples | ground truth, as one float32 RGB image in [0, 1].
+
+  For super-resolution (an RGB input smaller than the samples) a column of the
+  input's bicubic upsampling (`models.registry.upsample_reference`, the
+  trivial baseline) follows the input: input | bicubic | samples | truth.
 
   Args:
     x_rgb: [B, h, w, 3] inputs shown as RGB (resized to the target size).
@@ -92,11 +95,14 @@ def sample_grid(x_rgb: np.ndarray, samples: np.ndarray, y: np.ndarray, pad: int 
   """
   b, n, h, w, _ = samples.shape
   to_rgb = lambda a: np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a[..., :3]
-  x_rgb = np.asarray(jax.image.resize(x_rgb, (b, h, w, 3), "nearest"))
-  tiles = np.concatenate([x_rgb[:, None], to_rgb(samples), to_rgb(y)[:, None]], axis=1)  # [B, N+2, H, W, 3]
-  grid = np.ones((b * (h + pad) + pad, (n + 2) * (w + pad) + pad, 3), np.float32)
+  columns = [np.asarray(jax.image.resize(x_rgb, (b, h, w, 3), "nearest"))[:, None]]
+  if x_rgb.shape[1] < h and h % x_rgb.shape[1] == 0:
+    columns.append(np.asarray(models_registry.upsample_reference(x_rgb, h // x_rgb.shape[1]))[:, None])
+  tiles = np.concatenate(columns + [to_rgb(samples), to_rgb(y)[:, None]], axis=1)  # [B, cols, H, W, 3]
+  cols = tiles.shape[1]
+  grid = np.ones((b * (h + pad) + pad, cols * (w + pad) + pad, 3), np.float32)
   for i in range(b):
-    for j in range(n + 2):
+    for j in range(cols):
       top, left = pad + i * (h + pad), pad + j * (w + pad)
       grid[top:top + h, left:left + w] = tiles[i, j]
   return np.clip(grid, 0.0, 1.0)

@@ -13,10 +13,21 @@ that `evaluate` and `sample` import it again.
 them like over GPUs). XLA:CPU parallelises one convolution over threads
 poorly, so one device per core speeds up convolution-heavy forward passes
 (IMLE's selection: 1.9x on 2 cores) but can slow small backward passes (IMLE's
-|S~| = 8 update: ~10% slower); measure before using it for training.
+|S~| = 8 update: ~10%% slower); measure before using it for training.
+
+`--profile_steps=N` writes a `jax.profiler` trace of N steps (after the first
+round, which compiles) to `WORKDIR/profile`, for TensorBoard's profile tab.
+
+Logging shows warnings and errors only, so that the progress lines stand out;
+`--verbosity=0` (absl's flag) adds the INFO lines of absl, orbax and JAX. A
+config error (an unknown key, a bad value) is one line, `error: ...`, exit
+status 2, before anything compiles. A finished run's read-only workdir has
+nothing to do and says so.
 """
 
 import os
+import sys
+from typing import NoReturn
 
 from absl import app
 from absl import flags
@@ -24,8 +35,10 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from multimodal_jax import config_lib
 from multimodal_jax import plugins
 from multimodal_jax import train
+from multimodal_jax import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally with :arg.",
@@ -37,6 +50,8 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many XLA devices "
                                     "(0: JAX's default, one). Only affects the CPU backend.")
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 0, "Trace this many steps after the first round "
+                                      "with jax.profiler into WORKDIR/profile (TensorBoard's profile tab); 0: off.")
 plugins.define_import_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -64,6 +79,64 @@ def set_cpu_devices(n: int) -> None:
     jax.config.update("jax_num_cpu_devices", n)
 
 
+def fail(message: str) -> NoReturn:
+  """A config or usage error: one line on stderr, exit status 2, no traceback."""
+  sys.stderr.write(f"error: {message}\n")
+  sys.exit(2)
+
+
+def _unknown_key(error: Exception, argv: list[str]) -> str:
+  """ml_collections' "'key'\nDid you mean ...?" as one line naming the flag."""
+  while error.args and isinstance(error.args[0], LookupError):  # AttributeError(KeyError(...)).
+    error = error.args[0]
+  key, _, hint = str(error.args[0] if error.args else error).partition("\n")
+  key = key.strip("'\"")
+  names = [a.partition("=")[0] for a in argv[1:] if a.startswith("--config.")]
+  flag = next((n for n in names if key in n.split(".")), "--config")
+  return f"{flag}: the config has no key {key!r}" + (f" ({hint.strip()})" if hint else "")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a config error as one line (`fail`) and logging at WARNING by default.
+
+  ml_collections raises a bare AttributeError/KeyError for a typo'd key and
+  wraps a config file's traceback in a flags error: dozens of lines either way.
+  absl turns INFO logging on after parsing unless --verbosity was given; absl
+  and orbax INFO lines would bury the progress lines (>95% of a run's output).
+  """
+  try:
+    rest = flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # Only ml_collections' key lookups raise these here.
+    fail(_unknown_key(e, argv))
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    fail(" ".join(dict.fromkeys(lines[:1] + lines[-1:])))  # "flag --config=...: ..." and the cause.
+  if flags.FLAGS["verbosity"].using_default_value:
+    flags.FLAGS.verbosity = -1  # absl's WARNING; marks the flag as set, so absl keeps it.
+  return rest
+
+
+def finished_read_only(config, workdir: str) -> bool:
+  """True, after saying so, if `workdir` holds a finished run and cannot be written.
+
+  The loop writes run_info.json, TensorBoard files and checkpoints before it
+  finds nothing to do; a finished run on a read-only filesystem (an archive, a
+  colleague's directory) must not fail. An unfinished one is a one-line error.
+  """
+  checkpoints = os.path.join(workdir, "checkpoints")
+  dirs = [d for d in (workdir, checkpoints) if os.path.isdir(d)]
+  if not dirs or all(os.access(d, os.W_OK) for d in dirs):
+    return False
+  # Orbax names a finished checkpoint by its step; one still being written has a suffix.
+  newest = max((int(n) for n in os.listdir(checkpoints) if n.isdigit()), default=0) if checkpoints in dirs else 0
+  if newest < config.train.num_steps:
+    fail(f"--workdir={workdir} is not writable and its newest checkpoint (step {newest}) is short of "
+         f"train.num_steps={config.train.num_steps}: make it writable or pass another --workdir.")
+  print(f"Nothing to do: the checkpoint is already at step {newest} >= train.num_steps (read-only workdir).",
+        flush=True)
+  return True
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -72,8 +145,20 @@ def main(argv):
   logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
   # After JAX is set up (a module may touch devices), before the config is validated.
   plugins.import_modules(flags.FLAGS[plugins.IMPORT_FLAG].value)
-  train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  try:
+    config = flags.FLAGS.config
+    config_lib.validate(config)
+  except OSError as e:  # config_flags defers a config file that failed to load to its first use.
+    fail(f"--config: {str(e).strip().splitlines()[-1].strip()}")
+  except ValueError as e:
+    fail(str(e))
+  if finished_read_only(config, _WORKDIR.value):
+    return
+  try:
+    train.train_and_evaluate(config, _WORKDIR.value, profile_steps=_PROFILE_STEPS.value)
+  except workdir_lib.WorkdirError as e:  # Locked, another config, no checkpoint restores: one line.
+    fail(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -16,8 +16,12 @@ PNG is the conditioning input of one example:
     grey/RGB PNGs are converted to the input's 1 or 3 channels, and for one-hot
     layout inputs (more than 4 channels, e.g. toy_scenes) a single-channel PNG
     of class ids 0..C-1 is one-hot encoded. Anything else is a clear error.
+16-bit greyscale PNGs are scaled by their bit depth. A file PIL cannot read, one
+over PIL's decompression-bomb limit, or an `--out` whose extension PIL cannot
+write fails in one line before the run is restored.
 
-The grid shows, for every input, a row `input | sample_1 ... sample_N` and under
+The grid shows, for every input, a row `input | sample_1 ... sample_N` (for
+super-resolution `input | bicubic | sample_1 ...`: the trivial baseline) and under
 it the absolute differences |sample_k - sample_{k-1}| (under sample_k), as in
 cimle_srim_ijcv Fig. 1 / Fig. 5, multiplied by `--diff_gain` (default 4, clipped
 to [0, 1]) so that small differences are visible; the gain is printed.
@@ -49,6 +53,8 @@ run_info.json) are imported first, so user datasets and methods work.
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 
 from absl import app
 from absl import flags
@@ -61,6 +67,8 @@ from multimodal_jax import inference
 from multimodal_jax import plugins
 from multimodal_jax.data import pipeline
 from multimodal_jax.data import registry as data_registry
+from multimodal_jax.evaluation import metrics
+from multimodal_jax.models import registry as models_registry
 
 
 def _rgb(images: np.ndarray) -> np.ndarray:
@@ -68,36 +76,91 @@ def _rgb(images: np.ndarray) -> np.ndarray:
 
 
 def difference_grid(inputs_SxHxWx3: np.ndarray, rows_SxLxHxWxC: np.ndarray, pad: int = 2,
-                    diff_gain: float = 1.0) -> np.ndarray:
-  """Rows of `input | image_1 ... image_L`, each above its adjacent differences.
+                    diff_gain: float = 1.0, reference_SxHxWx3: np.ndarray | None = None) -> np.ndarray:
+  """Rows of `input | [reference |] image_1 ... image_L`, each above its adjacent differences.
 
   Args:
     inputs_SxHxWx3: the input of each row, as RGB at the images' size.
     rows_SxLxHxWxC: S rows of L images in [0, 1] (samples, or iterates).
     pad: white border between tiles.
     diff_gain: the differences are shown multiplied by this (then clipped).
+    reference_SxHxWx3: an optional column after the inputs (super-resolution:
+      the bicubic upsampling of the input).
 
   Returns:
-    float32 [2 S (H + pad) + pad, (L + 1) (W + pad) + pad, 3] in [0, 1]: the
-    second row of each pair holds diff_gain |image_k - image_{k-1}| under image_k; the
-    tiles under the input and image_1 stay white.
+    float32 [2 S (H + pad) + pad, (L + 1 + r) (W + pad) + pad, 3] in [0, 1], r = 1
+    with a reference column: the second row of each pair holds
+    diff_gain |image_k - image_{k-1}| under image_k; the tiles under the input,
+    the reference and image_1 stay white.
   """
   s, l, h, w, _ = rows_SxLxHxWxC.shape
   rows = _rgb(np.asarray(rows_SxLxHxWxC, np.float32))
   diffs_SxL1xHxWx3 = diff_gain * np.abs(rows[:, 1:] - rows[:, :-1])
-  grid = np.ones((2 * s * (h + pad) + pad, (l + 1) * (w + pad) + pad, 3), np.float32)
+  if reference_SxHxWx3 is not None:
+    inputs_SxHxWx3 = np.stack([inputs_SxHxWx3, reference_SxHxWx3], axis=1)
+  else:
+    inputs_SxHxWx3 = np.asarray(inputs_SxHxWx3)[:, None]
+  first = inputs_SxHxWx3.shape[1]  # Columns before image_1.
+  grid = np.ones((2 * s * (h + pad) + pad, (l + first) * (w + pad) + pad, 3), np.float32)
 
   def put(row: int, col: int, tile: np.ndarray):
     top, left = pad + row * (h + pad), pad + col * (w + pad)
     grid[top:top + h, left:left + w] = tile
 
   for i in range(s):
-    put(2 * i, 0, inputs_SxHxWx3[i])
+    for j in range(first):
+      put(2 * i, j, inputs_SxHxWx3[i, j])
     for k in range(l):
-      put(2 * i, k + 1, rows[i, k])
+      put(2 * i, k + first, rows[i, k])
     for k in range(1, l):
-      put(2 * i + 1, k + 1, diffs_SxL1xHxWx3[i, k - 1])
+      put(2 * i + 1, k + first, diffs_SxL1xHxWx3[i, k - 1])
   return np.clip(grid, 0.0, 1.0)
+
+
+class InputError(ValueError):
+  """A bad --input or --out: `main` prints it as one line, without a traceback."""
+
+
+# Greyscale modes PIL gives 16-bit images (a 16-bit PNG is 'I;16'; older PIL: 'I').
+_16_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def check_out_path(out: str) -> None:
+  """Fails before anything is computed unless PIL can write `out`'s format (by its extension)."""
+  extension = os.path.splitext(out)[1].lower()
+  image_format = Image.registered_extensions().get(extension)
+  if image_format is None or image_format not in Image.SAVE:
+    raise InputError(f"--out={out}: give a file name with an image extension PIL can write, e.g. .png "
+                     f"(got {extension or 'no extension'!r}).")
+
+
+def open_image(path: str) -> Image.Image:
+  """Reads and decodes `path`: a missing file, a non-image and a decompression bomb are one-line errors.
+
+  PIL's DecompressionBombWarning (over `Image.MAX_IMAGE_PIXELS`) is an error
+  here too: no conditioning input is that large, and decoding one could
+  exhaust the memory.
+  """
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      image = Image.open(path)
+      image.load()
+  except FileNotFoundError as e:
+    raise InputError(f"Input {path}: no such file.") from e
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise InputError(f"Input {path} is too large to decode safely: {e}") from e
+  except (OSError, SyntaxError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError.
+    raise InputError(f"Input {path} is not an image PIL can read ({type(e).__name__}: {e}).") from e
+  return image
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+  """A 16-bit greyscale image as 8-bit 'L', scaled by 255/65535 (PIL's convert('L') would clip it to 255)."""
+  if image.mode not in _16_BIT_MODES:
+    return image
+  scaled = np.clip(np.round(np.asarray(image, np.float64) * (255.0 / 65535.0)), 0, 255)
+  return Image.fromarray(scaled.astype(np.uint8), "L")
 
 
 def load_input_png(path: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...],
@@ -110,12 +173,14 @@ def load_input_png(path: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...]
     dataset_name: for error messages.
   """
   _, h, w, c = x_shape
-  image = Image.open(path)
+  image = open_image(path)
+  if c <= 4:  # Pixel values, by their bit depth; a layout's class ids stay integers.
+    image = _to_8_bit(image)
   width0, height0 = image.size
   is_super_resolution = y_shape[1] > h
   if is_super_resolution:
     if c not in (1, 3):
-      raise ValueError(f"Super-resolution inputs with {c} channels are not supported.")
+      raise InputError(f"Super-resolution inputs with {c} channels are not supported.")
     image = image.convert("L" if c == 1 else "RGB")
     if (width0, height0) != (w, h):
       # Centre crop to the input's aspect ratio, then resize.
@@ -131,18 +196,18 @@ def load_input_png(path: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...]
               + (f" (a one-hot layout: give a {w}x{h} single-channel PNG of class ids 0..{c - 1})"
                  if c > 4 else ""))
   if (width0, height0) != (w, h):
-    raise ValueError(f"Input {path} is {width0}x{height0}, but {expected}. Only super-resolution "
+    raise InputError(f"Input {path} is {width0}x{height0}, but {expected}. Only super-resolution "
                      "runs resize their input.")
   array = np.asarray(image)
   array = array[..., None] if array.ndim == 2 else array
   if c > 4:
     if array.shape[-1] != 1 or not np.issubdtype(array.dtype, np.integer) or array.max() >= c:
-      raise ValueError(f"Input {path} has {array.shape[-1]} channel(s) with values up to "
+      raise InputError(f"Input {path} has {array.shape[-1]} channel(s) with values up to "
                        f"{array.max()}, but {expected}.")
     return np.eye(c, dtype=np.float32)[array[..., 0]][None]
   if array.shape[-1] != c:
     if c not in (1, 3) or array.shape[-1] not in (1, 3, 4):
-      raise ValueError(f"Input {path} has {array.shape[-1]} channel(s), but {expected}.")
+      raise InputError(f"Input {path} has {array.shape[-1]} channel(s), but {expected}.")
     array = np.asarray(image.convert("L" if c == 1 else "RGB"))
     array = array[..., None] if array.ndim == 2 else array
   return (array.astype(np.float32) / 255.0).reshape(1, h, w, c)
@@ -174,6 +239,9 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
   Returns:
     The grid, float32 [rows, cols, 3] in [0, 1], as written to `out`.
   """
+  check_out_path(out)
+  if input_path:
+    open_image(input_path)  # A bad input fails before the run is restored and sampled.
   if diff_gain <= 0:
     raise ValueError(f"--diff_gain must be > 0, got {diff_gain}.")
   config, method, state, batch_spec = inference.load_trained(workdir, step)
@@ -188,7 +256,7 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
   if input_path:
     x_BxHxWxC = load_input_png(input_path, batch_spec["x"].shape, batch_spec["y"].shape, config.data.name)
   else:
-    x_BxHxWxC = pipeline.load_eval_examples(config, num_inputs)["x"]
+    x_BxHxWxC = pipeline.load_eval_examples(config, num_inputs, allow_fewer=True)["x"]
   outputs = draw_outputs(fn, state, x_BxHxWxC, jax.random.PRNGKey(seed), num_samples, same_code)
 
   b = x_BxHxWxC.shape[0]
@@ -205,13 +273,19 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
     raise ValueError(f"{name} returned {outputs.shape} for {b} input(s); expected B = {b} first.")
   h, w = rows.shape[2:4]
   inputs_rgb = np.asarray(jax.image.resize(spec.input_to_rgb(x_BxHxWxC), (b, h, w, 3), "nearest"))
-  grid = difference_grid(np.repeat(inputs_rgb, per_input, axis=0), rows, diff_gain=diff_gain)
+  reference = None
+  if metrics.is_super_resolution(x_BxHxWxC, rows[:, 0]):
+    reference = np.repeat(np.asarray(models_registry.upsample_reference(
+        x_BxHxWxC, h // x_BxHxWxC.shape[1])), per_input, axis=0)
+  grid = difference_grid(np.repeat(inputs_rgb, per_input, axis=0), rows, diff_gain=diff_gain,
+                         reference_SxHxWx3=reference)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   Image.fromarray(np.round(grid * 255.0).astype(np.uint8)).save(out)
   print(f"Wrote {out} ({grid.shape[1]}x{grid.shape[0]}): {config.method} on {config.data.name}, "
         f"{extra or 'samples'}, {b} input(s) x {outputs.shape[1]}"
         + (f" x {outputs.shape[2]} iterates" if outputs.ndim == 6 else "")
         + ("; the same codes for every input" if same_code else "")
+        + (f"; column 2 is {metrics.REFERENCE_UPSAMPLING} upsampling" if reference is not None else "")
         + f"; difference rows x{diff_gain:g}.", flush=True)
   return grid
 
@@ -238,9 +312,13 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   plugins.import_modules(f[plugins.IMPORT_FLAG].value)
-  sample_to_png(f.workdir, f.out, input_path=f.input, num_samples=f.num_samples,
-                num_inputs=f.num_inputs, extra=f.extra, step=f.step, seed=f.seed, diff_gain=f.diff_gain,
-                same_code=f.same_code)
+  try:
+    sample_to_png(f.workdir, f.out, input_path=f.input, num_samples=f.num_samples,
+                  num_inputs=f.num_inputs, extra=f.extra, step=f.step, seed=f.seed, diff_gain=f.diff_gain,
+                  same_code=f.same_code)
+  except InputError as e:
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,20 @@ Every method runs through `train_and_evaluate`. The loop
     that their metrics accumulate on device as `clu.metrics.Average`s and a
     non-finite metric records its step — the host reads them only every
     `train.log_every` steps;
-  * resumes from the newest checkpoint in `workdir` (train state *and* the
-    grain iterator position), else initialises from scratch;
-  * saves every `train.checkpoint_every` steps, at the end, and on SIGTERM or
-    a TPU preemption notice, then exits cleanly;
+  * holds the workdir's lock and, before resuming, checks that the config
+    matches the run recorded there (multimodal_jax/workdir.py);
+  * resumes from the newest checkpoint in `workdir` that restores (train
+    state *and* the grain iterator position; a corrupt one is moved aside,
+    multimodal_jax/checkpointing.py), else initialises from scratch;
+  * saves every `train.checkpoint_every` steps, at the end, and on SIGTERM,
+    Ctrl-C or a TPU preemption notice, then exits cleanly;
   * writes scalars, hparams and sample grids (input | samples | ground truth)
     to TensorBoard from process 0 only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -32,12 +36,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-import grain
 
+from multimodal_jax import checkpointing
 from multimodal_jax import config_lib
 from multimodal_jax import inference
+from multimodal_jax import periodic_eval
 from multimodal_jax import prepared as prepared_lib
+from multimodal_jax import workdir as workdir_lib
 from multimodal_jax.data import pipeline
 from multimodal_jax.data import registry as data_registry
 from multimodal_jax.methods import base as methods_base
@@ -130,55 +135,121 @@ class CompiledSteps:
     return scalars, first_bad
 
 
+class _StepProfile:
+  """`--profile_steps=N`: a `jax.profiler` trace of N steps, written to `<workdir>/profile`.
+
+  It starts after the first round, so compilation stays out of it, and stops
+  at the first round boundary N steps later (device work finished, so the
+  trace holds whole steps); TensorBoard's profile tab reads it.
+  """
+
+  def __init__(self, workdir: str, num_steps: int):
+    self.directory, self.num_steps = os.path.join(workdir, "profile"), num_steps
+    self.stop_at: int | None = None
+
+  def after_round(self, state, step: int) -> None:
+    if self.num_steps <= 0:
+      return
+    jax.block_until_ready(state)
+    if self.stop_at is None:
+      jax.profiler.start_trace(self.directory)
+      self.stop_at = step + self.num_steps
+    elif step >= self.stop_at:
+      self.close()
+
+  def close(self) -> None:
+    """Stops the trace (if running): after N steps, or when the loop ends or fails first."""
+    if self.num_steps > 0 and self.stop_at is not None:
+      jax.profiler.stop_trace()
+      logging.info("Profile of steps %d-%d written to %s.", self.stop_at - self.num_steps, self.stop_at,
+                   self.directory)
+    self.num_steps = 0
+
+
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between rounds."""
+  """Turns SIGTERM and a first Ctrl-C (SIGINT) into a flag the loop checks between rounds.
+
+  The loop then saves a checkpoint and returns, as on a TPU preemption notice.
+  A second Ctrl-C raises KeyboardInterrupt at once, saving nothing, for a run
+  that must stop now. A SIGINT the process started with ignored (a background
+  job of a shell script) stays ignored.
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self.reason = "Preempted"
+    self._previous = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread (e.g. some test runners): no handler.
-      self._previous = None
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+        continue
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # Not the main thread (e.g. some test runners): no handler.
+        break
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and exiting after this round.")
+    del frame
+    if signum == signal.SIGINT:
+      if self.requested:
+        raise KeyboardInterrupt
+      self.reason = "Interrupted"
+      message = ("Ctrl-C: saving a checkpoint and exiting after this round; press Ctrl-C again to abort at "
+                 "once without saving.")
+    else:
+      message = "SIGTERM received: saving a checkpoint and exiting after this round."
     self.requested = True
+    # os.write: a print here could interrupt a print of the loop (a reentrant write raises).
+    os.write(2, (message + "\n").encode())
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      if previous is not None:  # None: a handler not set from Python, which cannot be put back.
+        signal.signal(signum, previous)
 
 
-def make_checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.train.max_checkpoints_to_keep, create=True,
-      enable_async_checkpointing=config.train.async_checkpointing)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+# The loop saves through this module-level name: tests/train_worker.py replaces
+# it to kill the run right after a checkpoint is committed.
+save_checkpoint = checkpointing.save
 
 
-def restore_or_init(manager: ocp.CheckpointManager, init_fn: Callable[[], PyTree], abstract_state: PyTree,
-                    data_iter) -> tuple[PyTree, int]:
-  """Resume order: the newest checkpoint in workdir, else a fresh init."""
-  latest = manager.latest_step()
-  if latest is None:
-    return init_fn(), 0
-  logging.info("Resuming from the checkpoint at step %d.", latest)
-  print(f"Resuming from the checkpoint at step {latest}.", flush=True)
-  restored = manager.restore(latest, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
-  return restored["state"], latest
+class TrainingClock:
+  """Training steps per second over training time: sampling, checkpointing and evaluation excluded.
 
+  `steps_per_sec(step)` divides the steps since its previous call by the
+  training time since then, so steps done before a pause count over the time
+  they took, and the ETA extrapolates training alone. `now` is injectable for
+  tests.
+  """
 
-def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: PyTree, data_iter) -> None:
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data_iter=grain.checkpoint.CheckpointSave(data_iter)), force=True)
+  def __init__(self, step: int, now: Callable[[], float] = time.monotonic):
+    self._now = now
+    self._step, self._seconds, self._since = step, 0.0, now()
+
+  @contextlib.contextmanager
+  def paused(self, wait_for: PyTree = None):
+    """Stops the clock for the block, once `wait_for` (the state) is computed.
+
+    The steps dispatched before the pause are training: with JAX's async
+    dispatch they may still run, and the block would wait for them anyway.
+    """
+    if wait_for is not None:
+      jax.block_until_ready(wait_for)
+    self._seconds += self._now() - self._since
+    try:
+      yield
+    finally:
+      self._since = self._now()
+
+  def steps_per_sec(self, step: int) -> float:
+    """Steps per training second since the previous call (or the start); starts a new interval."""
+    now = self._now()
+    seconds = self._seconds + now - self._since
+    rate = (step - self._step) / max(seconds, 1e-9)
+    self._step, self._seconds, self._since = step, 0.0, now
+    return rate
 
 
 def _flatten_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
@@ -233,6 +304,14 @@ class _Outputs:
     self.sample_jit = jax.jit(method.sample, static_argnums=3, out_shardings=replicated)
     self.report_progress = periodic_actions.ReportProgress(num_train_steps=config.train.num_steps,
                                                            writer=self.writer, every_secs=30.0)
+    self.evaluator = (periodic_eval.PeriodicEvaluator(config, method, replicated)
+                      if config.train.eval_every else None)
+
+  def evaluate(self, state, at_step: int) -> None:
+    """`train.eval_every`: PSNR/SSIM of the samples of a fixed eval batch, as eval/* (periodic_eval.py)."""
+    scalars = self.evaluator(state)
+    self.writer.write_scalars(at_step, {f"eval/{k}": v for k, v in scalars.items()})
+    print(f"[step {at_step}] {self.evaluator.describe(scalars)}\n", end="", flush=True)
 
   def write_samples(self, state, at_step: int) -> None:
     rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + 1), at_step)
@@ -240,17 +319,17 @@ class _Outputs:
     grid = inference.sample_grid(self.spec.input_to_rgb(self.grid_batch["x"]), samples, self.grid_batch["y"])
     self.writer.write_images(at_step, {"samples": grid[None]})
 
-  def flush_metrics(self, at_step: int, elapsed: float, steps_done: int, manager, workdir: str) -> None:
+  def flush_metrics(self, at_step: int, clock: TrainingClock, manager, workdir: str) -> None:
     """Reads the on-device metrics (the loop's only host sync); raises on a non-finite value."""
     config, num_steps = self.config, self.config.train.num_steps
     scalars, first_bad = self.compiled.flush()
+    steps_per_sec = clock.steps_per_sec(at_step)  # After the sync: the steps are done.
     if first_bad is not None:
       manager.wait_until_finished()  # Commit the last good checkpoint, if one is in flight.
       raise FloatingPointError(
           f"Non-finite loss or metric at step {first_bad} (run {config.method} on {config.data.name}). "
           f"The last good checkpoint is step {manager.latest_step()} in {workdir}; nothing later "
           "was saved.")
-    steps_per_sec = steps_done / max(elapsed, 1e-9)
     shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
     scalars.update(_learning_rate_scalars(self.method, at_step), train_steps_per_sec=steps_per_sec)
     self.writer.write_scalars(at_step, scalars)
@@ -264,41 +343,57 @@ class _Outputs:
     self.writer.close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> PyTree:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, profile_steps: int = 0) -> PyTree:
   """Trains `config.method` on `config.data` and writes everything under `workdir`.
 
-  Returns the final train state (replicated global arrays).
+  `profile_steps` > 0 traces that many steps after the first round into
+  `<workdir>/profile` (`_StepProfile`). Returns the final train state
+  (replicated global arrays).
   """
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
+  # Process 0 locks for the run: its other processes share the workdir by design.
+  with workdir_lib.lock(workdir, enabled=jax.process_index() == 0):
+    if checkpointing.has_checkpoint(workdir):
+      # Before build_method, which would recompute prepared.npz for another config.
+      workdir_lib.check_config_unchanged(workdir, config)
+    return _train(config, workdir, profile_steps)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, profile_steps: int) -> PyTree:
+  """`train_and_evaluate` in a locked, checked workdir."""
   mesh = inference.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   logging.info("Devices: %d (%d per process, %d processes), platform %s.", jax.device_count(),
                jax.local_device_count(), jax.process_count(), jax.default_backend())
+  compute_dtype = config_lib.resolve_compute_dtype(config)
 
   method, batch_spec, data_iter = build_method(config, workdir)
+  # Any method (a user's too): a round runs whole, so the budget must be whole rounds.
+  config_lib.require_whole_rounds(config, method.steps_per_round, "the method's steps_per_round")
   base_rng = jax.random.PRNGKey(config.seed)
   init_jit = jax.jit(method.init, out_shardings=replicated)
   abstract_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
                                 jax.eval_shape(method.init, base_rng))
-  manager = make_checkpoint_manager(workdir, config)
-  state, step = restore_or_init(manager, lambda: init_jit(base_rng), abstract_state, data_iter)
+  manager = checkpointing.make_manager(workdir, config)
+  state, step = checkpointing.restore_or_init(manager, lambda: init_jit(base_rng), abstract_state, data_iter)
 
   if jax.process_index() == 0:
     inference.write_run_info(workdir, config, batch_spec)
   compiled = CompiledSteps(method.steps, replicated, batch_sharding)
   outputs = _Outputs(config, workdir, method, compiled, replicated)
   if step == 0:
-    outputs.writer.write_hparams(_flatten_config(config))
+    outputs.writer.write_hparams(dict(_flatten_config(config), resolved_compute_dtype=compute_dtype.name))
   logging.info("Method %s: %s. Dataset %s, global batch %d.", config.method, method.description,
                config.data.name, config.data.batch_size)
   print(f"Training {config.method} ({method.description}) on {config.data.name}: steps {step} -> "
-        f"{config.train.num_steps}, global batch {config.data.batch_size}, {jax.device_count()} device(s).",
-        flush=True)
+        f"{config.train.num_steps}, global batch {config.data.batch_size}, {jax.device_count()} device(s), "
+        f"computing in {compute_dtype.name} (config.compute_dtype={config.compute_dtype!r}; parameters, "
+        "losses and distances float32).", flush=True)
   try:
     return _run_loop(config, workdir, method, compiled, outputs, manager, state, step,
-                     pipeline.iterate_global(data_iter, batch_sharding), data_iter)
+                     pipeline.iterate_global(data_iter, batch_sharding), data_iter, profile_steps)
   finally:
     manager.wait_until_finished()
     outputs.close()
@@ -306,31 +401,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> PyTre
 
 
 def _run_loop(config, workdir, method, compiled, outputs: _Outputs, manager, state, step, global_batches,
-              data_iter) -> PyTree:
-  """Rounds until `train.num_steps`: metrics, grids and checkpoints on their schedules; SIGTERM saves."""
+              data_iter, profile_steps: int = 0) -> PyTree:
+  """Rounds until `train.num_steps`: metrics, grids, checkpoints on their schedules; SIGTERM, Ctrl-C save."""
   num_steps, t = config.train.num_steps, config.train
   start_step = step
-  last_log_step, last_log_time = step, time.time()
+  clock = TrainingClock(step)
   preempted = False
-  with _Preemption() as preemption:
+  profile = _StepProfile(workdir, profile_steps)
+  with _Preemption() as preemption, contextlib.closing(profile):
     while step < num_steps:
       state = method.run_round(compiled, state, next(global_batches))
       prev_step, step = step, step + method.steps_per_round
+      profile.after_round(state, step)
       outputs.report_progress(step)
       crossed = lambda every: step // every > prev_step // every or step >= num_steps
       if crossed(t.log_every) or crossed(t.checkpoint_every):
-        now = time.time()
-        outputs.flush_metrics(step, now - last_log_time, step - last_log_step, manager, workdir)
-        last_log_step, last_log_time = step, now
+        outputs.flush_metrics(step, clock, manager, workdir)
       if t.sample_every and crossed(t.sample_every) and step < num_steps:
-        outputs.write_samples(state, step)
-        last_log_time = time.time()  # steps/s measures training, not sampling.
+        with clock.paused(wait_for=state):
+          outputs.write_samples(state, step)
+      if t.eval_every and crossed(t.eval_every):
+        with clock.paused(wait_for=state):
+          outputs.evaluate(state, step)
       preempted = preemption.requested or manager.reached_preemption(step)
       if crossed(t.checkpoint_every) or preempted:
-        save_checkpoint(manager, step, state, data_iter)
-        last_log_time = time.time()
+        with clock.paused(wait_for=state):
+          save_checkpoint(manager, step, state, data_iter)
       if preempted:
-        print(f"Preempted: saved the checkpoint at step {step}; rerun the same command to resume.",
+        print(f"{preemption.reason}: saved the checkpoint at step {step}; rerun the same command to resume.",
               flush=True)
         return state
   if step > start_step:

@@ -52,13 +52,7 @@ def _to_example(lr_hxwx3: np.ndarray, hr_HxWx3: np.ndarray) -> dict[str, np.ndar
   return {'x': np.asarray(lr_hxwx3, np.float32) / 255.0, 'y': np.asarray(hr_HxWx3, np.float32) / 255.0}
 
 
-def flip_rotate(example: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-  """The same random flip and 90° rotation of x and y."""
-  flip, turns = bool(rng.integers(2)), int(rng.integers(4))
-  def apply(a):
-    a = a[:, ::-1] if flip else a
-    return np.ascontiguousarray(np.rot90(a, turns, axes=(0, 1)))
-  return {k: apply(v) for k, v in example.items()}
+flip_rotate = local_photos_sr.flip_rotate
 
 
 class ImageNetPair(grain.transforms.Map):
@@ -115,10 +109,7 @@ class Div2KCenterCrop(grain.transforms.Map):
                                      self.hr_size, self.factor))
 
 
-class RandomFlipRotate(grain.transforms.RandomMap):
-
-  def random_map(self, element, rng: np.random.Generator):
-    return flip_rotate(element, rng)
+RandomFlipRotate = local_photos_sr.RandomFlipRotate
 
 
 def imagenet_transforms(data_config: ml_collections.ConfigDict, train: bool):

@@ -19,8 +19,10 @@ transforms. With per-example weights the train iterator draws with replacement
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import sys
+import threading
 import time
 from typing import Any, Iterator, Sequence
 
@@ -129,12 +131,45 @@ class IndexedSource:
     records = getitems(record_keys) if getitems else [self._source[k] for k in record_keys]
     return [_with_index(r, k) for r, k in zip(records, record_keys)]
 
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    # Unpickled in each of grain's worker processes (data.num_workers > 0): the
+    # worker init that grain.DataLoader does not expose.
+    self.__dict__.update(state)
+    exit_with_parent()
+
   def __repr__(self) -> str:
     # grain checks repr(source) when restoring an iterator. The inner source's, as
     # grain writes it (in-memory data by type only), keeps checkpoints written
     # before the index existed restorable: same records, same order.
     inner = self._source
     return str(type(inner)) if isinstance(inner, (list, tuple, np.ndarray)) else repr(inner)
+
+
+_watching_parent = False
+
+
+def exit_with_parent(poll_seconds: float = 0.5) -> None:
+  """In a worker process, ends it (within `poll_seconds`) once its parent has died.
+
+  grain's workers block on a full queue until the parent asks them to stop; a
+  parent killed by SIGKILL (or the OOM killer) never asks, and the orphans would
+  hold their memory forever. A daemon thread polls the parent pid: reparenting
+  changes it. Not prctl(PR_SET_PDEATHSIG): it fires when the parent *thread*
+  that started the worker exits, and grain starts workers from its own threads.
+  A no-op in a process that multiprocessing did not start (the main process).
+  """
+  global _watching_parent
+  parent = multiprocessing.parent_process()
+  if parent is None or _watching_parent:
+    return
+  _watching_parent = True
+
+  def watch():
+    while os.getppid() == parent.pid:
+      time.sleep(poll_seconds)
+    os._exit(1)  # pylint: disable=protected-access  # No cleanup can reach a dead parent.
+
+  threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
 
 
 def _reattach_index(example: Any, index: np.int32, transform: Any) -> dict[str, Any]:
@@ -328,18 +363,25 @@ def create_train_iterator(config: ml_collections.ConfigDict,
   return iter(loader)
 
 
-def load_eval_examples(config: ml_collections.ConfigDict, num_examples: int) -> dict[str, np.ndarray]:
+def load_eval_examples(config: ml_collections.ConfigDict, num_examples: int,
+                       allow_fewer: bool = False) -> dict[str, np.ndarray]:
   """The first `num_examples` examples of the eval split (with their `index`), the same on every process.
 
   Used for the fixed batch of sample grids: every process holds all of it, so
-  it is passed to jitted functions as a replicated array.
+  it is passed to jitted functions as a replicated array. A split with fewer
+  examples is an error, unless `allow_fewer` (evaluate, sample): then all of
+  them, and a printed line says so.
   """
   data = config.data
   spec = registry.get_dataset(data.name)
   source = IndexedSource(get_builder(data).as_data_source(spec.eval_split))
   if len(source) < num_examples:
-    raise ValueError(f"The {spec.eval_split!r} split of {spec.tfds_name!r} has {len(source)} "
-                     f"examples, fewer than the {num_examples} requested.")
+    if not allow_fewer or not len(source):
+      raise ValueError(f"The {spec.eval_split!r} split of {spec.tfds_name!r} has {len(source)} "
+                       f"examples, fewer than the {num_examples} requested.")
+    print(f"The {spec.eval_split!r} split of {spec.tfds_name!r} has {len(source)} examples, fewer than "
+          f"the {num_examples} requested: using all {len(source)}.", flush=True)
+    num_examples = len(source)
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=grain.sharding.NoSharding(), shuffle=False,
       num_epochs=1, seed=0)

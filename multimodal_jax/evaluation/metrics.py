@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from multimodal_jax.models import registry as models_registry
+
 Distance = Callable[[jax.Array, jax.Array], jax.Array]
 
 # The IJCV paper's kernel bandwidths (Table 1).
@@ -134,6 +136,28 @@ def all_fwv(samples_BxNxHxWxC, ground_truth_BxHxWxC, distance: Distance,
 
 def _flat_images(a: jax.Array) -> jax.Array:
   return jnp.reshape(a, (-1,) + tuple(a.shape[-3:]))
+
+
+REFERENCE_UPSAMPLING = "bicubic"
+
+
+def is_super_resolution(x_BxhxwxC: np.ndarray, y_BxHxWxC: np.ndarray) -> bool:
+  """Whether (x, y) is an RGB super-resolution pair: y is x's channels at an integer larger size."""
+  (h, w, c), (hh, ww, cc) = x_BxhxwxC.shape[1:], y_BxHxWxC.shape[1:]
+  return c == cc and hh > h and hh % h == 0 and ww * h == hh * w
+
+
+def reference_upsampling_metrics(x_BxhxwxC: np.ndarray, y_BxHxWxC: np.ndarray,
+                                 method: str = REFERENCE_UPSAMPLING) -> dict[str, float]:
+  """PSNR / SSIM of the input upsampled by `method` (the trivial SR baseline) on the same inputs.
+
+  Returns {'<method>/psnr', '<method>/ssim'}: means over the inputs, computed
+  exactly as a model's `psnr_mean` / `ssim_mean` (one "sample" per input).
+  """
+  factor = y_BxHxWxC.shape[1] // x_BxhxwxC.shape[1]
+  reference_BxHxWxC = models_registry.upsample_reference(jnp.asarray(x_BxhxwxC), factor, method)
+  q = psnr_ssim_best_and_mean(reference_BxHxWxC[:, None], jnp.asarray(y_BxHxWxC))
+  return {f"{method}/psnr": float(q["psnr_mean"]), f"{method}/ssim": float(q["ssim_mean"])}
 
 
 def psnr_ssim_best_and_mean(samples_BxNxHxWxC: jax.Array, ground_truth_BxHxWxC: jax.Array

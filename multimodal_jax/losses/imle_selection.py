@@ -21,12 +21,21 @@ This module computes sigma for a whole batch at once:
 
 The optional perturbation of the chosen code (the authors' SRIM-pytorch
 `sample_perturbation_magnitude`, 0.1) adds perturbation * N(0, I).
+
+Mixed precision: `generate` may compute in bfloat16, but it returns float32
+images and the distance compares float32 features, so the running minimum,
+the argmin and the codes are float32 (a bfloat16 distance would tie samples
+whose distances differ below its 8-bit mantissa).
+
+Chunk size from the device: `largest_fitting_chunk` picks the largest
+divisor of m whose compiled selection (`peak_bytes` of its
+`memory_analysis()`) fits a memory budget (methods/imle.py, `chunk_size='auto'`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 from flax import struct
 import jax
@@ -178,3 +187,46 @@ def select_nearest_latents(generate: GenerateFn, distance: perceptual.Distance, 
     z = z + perturbation * noise
   return Selection(latents=z, distances=d, indices=j, mean_distances=mean_d)
 
+
+def chunk_candidates(num_samples: int) -> list[int]:
+  """The divisors of m, ascending: chunk sizes that waste no work on an overhanging last chunk."""
+  return [c for c in range(1, num_samples + 1) if num_samples % c == 0]
+
+
+def peak_bytes(compiled: Any) -> int | None:
+  """Peak device memory of a compiled executable: arguments + outputs + temporaries - aliased.
+
+  None when the backend gives no (or a partial) `memory_analysis()`.
+  """
+  try:
+    stats = compiled.memory_analysis()
+  except (NotImplementedError, RuntimeError):  # backends without buffer assignment statistics
+    return None
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes")
+  if stats is None or any(getattr(stats, f, None) is None for f in fields):
+    return None
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+             - stats.alias_size_in_bytes)
+
+
+def largest_fitting_chunk(memory_at: Callable[[int], int | None], num_samples: int,
+                          budget_bytes: float) -> int | None:
+  """The largest divisor c of m with memory_at(c) <= budget_bytes (1 if none fits).
+
+  The selection's memory grows with the chunk (the [B, chunk] samples and
+  their features dominate), so a binary search over the divisors compiles
+  about log2(#divisors) selections: 3-4 for m = 100. None when `memory_at`
+  returns None (no memory analysis on this backend).
+  """
+  candidates = chunk_candidates(num_samples)
+  lo, hi, best = 0, len(candidates) - 1, 0
+  while lo <= hi:
+    mid = (lo + hi) // 2
+    used = memory_at(candidates[mid])
+    if used is None:
+      return None
+    if used <= budget_bytes:
+      best, lo = mid, mid + 1
+    else:
+      hi = mid - 1
+  return candidates[best]

@@ -54,6 +54,13 @@ go through `jax.lax.stop_gradient`, so gradients reach the images only.
 features once and compare many samples: `from_features` reduces the last three
 axes and broadcasts all leading axes (e.g. target [B, 1, ...] vs samples
 [B, m, ...] gives [B, m]).
+
+Mixed precision. The trunk computes in `Distance.dtype` (the run's
+`config.compute_dtype`; bfloat16 on accelerators by default) with float32
+parameters; its activations are cast to float32 before any difference is
+taken, so terms, weights and the argmin over samples are float32: bfloat16's
+8-bit mantissa would otherwise round away the differences the IMLE selection
+ranks samples by.
 """
 
 from __future__ import annotations
@@ -71,6 +78,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from multimodal_jax.models import alexnet as alexnet_lib
+from multimodal_jax.models import registry as model_registry
 from multimodal_jax.models import vgg as vgg_lib
 
 DISTANCE_NAMES = ('pixel', 'vgg', 'lpips', 'lpips_vgg')  # 'lpips' = LPIPS-alex
@@ -246,6 +254,9 @@ class Distance:
   input_norm: str = struct.field(pytree_node=False, default='')
   weights_source: str = struct.field(pytree_node=False, default='')
   calibration: str = struct.field(pytree_node=False, default='')
+  # The trunk's compute dtype (config.compute_dtype); features, terms and the
+  # distance itself are float32 whatever it is.
+  dtype: str = struct.field(pytree_node=False, default='float32')
   params: Any = None  # trunk parameters (frozen)
   heads: Any = None   # LPIPS linear heads {tap: w [C]} (frozen)
 
@@ -262,10 +273,11 @@ class Distance:
   def _trunk_features(self, x_NxHxWx3: jax.Array, taps: tuple[str, ...]) -> dict[str, jax.Array]:
     params = jax.lax.stop_gradient(self.params)  # frozen: no gradient to the network
     if self.trunk == 'alexnet':
-      module = alexnet_lib.AlexNet(input_norm=self.input_norm)
+      module = alexnet_lib.AlexNet(input_norm=self.input_norm, dtype=jnp.dtype(self.dtype))
     else:
-      module = vgg_lib.VGG(arch=self.trunk, input_norm=self.input_norm)
-    return module.apply({'params': params}, x_NxHxWx3, taps=taps)
+      module = vgg_lib.VGG(arch=self.trunk, input_norm=self.input_norm, dtype=jnp.dtype(self.dtype))
+    taps = module.apply({'params': params}, x_NxHxWx3, taps=taps)
+    return {tap: f.astype(jnp.float32) for tap, f in taps.items()}
 
   def features(self, x: jax.Array) -> dict[str, jax.Array]:
     """Everything `from_features` needs from one image batch [..., H, W, 3] in [0, 1].
@@ -379,6 +391,8 @@ class Distance:
     text += ' [per-element means over h,w,c]'
     if self.trunk:
       text += f'; trunk {self.trunk} from {self.weights_source.split(";")[0]} (input_norm={self.input_norm})'
+      if self.dtype != 'float32':
+        text += f', computing in {self.dtype}'
     if self.needs_calibration:
       text += '; layer weights: equal contribution, NOT YET CALIBRATED'
     elif self.calibration:
@@ -407,12 +421,15 @@ def _check_norm(value: str, key: str) -> None:
     raise ValueError(f'config.distance.{key}={value!r}; valid: {NORMS}')
 
 
-def make_distance(cfg: ml_collections.ConfigDict, weights_dir: str | None = None) -> Distance:
+def make_distance(cfg: ml_collections.ConfigDict, weights_dir: str | None = None,
+                  dtype: Any = None) -> Distance:
   """Builds the distance `cfg` (a `default_distance_config()` block) asks for.
 
   Loads and validates the weights it needs (MissingWeightsError if absent) and
   logs `describe()`. Equal-contribution configs come back with
-  `needs_calibration` set; call `.calibrate(a, b)` before use.
+  `needs_calibration` set; call `.calibrate(a, b)` before use. The trunk
+  computes in `dtype` (default: the enclosing `registry.compute_dtype_scope`'s,
+  float32 outside one); the distance is float32 either way.
   """
   name = cfg.name
   if name not in DISTANCE_NAMES:
@@ -470,6 +487,9 @@ def make_distance(cfg: ml_collections.ConfigDict, weights_dir: str | None = None
         trunk=trunk, input_norm='lpips',  # the heads' scaling, whatever the trunk file says
         weights_source=f'{trunk_path}; {heads_path}', params=trunk_tree['params'], heads=heads)
 
+  if distance.trunk:
+    dtype = model_registry.current_compute_dtype() if dtype is None else dtype
+    distance = distance.replace(dtype=jnp.dtype(dtype).name)
   logging.info('Image distance: %s', distance.describe())
   return distance
 

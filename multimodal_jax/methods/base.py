@@ -37,6 +37,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from multimodal_jax import config_lib
+from multimodal_jax.models import registry as model_registry
+
 PyTree = Any
 Batch = Mapping[str, jax.Array]
 Prepared = Mapping[str, np.ndarray]
@@ -139,7 +142,12 @@ def validate_method_config(config: ml_collections.ConfigDict) -> None:
 
 def make_method(config: ml_collections.ConfigDict, batch_spec: Batch,
                 prepared: Prepared | None = None) -> Method:
-  """Builds the method named by `config.method`, bound to `config`, the batch shapes and its prepared state."""
+  """Builds the method named by `config.method`, bound to `config`, the batch shapes and its prepared state.
+
+  Its networks and distances compute in the run's `config.compute_dtype`
+  (models/registry.py `compute_dtype_scope`): one place for every method.
+  """
   check_method_name(config.method)
   module = importlib.import_module(METHODS[config.method])
-  return module.make_method(config, batch_spec, dict(prepared or {}))
+  with model_registry.compute_dtype_scope(config_lib.resolve_compute_dtype(config)):
+    return module.make_method(config, batch_spec, dict(prepared or {}))

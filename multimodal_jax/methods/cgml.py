@@ -24,28 +24,35 @@ Training, Algorithm 1, as three separately compiled pure steps that
 back into the z or G/H updates (Alg. 1 trains it on the side), so runs that
 differ only in Z's settings (e.g. the no-momentum ablation) share G and H exactly.
 
-Per-example z does NOT persist across epochs (the design choice the paper
-leaves open: Alg. 1 writes z = {z_1..z_J} but no appendix survives in our copy):
-every batch starts from fresh z_0 ~ U(S^n) (drawn by the z step at the first
-inner iteration, step % l == 0) and runs l z-iterations. This way the Z-network
-is trained on exactly the trajectories it must reproduce at inference, which
-start from z_0 ~ U(S^n) too; persistent codes would only show Z moves near the
-converged codes. It also needs no example index in the batch, and stays
-correct when examples change between epochs (digits_completion's corruption).
+Per-example z does NOT persist across epochs (Alg. 1 writes z = {z_1..z_J}
+across its k epochs; no appendix survives in our copy): every batch starts
+afresh at the first inner iteration (step % l == 0) from `start_codes`, the
+lowest-energy of `cgml.z_init_candidates` (M) codes ~ U(S^n), i.e. a code in
+the basin of the example's own mode, as a persistent code would be, and runs l
+z-iterations. This needs no example index in the batch and stays correct when
+examples change between epochs (digits_completion's corruption). With M = 1
+(one uniform z_0, as before issue #14) the moves from a given z_t go towards
+whichever mode y has, so Z (which regresses their mean, §2.1) learned the
+descent of the mode-averaged energy and Eq. 4 pulled samples to the majority
+mode (box completion: 19% box samples for 40% box targets; 8 equiprobable
+modes: recall 0.76 at t = 0, 0.42 after T = 20).
 The batch's z (z_{t+1}) and z_t live in the state, replicated ([B, D] is
 small), so the three steps stay pure `(state, batch) -> (state, metrics)`.
 
 Inference (§2.2, Eq. 4): z_0 ~ U(S^n), then T = `cgml.inference_steps` times
-  z <- project(z + rho_hat (z_hat - z) / ||z_hat - z||),  (z_hat, rho_hat) = Z(z, H(x)),
+  z <- project(z + rho_hat (z_hat - z) / ||z_hat - z||),  (z_hat, rho_hat) = Z(z, H(x)[, t / l]),
 in one `lax.fori_loop`, vmapped over N starting points for N modes. With
 `cgml.use_momentum = False` (the "w/o rho" ablation of Fig. 3c, Tables 2-3)
 rho is ignored, in training and inference: z <- project(z_hat).
-Z fits rho by L1, i.e. the conditional median of the move length, well below
-its mean, hence alpha > 1 in the configs. The unit direction in Eq. 4 also
-turns Z's small biases into full rho_hat steps where the true moves are tiny,
-so samples keep drifting after convergence: T is a chosen budget, not "until
-converged" (on toy3d, coverage of both branches falls after ~25 iterations,
-see experiments/cgml_toy3d.png).
+The training moves shrink along a round (beta_t decays), so a Z blind to t
+fits one median length for all of them: too long near convergence, where the
+unit direction of Eq. 4 turns Z's small biases into full rho_hat steps and
+samples drifted across modes (the old configs scaled rho by alpha = 3-6 and ran
+T = 10-20 > l, making it worse). With `model.znet_iteration_input` Z also sees
+t / l (t clipped to l - 1 past the round), alpha = 1 and T = l: inference
+replays a training round's moves, lengths and all, and stops where training
+did. `initial_sample` decodes the same z_0 without Z (t = 0): evaluate reports
+its mode recall next to `sample`'s.
 
 Tasks (`cgml.task`), each a per-example energy E and a map from G's output to
 an image:
@@ -275,6 +282,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           "valid: ['sigmoid', 'linear']")
   require(cg.z_dim >= 2, "cgml.z_dim", "must be >= 2 (z lives on S^{z_dim - 1})")
   require(cg.inner_steps >= 1, "cgml.inner_steps", "must be >= 1")
+  require(cg.z_init_candidates >= 1, "cgml.z_init_candidates", "must be >= 1")
   require(cg.inference_steps >= 0, "cgml.inference_steps", "must be >= 0")
   require(cg.z_step_size > 0, "cgml.z_step_size", "must be > 0")
   require(0 < cg.z_step_decay <= 1, "cgml.z_step_decay", "must be in (0, 1]")
@@ -284,9 +292,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   require(model.power_iterations >= 1, "model.power_iterations", "must be >= 1")
   require(cg.histogram_bins >= 2, "cgml.histogram_bins", "must be >= 2")
   require(cg.kl_weight >= 0, "cgml.kl_weight", "must be >= 0")
-  require(config.train.num_steps % cg.inner_steps == 0, "train.num_steps",
-          f"must be a multiple of cgml.inner_steps={cg.inner_steps} (a round makes that many "
-          "generator updates)")
+  # A round (one batch) makes cgml.inner_steps generator updates and runs whole.
+  config_lib.require_whole_rounds(config, cg.inner_steps, "cgml.inner_steps")
   opt = cg.znet_optimizer
   require(opt.name in ("adam", "adamw"), "cgml.znet_optimizer.name", "valid: ['adam', 'adamw']")
   require(opt.learning_rate > 0, "cgml.znet_optimizer.learning_rate", "must be > 0")
@@ -309,8 +316,43 @@ class _Parts(NamedTuple):
   def generate(self, generator_params, h, skips, z_BxD):
     return self.nets["generator"].apply({"params": generator_params}, h, skips, z_BxD)
 
-  def predict_move(self, znet_params, z_BxD, h):
-    return self.nets["znet"].apply({"params": znet_params}, z_BxD, h)
+  def predict_move(self, znet_params, z_BxD, h, t):
+    """Z(z_t, h[, t / l]) -> (z_hat, rho_hat); t is the iteration (clipped to the round's l - 1)."""
+    if not self.nets["znet"].iteration_input:
+      return self.nets["znet"].apply({"params": znet_params}, z_BxD, h)
+    t_fraction = jnp.minimum(t, self.cg.inner_steps - 1).astype(jnp.float32) / self.cg.inner_steps
+    return self.nets["znet"].apply({"params": znet_params}, z_BxD, h, t_fraction)
+
+
+def start_codes(parts: _Parts, generator_params, h, skips, batch, rng: jax.Array) -> jax.Array:
+  """A round's z_0: of `cgml.z_init_candidates` (M) codes ~ U(S^n) per example, the lowest-energy one.
+
+  Alg. 1 keeps one code per example, z = {z_1..z_J}, across its k epochs, so
+  after the first epoch an example's trajectory starts where its code ended:
+  in the basin of *its own* mode. The Z-network then learns, at each z_t, moves
+  towards the mode whose basin z_t is in, so Eq. 4 tends to keep z_0 in the mode
+  it starts in. Starting each round from one uniform z_0 instead (M = 1) trains
+  Z on moves whose direction depends on y alone, not on z_t: their mean over the
+  modes (what Z regresses, §2.1) is the descent of the mode-averaged energy, so
+  Eq. 4 pulled every sample towards the majority mode (box completion: 19% box
+  samples against 40% of the targets). The best of M uniform codes is a
+  stand-in for the persistent code (we keep no per-example state, see the module
+  docstring): for M >= a few times the number of modes it lies in the basin of
+  the example's mode, the mode G(H(x), z) already produces there.
+
+  Not `imle_selection.select_nearest_latents`: the criterion is the task's
+  energy E (colorization adds a histogram KL that is no image distance), and M
+  is small, so one batched call over [B, M] is enough.
+  """
+  cg, task = parts.cg, parts.task
+  candidates_BxMxD = sample_sphere(rng, (parts.batch_size, cg.z_init_candidates, cg.z_dim))
+  if cg.z_init_candidates == 1:
+    return candidates_BxMxD[:, 0]
+  energy_of = lambda z_BxD: task.energy(batch["x"], parts.generate(generator_params, h, skips, z_BxD),
+                                        batch["y"])
+  energies_BxM = jax.vmap(energy_of, in_axes=1, out_axes=1)(candidates_BxMxD)
+  best_B = jnp.argmin(energies_BxM, axis=1)
+  return jnp.take_along_axis(candidates_BxMxD, best_B[:, None, None], axis=1)[:, 0]
 
 
 def _make_z_step(parts: _Parts) -> base.StepFn:
@@ -320,11 +362,14 @@ def _make_z_step(parts: _Parts) -> base.StepFn:
     """Alg. 1, first line of the inner loop: z <- project(z - beta grad_z E), H, G, Z frozen."""
     z_init_rng = common.step_rngs(state.rng, state.step, "z_init")["z_init"]
     fresh = state.step % cg.inner_steps == 0  # The first inner iteration of a round: a new batch.
-    z_t = jnp.where(fresh, sample_sphere(z_init_rng, (parts.batch_size, cg.z_dim)), state.z_BxD)
     h, skips = parts.encode(state.networks["encoder"].params, batch["x"])
+    generator_params = state.networks["generator"].params
+    z_t = jax.lax.cond(
+        fresh, lambda: start_codes(parts, generator_params, h, skips, batch, z_init_rng),
+        lambda: state.z_BxD)
 
     def total_energy(z_BxD):
-      g = parts.generate(state.networks["generator"].params, h, skips, z_BxD)
+      g = parts.generate(generator_params, h, skips, z_BxD)
       energy_B = task.energy(batch["x"], g, batch["y"])
       # Each example's E depends on its own z only: the gradient of the sum is
       # the per-example gradient.
@@ -355,7 +400,7 @@ def _make_znet_step(parts: _Parts) -> base.StepFn:
     rho_B = cg.momentum_scale * jnp.linalg.norm(z_next - z_t, axis=-1)
 
     def loss_fn(znet_params):
-      z_hat, rho_hat = parts.predict_move(znet_params, z_t, h)
+      z_hat, rho_hat = parts.predict_move(znet_params, z_t, h, state.step % cg.inner_steps)
       z_l1 = jnp.mean(jnp.abs(z_hat - z_next))
       rho_l1 = jnp.mean(jnp.abs(rho_hat - rho_B))
       # The L1 over the D + 1 outputs (z_hat, rho_hat), averaged.
@@ -397,20 +442,21 @@ def _make_inference(parts: _Parts) -> tuple[Callable, dict[str, Callable]]:
   """(sample, extras): Eq. 4 inference from z_0 ~ U(S^n), its trajectory, codes and decoding."""
   cg, task = parts.cg, parts.task
 
-  def inference_update(znet_params, h, z_BxD):
-    z_hat, rho_hat = parts.predict_move(znet_params, z_BxD, h)
+  def inference_update(znet_params, h, z_BxD, t=0):
+    """Eq. 4 at iteration t (t matters only to a Z-network that sees it)."""
+    z_hat, rho_hat = parts.predict_move(znet_params, z_BxD, h, t)
     return momentum_update(z_BxD, z_hat, rho_hat, cg.use_momentum)
 
   def infer_latents(znet_params, h, z0_BxD, num_steps):
     """T iterations of Eq. 4 from z0, one compiled loop: z_T [B, D]."""
-    return jax.lax.fori_loop(0, num_steps, lambda _, z: inference_update(znet_params, h, z), z0_BxD)
+    return jax.lax.fori_loop(0, num_steps, lambda t, z: inference_update(znet_params, h, z, t), z0_BxD)
 
   def latent_trajectory(znet_params, h, z0_BxD, num_steps):
     """z_0 .. z_T: [B, T + 1, D]."""
-    def body(z, _):
-      z_next = inference_update(znet_params, h, z)
+    def body(z, t):
+      z_next = inference_update(znet_params, h, z, t)
       return z_next, z_next
-    _, zs_TxBxD = jax.lax.scan(body, z0_BxD, None, length=num_steps)
+    _, zs_TxBxD = jax.lax.scan(body, z0_BxD, jnp.arange(num_steps))
     return jnp.concatenate([z0_BxD[:, None], jnp.moveaxis(zs_TxBxD, 0, 1)], axis=1)
 
   def images_of(state, x, h, skips, z_BxNxD):
@@ -444,12 +490,27 @@ def _make_inference(parts: _Parts) -> tuple[Callable, dict[str, Callable]]:
     h, _ = encode(state, x)
     return inferred_latents(state, h, rng, num_samples)
 
+  def codes_along_inference(state, x, rng, num_samples):
+    """z_0 .. z_T of `sample` (same rng -> same codes): [B, N, T + 1, D]."""
+    h, _ = encode(state, x)
+    return inferred_latents(state, h, rng, num_samples, run=latent_trajectory)
+
+  def initial_sample(state, x, rng, num_samples):
+    """`sample` without the Z-network: G decoded at the same z_0 (t = 0), [B, N, H, W, C].
+
+    What the generator alone covers; evaluate compares its mode recall with
+    `sample`'s (t = T) to tell what Eq. 4 adds or loses.
+    """
+    h, skips = encode(state, x)
+    return images_of(state, x, h, skips, inferred_latents(state, h, rng, num_samples, run=lambda znet_params, h, z0, num_steps: z0))
+
   def decode(state, x, z_BxNxD):
     """Images for given codes: [B, N, H, W, C] (no Z-network iterations)."""
     h, skips = encode(state, x)
     return images_of(state, x, h, skips, z_BxNxD)
 
   return sample, {"trajectory": trajectory, "latents": latents, "decode": decode,
+                  "codes_along_inference": codes_along_inference, "initial_sample": initial_sample,
                   "inference_update": inference_update}
 
 
@@ -474,7 +535,8 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
     znet_tx = common.make_optimizer(cg.znet_optimizer, config.train.num_steps)
     networks = {"encoder": common.Network.create(enc_vars, gen_tx),
                 "generator": common.Network.create(parts.nets["generator"].init(gen_rng, h, skips, z), gen_tx),
-                "znet": common.Network.create(parts.nets["znet"].init(znet_rng, z, h), znet_tx)}
+                "znet": common.Network.create(parts.nets["znet"].init(znet_rng, z, h, jnp.zeros((1,))),
+                                              znet_tx)}
     z_BxD = jnp.zeros((parts.batch_size, cg.z_dim), jnp.float32).at[:, 0].set(1.0)
     return common.create_state(CgmlState, rng=state_rng, networks=networks, z_BxD=z_BxD, z_prev_BxD=z_BxD)
 
@@ -487,6 +549,7 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   sample, extras = _make_inference(parts)
   model = config.model
   description = (f"cGML ({cg.task}, {model.name}, z on S^{cg.z_dim - 1}, l={cg.inner_steps}, "
+                 f"z_0 best of M={cg.z_init_candidates}, Z {'sees' if model.znet_iteration_input else 'blind to'} t, "
                  f"beta={cg.z_step_size}, alpha={cg.momentum_scale}, T={cg.inference_steps}, "
                  f"Lipschitz: {model.lipschitz} x{model.lipschitz_scale} (Z x{model.znet_lipschitz_scale}), "
                  f"{'with' if cg.use_momentum else 'without'} momentum)")

@@ -33,6 +33,11 @@ the compiled executables.
 The generator is any registry model (`config.model`, models/registry.py) that
 takes a spatial code z at the input's size (SRIM: `rrdb`; `conv_generator`).
 
+`imle.chunk_size` (codes per input generated at once; memory ~ |S| x chunk)
+may be 'auto': the largest divisor of m whose compiled selection fits
+AUTO_CHUNK_MEMORY_SHARE of one device's memory, measured at start-up;
+CPU_CHUNK_SIZE (capped at m) where the device reports no memory size (CPU).
+
 Metrics: select/{selected_distance, selected_distance_change (vs the previous
 round), mean_sample_distance (all m samples), zero_code_phase, seconds} and
 update/{loss, grad_norm, selected_distance (of the minibatch, at selection
@@ -47,6 +52,7 @@ import functools
 import time
 from typing import Any, Callable, NamedTuple
 
+from absl import logging
 import flax
 import flax.linen as nn
 import jax
@@ -66,6 +72,15 @@ from multimodal_jax.models import registry as models
 from multimodal_jax.models import rrdb
 
 PyTree = Any
+# imle.chunk_size = 'auto': the largest divisor of m whose compiled selection
+# fits AUTO_CHUNK_MEMORY_SHARE of one device's memory; the rest is left to the
+# state, the update step's activations and the allocator's fragmentation.
+AUTO_CHUNK = "auto"
+AUTO_CHUNK_MEMORY_SHARE = 0.5
+# Where the device does not say its memory size (CPU): the chunk tuned on a
+# 2-core CPU (experiments/bench_imle.py: 2 inputs x 25 codes = 50 samples per
+# generator call keep VGG-19 near the matmul peak), capped at m.
+CPU_CHUNK_SIZE = 25
 # The prepared state's config sections (besides data): the calibration reads both distances.
 PREPARE_DEPENDS_ON = ("imle", "distance")
 _DISTANCES = ("loss", "selection")  # prepared keys '<which>_distance/{layer_weights,pixel_weight}'
@@ -101,14 +116,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(config.model.get("dense_conv_style") in rrdb.DENSE_CONV_STYLES, "model.dense_conv_style",
           f"valid: {list(rrdb.DENSE_CONV_STYLES)}")
   imle = config.imle
-  for key in ("num_samples", "chunk_size", "updates_per_selection", "minibatch_size", "code_channels",
-              "example_blocks"):
+  for key in ("num_samples", "updates_per_selection", "minibatch_size", "code_channels", "example_blocks"):
     check(imle[key] > 0, f"imle.{key}", "must be > 0")
-  check(imle.chunk_size <= imle.num_samples, "imle.chunk_size", "must be <= imle.num_samples (m)")
+  if imle.chunk_size != AUTO_CHUNK:
+    check(isinstance(imle.chunk_size, int) and imle.chunk_size > 0, "imle.chunk_size",
+          f"must be an integer > 0 or {AUTO_CHUNK!r}")
+    check(imle.chunk_size <= imle.num_samples, "imle.chunk_size", "must be <= imle.num_samples (m)")
   check(imle.minibatch_size <= config.data.batch_size, "imle.minibatch_size",
         f"|S~| must be <= |S| = data.batch_size ({config.data.batch_size})")
   check(imle.perturbation >= 0, "imle.perturbation", "must be >= 0")
   check(imle.rebalance_top_classes > 0, "imle.rebalance_top_classes", "must be > 0")
+  # train.num_steps counts updates and a round (one selection, then L updates) runs whole.
+  config_lib.require_whole_rounds(config, imle.updates_per_selection, "imle.updates_per_selection")
   check(imle.zero_code_steps >= 0 and imle.zero_code_steps % imle.updates_per_selection == 0,
         "imle.zero_code_steps", f"must be >= 0 and a multiple of imle.updates_per_selection "
         f"({imle.updates_per_selection}), so that no round straddles the two phases")
@@ -238,6 +257,7 @@ class _Parts(NamedTuple):
   """What the step builders share: the config, shapes, networks and distances of one method."""
   imle: ml_collections.ConfigDict
   pool_size: int
+  chunk_size: int  # imle.chunk_size, 'auto' resolved
   latent_shape: tuple[int, ...]
   model: nn.Module  # training (unrolled)
   forward_model: nn.Module  # selection and sampling
@@ -287,7 +307,7 @@ def _make_select_step(parts: _Parts) -> base.StepFn:
     generate = lambda x, z: parts.apply(state.networks["generator"].params, x, z, state.step)
 
     def search(_):
-      s = kernel(generate, num_samples=imle.num_samples, chunk_size=imle.chunk_size,
+      s = kernel(generate, num_samples=imle.num_samples, chunk_size=parts.chunk_size,
                  perturbation=imle.perturbation)
       return s.latents, s.distances, s.mean_distances
 
@@ -356,6 +376,52 @@ def _make_sampling(parts: _Parts) -> tuple[Callable, Callable]:
   return sample, interpolate
 
 
+def device_memory_bytes() -> int | None:
+  """One local device's memory (`memory_stats()['bytes_limit']`); None where the backend does not say (CPU)."""
+  return (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+
+
+def _auto_chunk_size(parts: _Parts, batch_spec: base.Batch, frozen: PyTree) -> tuple[int, str]:
+  """imle.chunk_size = 'auto': (the chunk, how it was chosen) for this device.
+
+  Compiles the selection of one device's share of the pool (as the select
+  step runs it under the batch-sharded jit) for candidate chunks and keeps
+  the largest whose `memory_analysis()` peak fits AUTO_CHUNK_MEMORY_SHARE of
+  the device's `bytes_limit`. Backends that report no memory size (CPU) or
+  no memory analysis get CPU_CHUNK_SIZE (capped at m): deterministic on CPU.
+  """
+  imle = parts.imle
+  fallback = min(CPU_CHUNK_SIZE, imle.num_samples)
+  device = jax.local_devices()[0]
+  limit = device_memory_bytes()
+  if not limit:
+    return fallback, f"the CPU-tuned {CPU_CHUNK_SIZE} capped at m ({device.platform} reports no memory size)"
+  per_device = parts.pool_size // jax.device_count()
+  share = lambda name: jax.ShapeDtypeStruct((per_device,) + tuple(batch_spec[name].shape[1:]),
+                                            batch_spec[name].dtype)
+  x_spec = share("x")
+  params = jax.eval_shape(parts.forward_model.init, jax.random.PRNGKey(0),
+                          jnp.zeros((1,) + x_spec.shape[1:], jnp.float32),
+                          jnp.zeros((1,) + parts.latent_shape, jnp.float32))["params"]
+  frozen = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), frozen)
+
+  def select(params, frozen, x, y, rng, step, chunk_size):
+    return imle_selection.select_nearest_latents(
+        lambda x_, z_: parts.apply(params, x_, z_, step), parts.distance("selection", frozen), x, y, rng,
+        num_samples=imle.num_samples, latent_shape=parts.latent_shape, chunk_size=chunk_size,
+        example_blocks=imle.example_blocks, perturbation=imle.perturbation)
+
+  jitted = jax.jit(select, static_argnums=6)
+  memory_at = lambda chunk: imle_selection.peak_bytes(jitted.lower(
+      params, frozen, x_spec, share("y"), jax.random.PRNGKey(0), jnp.zeros((), jnp.int32), chunk).compile())
+  budget = AUTO_CHUNK_MEMORY_SHARE * limit
+  chunk = imle_selection.largest_fitting_chunk(memory_at, imle.num_samples, budget)
+  if chunk is None:
+    return fallback, f"the CPU-tuned {CPU_CHUNK_SIZE} capped at m (no memory analysis on {device.platform})"
+  return chunk, (f"the largest divisor of m whose selection of {per_device} inputs per device fits "
+                 f"{AUTO_CHUNK_MEMORY_SHARE:.0%} of {limit / 2**30:.1f} GiB ({device.device_kind})")
+
+
 def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
                 prepared: base.Prepared | None = None, generator: nn.Module | None = None) -> base.Method:
   """Conditional IMLE bound to `config`, the pool's shapes and the prepared calibration.
@@ -384,10 +450,17 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
                for which, cfg in _distance_configs(config).items()}
   splits = {which: _frozen_split(d) for which, d in distances.items()}
   frozen_init = {key: arrays for _, key, arrays in splits.values()}  # one copy when both share weights
-  parts = _Parts(imle=imle, pool_size=x_spec.shape[0], latent_shape=latent_shape, model=model,
+  parts = _Parts(imle=imle, pool_size=x_spec.shape[0], chunk_size=0, latent_shape=latent_shape, model=model,
                  forward_model=forward_model,
                  distances={which: (template, key) for which, (template, key, _) in splits.items()},
                  rarity_NxP=_prepared_rarity(config, prepared))
+  if imle.chunk_size == AUTO_CHUNK:  # measured by compiling the selection these parts describe
+    chunk_size, chunk_note = _auto_chunk_size(parts, batch_spec, frozen_init)
+    logging.info("imle.chunk_size='auto': %d, %s.", chunk_size, chunk_note)
+    chunk_note = f"{chunk_size}, auto: {chunk_note}"
+  else:
+    chunk_size = chunk_note = imle.chunk_size
+  parts = parts._replace(chunk_size=chunk_size)
 
   def init(rng):
     params_rng, state_rng = jax.random.split(rng)
@@ -414,7 +487,7 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   sample, interpolate = _make_sampling(parts)
   name = config.model.name if generator is None else type(generator).__name__
   description = (f"conditional IMLE (IJCV Alg. 1): |S|={parts.pool_size}, m={imle.num_samples} "
-                 f"(chunks of {imle.chunk_size}), L={imle.updates_per_selection}, "
+                 f"(chunks of {chunk_note}), L={imle.updates_per_selection}, "
                  f"|S~|={imle.minibatch_size}, code {latent_shape}, z=0 for steps < {imle.zero_code_steps}, "
                  f"bilinear from step {imle.bilinear_from_step}, generator {name}, rebalancing: "
                  f"{'dataset' if imle.rebalance_dataset else 'no dataset'}, "

@@ -85,6 +85,7 @@ class LipschitzDense(nn.Module):
   lipschitz: bool = True
   scale: float = 1.0
   power_iterations: int = 5
+  dtype: Any = jnp.float32  # of the product; sigma is estimated in float32
 
   @nn.compact
   def __call__(self, x_BxI: jax.Array) -> jax.Array:
@@ -92,7 +93,7 @@ class LipschitzDense(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     if self.lipschitz:
       kernel = self.scale * spectral_normalize(kernel, self.power_iterations)
-    return x_BxI @ kernel + bias
+    return x_BxI.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
 
 
 class LipschitzConv(nn.Module):
@@ -103,6 +104,7 @@ class LipschitzConv(nn.Module):
   lipschitz: bool = True
   scale: float = 1.0
   power_iterations: int = 5
+  dtype: Any = jnp.float32  # of the convolution; sigma is estimated in float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
@@ -112,12 +114,14 @@ class LipschitzConv(nn.Module):
     if self.lipschitz:
       kernel = self.scale * spectral_normalize(kernel, self.power_iterations)
     y = jax.lax.conv_general_dilated(
-        x_BxHxWxC, kernel, window_strides=tuple(self.strides), padding="SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias
+        x_BxHxWxC.astype(self.dtype), kernel.astype(self.dtype), window_strides=tuple(self.strides),
+        padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias.astype(self.dtype)
 
 
 def _output(y: jax.Array, activation: str) -> jax.Array:
+  """The image in float32, whatever the network computed in (losses never see the compute dtype)."""
+  y = y.astype(jnp.float32)
   if activation == "sigmoid":
     return nn.sigmoid(y)
   if activation == "linear":
@@ -132,13 +136,14 @@ class MLPEncoder(nn.Module):
   """H: flatten(x) -> 3-layer MLP -> h [B, h_dim]. Unconstrained."""
   hidden: int = 64
   h_dim: int = 32
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array):
     a = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
-    a = nn.relu(nn.Dense(self.hidden)(a))
-    a = nn.relu(nn.Dense(self.hidden)(a))
-    return nn.Dense(self.h_dim)(a), ()
+    a = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(a))
+    a = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(a))
+    return nn.Dense(self.h_dim, dtype=self.dtype)(a), ()
 
 
 class MLPGenerator(nn.Module):
@@ -149,12 +154,13 @@ class MLPGenerator(nn.Module):
   lipschitz_scale: float = 1.0
   power_iterations: int = 5
   output_activation: str = "linear"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h_BxK: jax.Array, skips: Any, z_BxD: jax.Array) -> jax.Array:
     del skips
-    dense = lambda n: LipschitzDense(n, self.lipschitz, self.lipschitz_scale, self.power_iterations)
-    a = jnp.concatenate([h_BxK, z_BxD], axis=-1)
+    dense = lambda n: LipschitzDense(n, self.lipschitz, self.lipschitz_scale, self.power_iterations, self.dtype)
+    a = jnp.concatenate([h_BxK.astype(self.dtype), z_BxD.astype(self.dtype)], axis=-1)
     a = nn.relu(dense(self.hidden)(a))
     a = nn.relu(dense(self.hidden)(a))
     y = dense(math.prod(self.out_shape))(a)
@@ -172,15 +178,16 @@ class ConvEncoder(nn.Module):
   """
   features: int = 32
   num_levels: int = 3
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array):
-    a = nn.leaky_relu(nn.Conv(self.features, (3, 3))(x_BxHxWxC), 0.2)
+    a = nn.leaky_relu(nn.Conv(self.features, (3, 3), dtype=self.dtype)(x_BxHxWxC), 0.2)
     skips = []
     for level in range(self.num_levels):
       skips.append(a)
-      a = nn.Conv(self.features * 2**(level + 1), (4, 4), strides=(2, 2))(a)
-      a = nn.leaky_relu(nn.GroupNorm(num_groups=None, group_size=8)(a), 0.2)
+      a = nn.Conv(self.features * 2**(level + 1), (4, 4), strides=(2, 2), dtype=self.dtype)(a)
+      a = nn.leaky_relu(nn.GroupNorm(num_groups=None, group_size=8, dtype=self.dtype)(a), 0.2)
     return a, tuple(skips)
 
 
@@ -193,13 +200,15 @@ class ConvGenerator(nn.Module):
   lipschitz_scale: float = 1.0
   power_iterations: int = 5
   output_activation: str = "sigmoid"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h_BxhxwxK: jax.Array, skips: Sequence[jax.Array], z_BxD: jax.Array) -> jax.Array:
     conv = lambda n: LipschitzConv(n, (3, 3), (1, 1), self.lipschitz, self.lipschitz_scale,
-                                   self.power_iterations)
+                                   self.power_iterations, self.dtype)
     b, hh, ww, k = h_BxhxwxK.shape
-    z_code = LipschitzDense(k, self.lipschitz, self.lipschitz_scale, self.power_iterations)(z_BxD)
+    h_BxhxwxK, skips = h_BxhxwxK.astype(self.dtype), [s.astype(self.dtype) for s in skips]
+    z_code = LipschitzDense(k, self.lipschitz, self.lipschitz_scale, self.power_iterations, self.dtype)(z_BxD)
     z_map = jnp.broadcast_to(z_code[:, None, None, :], (b, hh, ww, k))
     a = nn.relu(conv(k)(jnp.concatenate([h_BxhxwxK, z_map], axis=-1)))
     for level in reversed(range(self.num_levels)):
@@ -214,20 +223,32 @@ class ConvGenerator(nn.Module):
 
 
 class ZNetwork(nn.Module):
-  """Z(z_t, h) -> (z_hat_{t+1} = z_t + delta, rho_hat >= 0): a Lipschitz MLP on [z_t, flatten(h)]."""
+  """Z(z_t, h[, t]) -> (z_hat_{t+1} = z_t + delta, rho_hat >= 0): a Lipschitz MLP on [z_t, flatten(h)(, t)].
+
+  With `iteration_input`, Z also sees the iteration's place in the round,
+  t / l in [0, 1) (`t_fraction_B`): see methods/cgml.py for why.
+  """
   hidden: int = 64
   num_layers: int = 3
   lipschitz: bool = True
   lipschitz_scale: float = 1.0
   power_iterations: int = 5
+  dtype: Any = jnp.float32  # computation; z_hat and rho_hat come back float32
+  iteration_input: bool = False
 
   @nn.compact
-  def __call__(self, z_BxD: jax.Array, h_Bx_: jax.Array) -> tuple[jax.Array, jax.Array]:
-    dense = lambda n: LipschitzDense(n, self.lipschitz, self.lipschitz_scale, self.power_iterations)
-    a = jnp.concatenate([z_BxD, h_Bx_.reshape(h_Bx_.shape[0], -1)], axis=-1)
+  def __call__(self, z_BxD: jax.Array, h_Bx_: jax.Array,
+               t_fraction_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    dense = lambda n: LipschitzDense(n, self.lipschitz, self.lipschitz_scale, self.power_iterations, self.dtype)
+    inputs = [z_BxD, h_Bx_.reshape(h_Bx_.shape[0], -1)]
+    if self.iteration_input:
+      if t_fraction_B is None:
+        raise ValueError("This Z-network sees the iteration (iteration_input=True): pass t_fraction_B.")
+      inputs.append(jnp.broadcast_to(jnp.asarray(t_fraction_B, jnp.float32), z_BxD.shape[:1])[:, None])
+    a = jnp.concatenate([i.astype(self.dtype) for i in inputs], axis=-1)
     for _ in range(self.num_layers - 1):
       a = nn.relu(dense(self.hidden)(a))
-    out = dense(z_BxD.shape[-1] + 1)(a)
+    out = dense(z_BxD.shape[-1] + 1)(a).astype(jnp.float32)
     return z_BxD + out[:, :-1], nn.softplus(out[:, -1])
 
 
@@ -238,6 +259,7 @@ def _lipschitz_options(model: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _znet(model: ml_collections.ConfigDict) -> ZNetwork:
   return ZNetwork(hidden=model.znet_hidden, num_layers=model.znet_layers,
+                  iteration_input=model.znet_iteration_input,
                   **dict(_lipschitz_options(model), lipschitz_scale=model.znet_lipschitz_scale))
 
 

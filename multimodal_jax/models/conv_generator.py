@@ -9,9 +9,11 @@ it the generator of conditional IMLE on any task.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from multimodal_jax.models import registry
@@ -19,20 +21,29 @@ from multimodal_jax.models import registry
 
 class ResidualBlock(nn.Module):
   features: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h):
-    r = nn.Conv(self.features, (3, 3))(nn.relu(h))
-    r = nn.Conv(self.features, (3, 3))(nn.relu(r))
+    r = nn.Conv(self.features, (3, 3), dtype=self.dtype)(nn.relu(h))
+    r = nn.Conv(self.features, (3, 3), dtype=self.dtype)(nn.relu(r))
     return h + r
 
 
 class ConvGenerator(nn.Module):
-  """Conv in -> `num_blocks` residual blocks -> x2 upsample stages -> conv out -> sigmoid."""
+  """Conv in -> `num_blocks` residual blocks -> x2 upsample stages -> conv out -> sigmoid.
+
+  With `global_skip` an upsampling method ('bicubic', 'bilinear'; see
+  models/registry.py) the output is clip(up(x) + conv_out, 0, 1) instead of
+  the sigmoid, the last conv zero-initialised: the network starts as the
+  upsampled input and learns the residual.
+  """
   out_channels: int
   features: int = 32
   num_blocks: int = 4
   upsample_factor: int = 1
+  global_skip: str = "none"
+  dtype: Any = jnp.float32  # computation; parameters and the output stay float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, z: jax.Array | None = None,
@@ -41,9 +52,9 @@ class ConvGenerator(nn.Module):
     num_up = int(round(math.log2(self.upsample_factor)))
     if 2**num_up != self.upsample_factor:
       raise ValueError(f"upsample_factor must be a power of 2, got {self.upsample_factor}")
-    h = nn.Conv(self.features, (3, 3))(registry.concat_code(x_BxHxWxC, z))
+    h = nn.Conv(self.features, (3, 3), dtype=self.dtype)(registry.concat_code(x_BxHxWxC, z))
     for _ in range(self.num_blocks):
-      h = ResidualBlock(self.features)(h)
+      h = ResidualBlock(self.features, self.dtype)(h)
     for _ in range(num_up):
       b, hh, ww, c = h.shape
       up = lambda method, a: jax.image.resize(a, (b, 2 * hh, 2 * ww, c), method)
@@ -51,12 +62,16 @@ class ConvGenerator(nn.Module):
         h = up("bilinear" if bilinear else "nearest", h)
       else:
         h = jax.lax.cond(bilinear, lambda a: up("bilinear", a), lambda a: up("nearest", a), h)
-      h = nn.relu(nn.Conv(self.features, (3, 3))(h))
-    y = nn.Conv(self.out_channels, (3, 3))(h)
-    return nn.sigmoid(y)
+      h = nn.relu(nn.Conv(self.features, (3, 3), dtype=self.dtype)(h))
+    if self.global_skip == "none":
+      return nn.sigmoid(nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h).astype(jnp.float32))
+    residual = nn.Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
+    base = registry.upsample_reference(x_BxHxWxC[..., :self.out_channels], self.upsample_factor,
+                                       self.global_skip)
+    return jnp.clip(base + residual.astype(jnp.float32), 0.0, 1.0)
 
 
 def build(cfg: ml_collections.ConfigDict, io: registry.ModelIO) -> ConvGenerator:
-  """`model.name='conv_generator'`: fields features, num_blocks."""
+  """`model.name='conv_generator'`: fields features, num_blocks, global_skip."""
   return ConvGenerator(out_channels=io.y_shape[-1], features=cfg.features, num_blocks=cfg.num_blocks,
-                       upsample_factor=io.upsample_factor)
+                       upsample_factor=io.upsample_factor, global_skip=io.resolve_global_skip(cfg.global_skip))

@@ -21,16 +21,26 @@ Generators follow one calling convention:
 cGML's z on the sphere) says so in its docstring. `options` are the
 network's own switches (RRDB / ConvGenerator: `bilinear` upsampling).
 
+Super-resolution generators (RRDB, ConvGenerator) take `model.global_skip`:
+'bicubic' (or 'bilinear') adds the upsampled input to the network's output,
+so the network learns only the residual and starts exactly at the reference
+upsampling (`upsample_reference`); 'none' is the papers' plain network;
+'auto' (the default) means 'bicubic' when the input is an RGB image at a
+lower resolution than the output, else 'none'.
+
 Adding a model: write its module and builder, then one line in `MODELS` (its
 kind says which methods can use it: `model_names(GENERATOR)`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import importlib
-from typing import Callable, Mapping, Union
+from typing import Callable, Iterator, Mapping, Union
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -55,6 +65,23 @@ MODELS: dict[str, tuple[str, str]] = {
     "unet": ("multimodal_jax.models.pix2pix:build_unet", GENERATOR),
     "patchgan": ("multimodal_jax.models.pix2pix:build_patchgan", DISCRIMINATOR),
 }
+
+
+# Fields of a model's config section that are widths, depths or counts, whichever
+# model reads them: `config_lib.validate` requires each present one to be a
+# positive int (or a tuple of them, e.g. CRN's per-level features), so a 0 fails
+# before compilation instead of as a ZeroDivisionError in an initialiser.
+SIZE_FIELDS = ("features", "num_blocks", "growth", "num_layers", "num_downs", "num_levels", "num_branches",
+               "num_outputs", "base_height", "base_width", "h_dim", "hidden", "power_iterations")
+
+
+def is_positive_size(value) -> bool:
+  """A positive int (not a bool), or a non-empty tuple/list of them."""
+  values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+  return bool(values) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+
+
+GLOBAL_SKIPS = ("auto", "none", "bicubic", "bilinear")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +113,26 @@ class ModelIO:
       raise ValueError(f"The output's spatial shape {self.y_shape[:2]} is not an integer multiple of the "
                        f"input's {self.x_shape[:2]}.")
     return factor
+
+  def resolve_global_skip(self, skip: str) -> str:
+    """`model.global_skip` for these shapes: 'auto' -> 'bicubic' for RGB super-resolution, else 'none'."""
+    if skip not in GLOBAL_SKIPS:
+      raise ValueError(f"Unknown global_skip {skip!r}; valid: {list(GLOBAL_SKIPS)}")
+    if skip != "auto":
+      return skip
+    return "bicubic" if self.upsample_factor > 1 and self.x_shape[-1] == self.y_shape[-1] else "none"
+
+
+def upsample_reference(x_BxhxwxC: jax.Array, factor: int, method: str = "bicubic") -> jax.Array:
+  """The input upsampled by `factor` with `method` (jax.image.resize), clipped to [0, 1].
+
+  The trivial super-resolution baseline every SR result is compared with
+  (evaluate's reference row) and the base a `global_skip` model adds its
+  residual to. Bicubic is Keys' kernel with a = -0.5, as PIL's.
+  """
+  b, h, w, c = x_BxhxwxC.shape
+  up = jax.image.resize(jnp.asarray(x_BxhxwxC, jnp.float32), (b, h * factor, w * factor, c), method)
+  return jnp.clip(up, 0.0, 1.0)
 
 
 def model_names(kind: str | None = None) -> list[str]:
@@ -119,9 +166,61 @@ def code_shape(cfg: ml_collections.ConfigDict, x_shape: tuple[int, ...]) -> tupl
   return None if fn is None else tuple(fn(cfg, tuple(x_shape)))
 
 
-def make_model(cfg: ml_collections.ConfigDict, io: ModelIO) -> Built:
-  """The network(s) named by `cfg.name`, built from `cfg`'s fields for the shapes in `io`."""
-  return get_builder(cfg.name)(cfg, io)
+def make_model(cfg: ml_collections.ConfigDict, io: ModelIO, dtype: jnp.dtype | None = None) -> Built:
+  """The network(s) named by `cfg.name`, built from `cfg`'s fields for the shapes in `io`.
+
+  Every module with a `dtype` field computes in `dtype` (default: the
+  enclosing `compute_dtype_scope`'s; float32 outside one). Builders need not
+  know: the dtype is set here, after they return.
+  """
+  built = get_builder(cfg.name)(cfg, io)
+  return with_compute_dtype(built, current_compute_dtype() if dtype is None else dtype)
+
+
+# The compute dtype of the networks being built. A context variable rather than
+# an argument of every method's make_method: methods build their networks from
+# config *sections* (config.model, config.distance), and a method written
+# outside this package gets mixed precision without knowing about it.
+# `methods.base.make_method` enters the scope with the run's
+# `config_lib.resolve_compute_dtype(config)`.
+_COMPUTE_DTYPE: contextvars.ContextVar[jnp.dtype] = contextvars.ContextVar(
+    "compute_dtype", default=jnp.dtype(jnp.float32))
+
+
+@contextlib.contextmanager
+def compute_dtype_scope(dtype) -> Iterator[None]:
+  """Networks built inside (`make_model`, `perceptual.make_distance`) compute in `dtype`.
+
+  Parameters stay float32 (Linen's param_dtype) and generators return float32
+  images, so losses, distances and the optimiser never see the compute dtype.
+  """
+  token = _COMPUTE_DTYPE.set(jnp.dtype(dtype))
+  try:
+    yield
+  finally:
+    _COMPUTE_DTYPE.reset(token)
+
+
+def current_compute_dtype() -> jnp.dtype:
+  """The dtype of the enclosing `compute_dtype_scope` (float32 outside any)."""
+  return _COMPUTE_DTYPE.get()
+
+
+def with_compute_dtype(built: Built, dtype) -> Built:
+  """`built` (a module or a dict of modules) with `dtype` in every module that has that field.
+
+  A module without one (a user's model) keeps computing as it was written;
+  the log says so once when the dtype asked for is not float32.
+  """
+  dtype = jnp.dtype(dtype)
+  if not isinstance(built, nn.Module):
+    return {name: with_compute_dtype(module, dtype) for name, module in built.items()}
+  if "dtype" in {f.name for f in dataclasses.fields(built)}:
+    return built.clone(dtype=dtype)
+  if dtype != jnp.float32:
+    logging.log_first_n(logging.WARNING, "%s has no `dtype` field: it computes as written, not in %s.", 1,
+                        type(built).__name__, dtype)
+  return built
 
 
 def concat_code(x_BxHxWxC: jax.Array, z: jax.Array | None) -> jax.Array:

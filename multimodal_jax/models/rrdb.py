@@ -189,6 +189,11 @@ class RRDBNet(nn.Module):
       *backward* pass of a rolled loop ~9x slower, so training wants 0; 1
       compiles fastest and runs the forward pass (selection) as fast.
     dtype: computation dtype (parameters stay float32).
+    global_skip: 'none' (the paper: y = (tanh(o) + 1) / 2) or an upsampling
+      method ('bicubic', 'bilinear'): y = clip(up(x) + o, 0, 1) with the last
+      conv zero-initialised, so the untrained network is exactly the upsampled
+      input and learns the residual (not in the paper; `model.global_skip`,
+      models/registry.py).
   """
   out_channels: int = 3
   features: int = 64
@@ -198,6 +203,7 @@ class RRDBNet(nn.Module):
   dense_conv_style: str = "split"
   unroll: int = 0
   dtype: Any = jnp.float32
+  global_skip: str = "none"
 
   @nn.compact
   def __call__(self, x_BxhxwxC: jax.Array, z_Bxhxwxcz: jax.Array | None = None,
@@ -227,8 +233,13 @@ class RRDBNet(nn.Module):
     for i in range(num_up):
       h = _lrelu(_conv(self.features, f"conv_up{i}", dtype=self.dtype)(upsample2x(h, bilinear)))
     h = _lrelu(_conv(self.features, "conv_hr", dtype=self.dtype)(h))
-    out = _conv(self.out_channels, "conv_last", dtype=self.dtype)(h)
-    return (jnp.tanh(out.astype(jnp.float32)) + 1.0) / 2.0
+    if self.global_skip == "none":
+      out = _conv(self.out_channels, "conv_last", dtype=self.dtype)(h)
+      return (jnp.tanh(out.astype(jnp.float32)) + 1.0) / 2.0
+    residual = _conv(self.out_channels, "conv_last", dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+    base = registry.upsample_reference(x_BxhxwxC[..., :self.out_channels], self.upsample_factor,
+                                       self.global_skip)
+    return jnp.clip(base + residual.astype(jnp.float32), 0.0, 1.0)
 
 
 def concat_kernel(split_params: dict, features: int, growth: int) -> dict:
@@ -265,7 +276,7 @@ def flops_per_sample(features: int, num_blocks: int, growth: int, in_channels: i
 
 
 def build(cfg: ml_collections.ConfigDict, io: registry.ModelIO) -> RRDBNet:
-  """`model.name='rrdb'`: fields features, num_blocks, growth, dense_conv_style."""
+  """`model.name='rrdb'`: fields features, num_blocks, growth, dense_conv_style, global_skip."""
   return RRDBNet(out_channels=io.y_shape[-1], features=cfg.features, num_blocks=cfg.num_blocks,
                  growth=cfg.growth, upsample_factor=io.upsample_factor,
-                 dense_conv_style=cfg.dense_conv_style)
+                 dense_conv_style=cfg.dense_conv_style, global_skip=io.resolve_global_skip(cfg.global_skip))

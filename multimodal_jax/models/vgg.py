@@ -212,9 +212,16 @@ def save_weights_file(path: str, params: Mapping[str, Any], meta: Mapping[str, A
 def load_weights_file(path: str, expected_arch: str | None = None) -> dict:
   """Reads a file written by `save_weights_file`; checks meta['arch'] if asked."""
   with open(path, 'rb') as f:
-    tree = serialization.msgpack_restore(f.read())
-  if set(tree) != {'params', 'meta'}:
-    raise ValueError(f'{path} is not a multimodal_jax weights file (keys {sorted(tree)}).')
+    data = f.read()
+  try:
+    tree = serialization.msgpack_restore(data)
+  except Exception as e:  # pylint: disable=broad-except  # msgpack raises several unrelated types.
+    raise ValueError(f'{path} is not a valid weights file ({type(e).__name__}: {e}); reconvert it with '
+                     'python -m multimodal_jax.tools.convert_weights.') from e
+  if not isinstance(tree, dict) or set(tree) != {'params', 'meta'}:
+    what = f'keys {sorted(tree)}' if isinstance(tree, dict) else f'a {type(tree).__name__}'
+    raise ValueError(f'{path} is not a valid weights file ({what}, not params and meta); reconvert it with '
+                     'python -m multimodal_jax.tools.convert_weights.')
   arch = tree['meta'].get('arch')
   if expected_arch is not None and arch != expected_arch:
     raise ValueError(f'{path} holds weights for arch {arch!r}, expected {expected_arch!r}.')

@@ -1,0 +1,234 @@
+"""A training workdir holds one run: a lock against a second run, and a config check before resuming.
+
+The lock: `<workdir>/.lock`, created atomically (O_CREAT | O_EXCL) by process 0
+of a run (the other processes of a multi-process run share the workdir by
+design) and removed when the run ends, also on an exception. It records the
+holder's host, pid and start time, so a second run on the same workdir fails
+at once naming it, instead of interleaving checkpoints with the first. A lock
+left by a killed run (same host, its pid no longer running) is taken over,
+saying so; a lock from another host cannot be checked from here, and the
+error says how to remove it.
+
+The config check: a workdir's checkpoints only make sense with the config
+that wrote them (`run_info.json`, written by `inference.write_run_info`).
+Resuming with other values of keys that shape the train state or its data
+would fail deep inside orbax or grain ("Sampler in checkpoint does not match",
+a tree mismatch) or, worse, continue a different experiment; it fails first,
+naming the keys. `RESUMABLE_KEYS` lists the keys that may change on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import json
+import os
+import socket
+import time
+import uuid
+from typing import Any, Iterator
+
+import ml_collections
+
+from multimodal_jax import inference
+
+LOCK_FILE = ".lock"
+
+# Keys that may differ from run_info.json when a run resumes: when to stop,
+# what to log and how often, where and how fast to read the data. Everything
+# else shapes the train state or the data stream. Add a key here only if a
+# checkpoint written under the old value continues the same run under the new.
+# Keys the recorded run did not have (added to the code since) are not compared.
+RESUMABLE_KEYS = (
+    "train.num_steps",  # Training longer is the normal reason to resume.
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.sample_every",
+    "train.eval_every",
+    "train.eval_inputs",
+    "train.eval_samples",
+    "train.num_grid_inputs",
+    "train.num_grid_samples",
+    "train.max_checkpoints_to_keep",
+    "train.async_checkpointing",
+    "data.num_workers",
+    "data.data_dir",
+)
+
+_TAKEOVER_SUFFIX = ".takeover"
+_held_tokens: set[str] = set()  # Tokens of the locks this process holds.
+
+
+class WorkdirError(RuntimeError):
+  """A workdir the run cannot use as it is; the message (one line) says what to do."""
+
+
+class WorkdirLockedError(WorkdirError):
+  """Another run holds the workdir's lock."""
+
+
+class ConfigMismatchError(WorkdirError, ValueError):
+  """The workdir holds a run of another config."""
+
+
+@contextlib.contextmanager
+def lock(workdir: str, enabled: bool = True) -> Iterator[None]:
+  """Holds `<workdir>/.lock` for the block; raises WorkdirLockedError if another run holds it.
+
+  Args:
+    workdir: the run's directory (created if missing).
+    enabled: False for the processes of a multi-process run other than
+      process 0: they share the workdir with it.
+  """
+  if not enabled:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  try:
+    mine = _acquire(path)
+  except OSError as e:
+    if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+      raise
+    # A read-only workdir (a finished run's, shared for reading): no run can write it either.
+    print(f"Cannot lock {workdir} ({type(e).__name__}: {e}); continuing without the lock.", flush=True)
+    yield
+    return
+  _held_tokens.add(mine["token"])
+  try:
+    yield
+  finally:
+    _held_tokens.discard(mine["token"])
+    if _read(path) == mine:  # Never remove a lock that someone else has taken over.
+      os.remove(path)
+
+
+def _acquire(path: str) -> dict[str, Any]:
+  mine = {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+          "token": uuid.uuid4().hex}
+  for _ in range(5):  # A lock released or taken over under our feet is read again.
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      holder = _read(path)
+    else:
+      with os.fdopen(fd, "w") as f:
+        json.dump(mine, f)
+      return mine
+    if holder is None:
+      continue  # Released between our attempt and the read.
+    if holder == "":
+      time.sleep(0.1)  # Created an instant ago, its content not written yet.
+      continue
+    if not isinstance(holder, dict) or not {"host", "pid", "started"} <= holder.keys():
+      raise WorkdirLockedError(f"The lock {path} is unreadable ({str(holder)[:80]!r}): if no run uses "
+                               f"{os.path.dirname(path)}, delete {path} and rerun.")
+    who = f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}"
+    if holder["host"] != mine["host"]:
+      raise WorkdirLockedError(
+          f"{os.path.dirname(path)} is locked by another run: {who} (lock file {path}). A process on "
+          f"another host cannot be checked from here: if that run has ended, delete {path} and rerun.")
+    if _running(holder):
+      raise WorkdirLockedError(
+          f"{os.path.dirname(path)} is in use by another run: {who}. Wait for it to end or stop it, "
+          "or use another --workdir.")
+    if _remove_stale(path, holder):
+      print(f"Taking over the stale lock {path}: {who}, is no longer running.", flush=True)
+    else:
+      time.sleep(0.1)  # Another run is taking it over: see who wins.
+  raise WorkdirLockedError(f"Could not take the lock {path}: other runs keep taking it. If none uses "
+                           f"{os.path.dirname(path)}, delete {path} and {path}{_TAKEOVER_SUFFIX} and rerun.")
+
+
+def _running(holder: dict[str, Any]) -> bool:
+  """Whether the holder, a process on this host, still runs.
+
+  Our own pid counts only with a token this process holds; otherwise the lock
+  is that of a killed run whose pid was given to us (a container's pid 1).
+  """
+  if holder["pid"] == os.getpid():
+    return holder.get("token") in _held_tokens
+  try:
+    os.kill(int(holder["pid"]), 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Someone else's process.
+    return True
+  return True
+
+
+def _remove_stale(path: str, stale: dict[str, Any]) -> bool:
+  """Removes the lock if it still holds `stale`; False if another process got to it first.
+
+  Two runs may find the same stale lock: a second, exclusive file makes the
+  check-then-remove atomic, so neither removes the fresh lock of the other.
+  """
+  guard = path + _TAKEOVER_SUFFIX
+  try:
+    fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+  except FileExistsError:
+    return False
+  try:
+    if _read(path) != stale:
+      return False
+    os.remove(path)
+    return True
+  finally:
+    os.close(fd)
+    os.remove(guard)
+
+
+def _read(path: str) -> Any:
+  """The lock's content: a dict, the raw text if it is not JSON, or None if there is no lock."""
+  try:
+    with open(path) as f:
+      text = f.read()
+  except FileNotFoundError:
+    return None
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError:
+    return text
+
+
+def check_config_unchanged(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigMismatchError naming the keys outside `RESUMABLE_KEYS` that differ from the run in workdir.
+
+  Call it before resuming from a checkpoint of `workdir`. Without a readable
+  run_info.json there is nothing to compare: the check says so and passes.
+  """
+  path = os.path.join(workdir, inference.RUN_INFO)
+  try:
+    with open(path) as f:
+      stored = json.load(f)["config"]
+  except FileNotFoundError:
+    return
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    print(f"Cannot compare the config with {path} ({type(e).__name__}: {e}); resuming without the check.",
+          flush=True)
+    return
+  old, new = _flatten(stored), _flatten(json.loads(config.to_json_best_effort()))
+  differ = [k for k in sorted(old) if old[k] != new.get(k, _ABSENT) and k not in RESUMABLE_KEYS]
+  if differ:
+    changes = ", ".join(f"{k}: {_show(old[k])} -> {_show(new.get(k, _ABSENT))}" for k in differ)
+    raise ConfigMismatchError(
+        f"{workdir} holds a run of another config ({changes}; recorded in {path}). These keys shape the "
+        "checkpointed state or its data: resume with the recorded values, or use a new --workdir.")
+
+
+_ABSENT = object()
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(tree, dict):
+    return {prefix[:-1]: tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(_flatten(value, f"{prefix}{key}."))
+  return out or {prefix[:-1]: {}}
+
+
+def _show(value: Any) -> str:
+  return "(absent)" if value is _ABSENT else json.dumps(value)

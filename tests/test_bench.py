@@ -1,0 +1,92 @@
+"""The benchmarks' shared helpers (experiments/bench_common.py): exact FLOP counts and the JSON record."""
+
+import json
+import pathlib
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from multimodal_jax.models import rrdb
+from multimodal_jax.models import vgg as vgg_lib
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
+import bench_common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+class _OneByOne(nn.Module):
+  @nn.compact
+  def __call__(self, h, _):
+    return nn.Conv(4, (1, 1))(h), None
+
+
+class TinyNet(nn.Module):
+  """conv 3x3 (3 -> 4, SAME), conv 3x3 stride 2 (4 -> 4, 2 groups), a scan of two 1x1 convs, dense 64 -> 5."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.Conv(4, (3, 3))(x)
+    h = nn.Conv(4, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), feature_group_count=2)(h)
+    repeat = nn.scan(_OneByOne, variable_axes={"params": 0}, split_rngs={"params": True}, length=2)
+    h, _ = repeat(name="repeat")(h, None)
+    return nn.Dense(5)(h.reshape(h.shape[0], -1))
+
+
+def test_count_flops_matches_a_hand_count_of_a_tiny_conv_net():
+  x = jnp.zeros((2, 8, 8, 3))
+  net = TinyNet()
+  params = net.init(jax.random.PRNGKey(0), x)
+  # 2 FLOPs per multiply-add, padded positions included: 2 * B * H_out * W_out * K^2 * C_in/groups * C_out.
+  conv1 = 2 * 2 * 8 * 8 * 9 * 3 * 4            # 27,648
+  conv2 = 2 * 2 * 4 * 4 * 9 * (4 // 2) * 4      # 4,608 (two groups of 2 input channels)
+  scan = 2 * (2 * 2 * 4 * 4 * 1 * 4 * 4)        # 2,048 (two 1x1 convs inside a scan)
+  dense = 2 * 2 * (4 * 4 * 4) * 5               # 1,280
+  assert bench_common.count_flops(lambda p: net.apply(p, x), params) == conv1 + conv2 + scan + dense == 35584
+
+
+def test_count_flops_of_the_rrdb_equals_its_analytic_count_in_both_dense_conv_styles():
+  x, z = jnp.zeros((1, 4, 4, 3)), jnp.zeros((1, 4, 4, 2))
+  expected = rrdb.flops_per_sample(8, 2, 4, 5, (4, 4), upsample_factor=4)
+  for style in ("split", "concat"):
+    net = rrdb.RRDBNet(features=8, num_blocks=2, growth=4, upsample_factor=4, dense_conv_style=style)
+    params = jax.eval_shape(net.init, jax.random.PRNGKey(0), x, z)
+    assert bench_common.count_flops(lambda p: net.apply(p, x, z), params) == expected
+
+
+def test_count_flops_of_vgg19_to_conv5_4_on_a_64_pixel_image():
+  model = vgg_lib.VGG(arch="vgg19")
+  x = jnp.zeros((1, 64, 64, 3))
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  expected, h, cin = 0, 64, 3
+  for b, n_convs in enumerate(vgg_lib.VGG_BLOCKS["vgg19"]):
+    for _ in range(n_convs):
+      expected += 2 * h * h * 9 * cin * vgg_lib.VGG_WIDTHS[b]
+      cin = vgg_lib.VGG_WIDTHS[b]
+    h //= 2
+  got = bench_common.count_flops(lambda p: model.apply(p, x, taps=("conv5_4",)), params)
+  assert got == expected
+
+
+def test_count_flops_takes_the_dearer_branch_of_a_cond():
+  a = jnp.ones((4, 8))
+  fn = lambda flag, a: jax.lax.cond(flag, lambda v: v[:, :4] @ v[:, 4:], lambda v: v[:, :4], a)
+  assert bench_common.count_flops(fn, True, a) == bench_common.count_flops(fn, False, a) == 2 * 4 * 4 * 4
+
+
+def test_write_record_holds_the_machine_dtype_and_numbers(tmp_path):
+  path = bench_common.write_record("bench_x", "bfloat16", 1.5e9, {"rate": 2.0}, {"m": 3}, directory=str(tmp_path))
+  record = json.loads(pathlib.Path(path).read_text())
+  assert record["benchmark"] == "bench_x" and record["dtype"] == "bfloat16"
+  assert record["numbers"] == {"rate": 2.0} and record["settings"] == {"m": 3}
+  assert record["peak_flops_per_s"] == 1.5e9
+  assert record["machine"]["jax"] == jax.__version__
+  assert record["machine"]["device_kind"] == jax.devices()[0].device_kind
+  assert record["machine"]["backend"] == jax.default_backend()
+  assert record["timestamp"].endswith("+00:00")
+
+
+def test_matmul_peak_is_positive_and_in_the_asked_dtype_units():
+  peak = bench_common.matmul_peak("float32", sizes=(64,), repeats=1)
+  assert np.isfinite(peak) and peak > 0
