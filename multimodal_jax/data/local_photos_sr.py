@@ -212,7 +212,8 @@ def _transforms(data_config: ml_collections.ConfigDict, train: bool):
   2761 training patches of 8 photographs are few for a network to learn
   textures from: the 8 symmetries make them 8x as many distinct pairs.
   """
-  augment = bool(data_config.options.augment) if "augment" in data_config.options else False
+  options = data_config.options if "options" in data_config else {}
+  augment = bool(options["augment"]) if "augment" in options else False
   ops = [LowToHighResolution()]
   return ops + [RandomFlipRotate()] if train and augment else ops
 
