@@ -340,12 +340,7 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
       segmentation network trained on the real training images, cached in
       the workdir, ~20 s the first time).
   """
-  if num_samples < 2:
-    raise ValueError(f"--num_samples must be >= 2 to measure diversity; got {num_samples}.")
-  if mode_samples < 1:
-    raise ValueError(f"--mode_samples must be >= 1; got {mode_samples}.")
-  if reality_mode not in REALITY_CHOICES:
-    raise ValueError(f"reality_mode must be one of {REALITY_CHOICES}; got {reality_mode!r}.")
+  _check_arguments(num_samples, mode_samples, reality_mode)
   start = time.time()
   config, method, state, _ = inference.load_trained(workdir, step)
   step = int(jax.device_get(state.step))
@@ -400,14 +395,28 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
   result["metrics"] = scalars
   result["skipped"] = skipped
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, EVAL_JSON), "w") as f:
-      json.dump(result, f, indent=1)
-    writer = metric_writers.create_default_writer(workdir, asynchronous=False)
-    writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items() if np.isfinite(v)})
-    writer.flush()
-    writer.close()
+    _write(workdir, result)
   print(summary(result, time.time() - start), flush=True)
   return result
+
+
+def _check_arguments(num_samples: int, mode_samples: int, reality_mode: str) -> None:
+  if num_samples < 2:
+    raise ValueError(f"--num_samples must be >= 2 to measure diversity; got {num_samples}.")
+  if mode_samples < 1:
+    raise ValueError(f"--mode_samples must be >= 1; got {mode_samples}.")
+  if reality_mode not in REALITY_CHOICES:
+    raise ValueError(f"reality_mode must be one of {REALITY_CHOICES}; got {reality_mode!r}.")
+
+
+def _write(workdir: str, result: dict[str, Any]) -> None:
+  """eval.json, and the finite metrics as eval/* scalars at the evaluated step in TensorBoard."""
+  with open(os.path.join(workdir, EVAL_JSON), "w") as f:
+    json.dump(result, f, indent=1)
+  writer = metric_writers.create_default_writer(workdir, asynchronous=False)
+  writer.write_scalars(result["step"], {f"eval/{k}": v for k, v in result["metrics"].items() if np.isfinite(v)})
+  writer.flush()
+  writer.close()
 
 
 def summary(result: dict[str, Any], seconds: float) -> str:

@@ -2,12 +2,43 @@
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_OWN_CACHE = None
+
+
+def pytest_configure(config):
+  """One persistent XLA compilation cache for the whole test run.
+
+  Tests and their worker processes (tests/train_worker.py: straight, killed and
+  resumed runs of one config) compile the same programs again and again; the
+  cache makes each compile after the first a lookup. The process that starts the
+  run (the xdist controller, or pytest itself) creates it in the temp dir and
+  removes it at the end; xdist workers and subprocesses inherit it through the
+  environment. A $JAX_COMPILATION_CACHE_DIR set by the user is used and kept.
+  """
+  global _OWN_CACHE
+  del config
+  if os.environ.get(_CACHE_ENV):
+    return
+  _OWN_CACHE = tempfile.mkdtemp(prefix="multimodal_jax_test_xla_cache_")
+  os.environ[_CACHE_ENV] = _OWN_CACHE
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

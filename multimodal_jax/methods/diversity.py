@@ -35,7 +35,9 @@ at one random draw; `evaluate` turns them into the noise-linking ratio.
 from __future__ import annotations
 
 import inspect
+from typing import Callable, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -64,6 +66,114 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   config_lib.require(config, dv.l1_weight >= 0, "diversity.l1_weight", "must be >= 0")
 
 
+class _Parts(NamedTuple):
+  """What the step and sampling builders share: the config, shapes and networks of one method."""
+  dv: ml_collections.ConfigDict  # config.diversity
+  num_classes: int
+  generator: nn.Module
+  discriminator: nn.Module | None  # pix2pix's PatchGAN; None for 'crn'
+  distance: perceptual.Distance  # L_B of 'crn'
+  takes_train: bool  # the generator's __call__ takes `train` (dropout on)
+
+  @property
+  def gan(self) -> bool:
+    return self.discriminator is not None
+
+  def generate(self, params, x, z, rng):
+    kwargs = {"train": True} if self.takes_train else {}
+    return self.generator.apply({"params": params}, x, z, rngs={"dropout": rng}, **kwargs)
+
+  def logits(self, params, x, y):
+    return self.discriminator.apply({"params": params}, x, y.astype(x.dtype))
+
+  def noise_of(self, rng, batch):
+    n = div.sample_noise(rng, batch["x"].shape[0], self.num_classes)
+    return n, div.noise_channel(batch["label"], n)
+
+  def outputs_for_noise(self, state, x, n_NxBxC, rngs_N):
+    """[B, N, H, W, C]: G(l, n_j) for N noise vectors per input (the layout's argmax is its label)."""
+    params = state.networks["generator"].params
+    label = jnp.argmax(x, axis=-1)
+    y_NxB = jax.lax.map(lambda a: self.generate(params, x, div.noise_channel(label, a[0]), a[1]), (n_NxBxC, rngs_N))
+    return jnp.swapaxes(y_NxB, 0, 1)
+
+
+def _make_generator_step(parts: _Parts) -> base.StepFn:
+  dv = parts.dv
+
+  def generator_step(state: common.MethodState, batch):
+    """Eq. 8: L_B(G(l, n)) + beta L_Div, G(l, n) and G(l, 0) from one batch of two (Algorithm 1)."""
+    rngs = common.step_rngs(state.rng, state.step, "noise", "dropout")
+    n, z = parts.noise_of(rngs["noise"], batch)
+    x, y = batch["x"], batch["y"]
+
+    def loss_fn(params):
+      if dv.beta > 0:
+        y_n, y_0 = div.paired_outputs(lambda x2, z2: parts.generate(params, x2, z2, rngs["dropout"]), x, z)
+        l_div = jnp.mean(div.diversity_loss(y_0, y_n, batch["label"], n, dv.lambda_c))
+      else:
+        y_n, l_div = parts.generate(params, x, z, rngs["dropout"]), jnp.zeros(())
+      if parts.gan:  # Eq. 2, non-saturating adversarial term
+        adversarial = jnp.mean(jax.nn.softplus(-parts.logits(state.networks["discriminator"].params, x, y_n)))
+        l1 = jnp.mean(jnp.abs(y_n - y)) * div.IMAGE_RANGE_SCALE  # pix2pix's [-1, 1] units
+        l_base = adversarial + dv.l1_weight * l1
+        terms = {"adversarial": adversarial, "l1": l1}
+      else:
+        l_base = jnp.mean(parts.distance(y_n, y))
+        terms = {}
+      return l_base + dv.beta * l_div, {"base_loss": l_base, "diversity_loss": l_div, **terms}
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.networks["generator"].params)
+    state = state.apply_gradients("generator", grads)
+    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **terms}
+
+  return generator_step
+
+
+def _make_discriminator_step(parts: _Parts) -> base.StepFn:
+
+  def discriminator_step(state: common.MethodState, batch):
+    """Eq. 1 as a loss to minimise, on real pairs and on G's (frozen) outputs; `step` does not advance."""
+    rngs = common.step_rngs(state.rng, state.step, "discriminator_noise", "discriminator_dropout")
+    _, z = parts.noise_of(rngs["discriminator_noise"], batch)
+    x, y = batch["x"], batch["y"]
+    fake = jax.lax.stop_gradient(parts.generate(state.networks["generator"].params, x, z,
+                                                rngs["discriminator_dropout"]))
+
+    def loss_fn(params):
+      real_logits, fake_logits = parts.logits(params, x, y), parts.logits(params, x, fake)
+      loss = 0.5 * (jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits)))
+      return loss, {"real_accuracy": jnp.mean(real_logits > 0), "fake_accuracy": jnp.mean(fake_logits < 0)}
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.networks["discriminator"].params)
+    state = state.apply_gradients("discriminator", grads, count_step=False)
+    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **terms}
+
+  return discriminator_step
+
+
+def _make_sampling(parts: _Parts) -> tuple[Callable, dict[str, Callable]]:
+  """`sample` (a fresh n per sample) and the `gradation_<c>` extras (§IV-B, Fig. 2-3)."""
+
+  def sample(state, x, rng, num_samples):
+    """N samples per input, a fresh n ~ U[-1, 1]^{|C|} each."""
+    noise_rng, dropout_rng = jax.random.split(rng)
+    n = jax.random.uniform(noise_rng, (num_samples, x.shape[0], parts.num_classes), minval=-1.0, maxval=1.0)
+    return parts.outputs_for_noise(state, x, n, jax.random.split(dropout_rng, num_samples))
+
+  def gradation(c):
+    def sweep(state, x, rng, num_samples):
+      """n^c from -1 to 1 in N steps, the other entries fixed at one draw; one dropout mask."""
+      noise_rng, dropout_rng = jax.random.split(rng)
+      n = jax.random.uniform(noise_rng, (1, x.shape[0], parts.num_classes), minval=-1.0, maxval=1.0)
+      n = jnp.repeat(n, num_samples, axis=0).at[:, :, c].set(jnp.linspace(-1.0, 1.0, num_samples)[:, None])
+      return parts.outputs_for_noise(state, x, n, jnp.repeat(dropout_rng[None], num_samples, axis=0))
+    return sweep
+
+  extras = {f"{base.GRADATION_PREFIX}{c}": gradation(c) for c in range(parts.num_classes)}
+  return sample, extras
+
+
 def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
                 prepared: base.Prepared | None = None) -> base.Method:
   """The diversity-loss method bound to `config` and the batch shapes (it prepares nothing)."""
@@ -73,117 +183,37 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
     raise ValueError(f"The diversity loss needs the layout's class ids (`label` [H, W]) in the batches of "
                      f"{config.data.name!r}; it has {sorted(batch_spec)}.")
   x_shape, y_shape = tuple(batch_spec["x"].shape[1:]), tuple(batch_spec["y"].shape[1:])
-  num_classes = x_shape[-1]
   code_shape = x_shape[:2] + (1,)
   generator = models.make_model(config.model, models.ModelIO.of(batch_spec, code_shape=code_shape))
   gan = dv.base == "pix2pix"
-  discriminator = None
-  if gan:
-    discriminator = models.make_model(config.discriminator, models.ModelIO.of(batch_spec))
+  discriminator = models.make_model(config.discriminator, models.ModelIO.of(batch_spec)) if gan else None
   distance = perceptual.make_distance(config.distance)
   if not gan and distance.needs_calibration:
     raise ValueError("diversity with base 'crn' needs explicit config.distance.layer_weights.")
-  takes_train = "train" in inspect.signature(generator.__call__).parameters
-
-  def generate(params, x, z, rng):
-    kwargs = {"train": True} if takes_train else {}
-    return generator.apply({"params": params}, x, z, rngs={"dropout": rng}, **kwargs)
-
-  def logits(params, x, y):
-    return discriminator.apply({"params": params}, x, y.astype(x.dtype))
+  parts = _Parts(dv=dv, num_classes=x_shape[-1], generator=generator, discriminator=discriminator,
+                 distance=distance, takes_train="train" in inspect.signature(generator.__call__).parameters)
 
   def init(rng):
     g_rng, d_rng, state_rng = jax.random.split(rng, 3)
     x = jnp.zeros((1,) + x_shape, jnp.float32)
     tx = common.make_optimizer(config.optimizer, config.train.num_steps)
     variables = generator.init({"params": g_rng, "dropout": g_rng}, x, jnp.zeros((1,) + code_shape),
-                               **({"train": False} if takes_train else {}))
+                               **({"train": False} if parts.takes_train else {}))
     networks = {"generator": common.Network.create(variables, tx)}
     if gan:
       networks["discriminator"] = common.Network.create(
           discriminator.init(d_rng, x, jnp.zeros((1,) + y_shape)), tx)
     return common.create_state(rng=state_rng, networks=networks)
 
-  def noise_of(rng, batch):
-    n = div.sample_noise(rng, batch["x"].shape[0], num_classes)
-    return n, div.noise_channel(batch["label"], n)
-
-  def generator_step(state: common.MethodState, batch):
-    rngs = common.step_rngs(state.rng, state.step, "noise", "dropout")
-    n, z = noise_of(rngs["noise"], batch)
-    x, y = batch["x"], batch["y"]
-
-    def loss_fn(params):
-      if dv.beta > 0:  # Algorithm 1: G(l, n) and G(l, 0) as one batch of two per example
-        y_n, y_0 = div.paired_outputs(lambda x2, z2: generate(params, x2, z2, rngs["dropout"]), x, z)
-        l_div = jnp.mean(div.diversity_loss(y_0, y_n, batch["label"], n, dv.lambda_c))
-      else:
-        y_n, l_div = generate(params, x, z, rngs["dropout"]), jnp.zeros(())
-      if gan:  # Eq. 2, non-saturating adversarial term
-        adversarial = jnp.mean(jax.nn.softplus(-logits(state.networks["discriminator"].params, x, y_n)))
-        l1 = jnp.mean(jnp.abs(y_n - y)) * div.IMAGE_RANGE_SCALE  # pix2pix's [-1, 1] units
-        l_base = adversarial + dv.l1_weight * l1
-        parts = {"adversarial": adversarial, "l1": l1}
-      else:
-        l_base = jnp.mean(distance(y_n, y))
-        parts = {}
-      return l_base + dv.beta * l_div, {"base_loss": l_base, "diversity_loss": l_div, **parts}
-
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.networks["generator"].params)
-    state = state.apply_gradients("generator", grads)
-    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **parts}
-
-  def discriminator_step(state: common.MethodState, batch):
-    rngs = common.step_rngs(state.rng, state.step, "discriminator_noise", "discriminator_dropout")
-    _, z = noise_of(rngs["discriminator_noise"], batch)
-    x, y = batch["x"], batch["y"]
-    fake = jax.lax.stop_gradient(generate(state.networks["generator"].params, x, z,
-                                          rngs["discriminator_dropout"]))
-
-    def loss_fn(params):  # Eq. 1 as a loss to minimise
-      real_logits, fake_logits = logits(params, x, y), logits(params, x, fake)
-      loss = 0.5 * (jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits)))
-      return loss, {"real_accuracy": jnp.mean(real_logits > 0), "fake_accuracy": jnp.mean(fake_logits < 0)}
-
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.networks["discriminator"].params)
-    state = state.apply_gradients("discriminator", grads, count_step=False)
-    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **parts}
-
   def run_round(compiled: base.CompiledSteps, state, batch):
     if gan:
       state = compiled("discriminator", state, batch)
     return compiled("generator", state, batch)
 
-  def outputs_for_noise(state, x, n_NxBxC, rng):
-    """[B, N, H, W, C]: G(l, n_j) for the N noise vectors of each input (the layout's argmax is its label)."""
-    params = state.networks["generator"].params
-    label = jnp.argmax(x, axis=-1)
-    rngs = jax.random.split(rng, n_NxBxC.shape[0])
-    y_NxB = jax.lax.map(lambda a: generate(params, x, div.noise_channel(label, a[0]), a[1]), (n_NxBxC, rngs))
-    return jnp.swapaxes(y_NxB, 0, 1)
-
-  def sample(state, x, rng, num_samples):
-    """N samples per input, a fresh n ~ U[-1, 1]^{|C|} each."""
-    noise_rng, dropout_rng = jax.random.split(rng)
-    n = jax.random.uniform(noise_rng, (num_samples, x.shape[0], num_classes), minval=-1.0, maxval=1.0)
-    return outputs_for_noise(state, x, n, dropout_rng)
-
-  def gradation(c):
-    def sweep(state, x, rng, num_samples):
-      """Fig. 2-3: n^c from -1 to 1 in N steps, the other entries fixed at one draw; one dropout mask."""
-      noise_rng, dropout_rng = jax.random.split(rng)
-      n = jax.random.uniform(noise_rng, (1, x.shape[0], num_classes), minval=-1.0, maxval=1.0)
-      n = jnp.repeat(n, num_samples, axis=0).at[:, :, c].set(jnp.linspace(-1.0, 1.0, num_samples)[:, None])
-      params = state.networks["generator"].params
-      label = jnp.argmax(x, axis=-1)
-      y_NxB = jax.lax.map(lambda a: generate(params, x, div.noise_channel(label, a), dropout_rng), n)
-      return jnp.swapaxes(y_NxB, 0, 1)
-    return sweep
-
-  extras = {f"{base.GRADATION_PREFIX}{c}": gradation(c) for c in range(num_classes)}
-  steps = {"generator": generator_step}
+  steps = {"generator": _make_generator_step(parts)}
   if gan:
-    steps["discriminator"] = discriminator_step
+    steps["discriminator"] = _make_discriminator_step(parts)
+  sample, extras = _make_sampling(parts)
   learning_rates = (common.learning_rates(config, generator=config.optimizer, discriminator=config.optimizer)
                     if gan else common.learning_rates(config, generator=config.optimizer))
   base_text = (f"pix2pix ({config.model.name} + {config.discriminator.name}, alpha = {dv.l1_weight})" if gan

@@ -36,7 +36,10 @@ the training codes alone or of new codes alone.
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -104,6 +107,103 @@ def prepare(config: ml_collections.ConfigDict, train_source) -> dict[str, np.nda
   return {"neighbours": chosen.astype(np.int32), "train_targets": targets}
 
 
+class _Parts(NamedTuple):
+  """What the step and sampling builders share: the model, its codes and the prepared neighbours."""
+  model: nn.Module
+  code_shape: tuple[int, ...]  # one drop-out code ('shared'); () for the branched architectures
+  num_branches: int
+  distance: perceptual.Distance  # l of Eq. 4-5
+  neighbours_NxJ: jax.Array | None  # prepared (Eq. 5 only)
+  targets_u8: jax.Array | None  # prepared training targets, 8 bit (Eq. 5 only)
+
+  @property
+  def enhanced(self) -> bool:
+    return self.neighbours_NxJ is not None
+
+  def apply(self, params, x, codes):
+    """[B, N, H, W, C]: one output per code ('shared') or the n branch outputs (codes None)."""
+    y = self.model.apply({"params": params}, x, *([codes] if self.code_shape else []))
+    return y[:, None] if y.ndim == 4 else y
+
+  def targets_of(self, batch):
+    """(targets [B, 1 + N, H, W, C], valid [B, 1 + N]): the example's own, then its neighbours'."""
+    nb_BxN = self.neighbours_NxJ[batch["index"]]
+    valid = nb_BxN >= 0
+    nb_y = self.targets_u8[jnp.maximum(nb_BxN, 0)].astype(jnp.float32) / 255.0
+    y = batch["y"][:, None]
+    return (jnp.concatenate([y, nb_y.astype(y.dtype)], axis=1),
+            jnp.concatenate([jnp.ones_like(valid[:, :1]), valid], axis=1))
+
+  def outputs_for_codes(self, state, x, codes_BxNx):
+    """[B, N, H, W, C], one code batch at a time (memory O(B))."""
+    params = state.networks["generator"].params
+    y_NxB = jax.lax.map(lambda z: self.apply(params, x, z[:, None])[:, 0], jnp.swapaxes(codes_BxNx, 0, 1))
+    return jnp.swapaxes(y_NxB, 0, 1)
+
+
+def _make_train_step(parts: _Parts) -> base.StepFn:
+
+  def train_step(state: LatentCodesState, batch):
+    """Eq. 4 (best neighbour) or Eq. 5 (neighbours-enhanced) over the n outputs."""
+    codes = state.train_codes if parts.code_shape else None
+
+    def loss_fn(params):
+      y_hat = parts.apply(params, batch["x"], codes)
+      if not parts.enhanced:  # Eq. 4
+        loss_B, best_B, _ = multiple_choice.best_of_k(parts.distance, y_hat, batch["y"])
+        return jnp.mean(loss_B), (jax.nn.one_hot(best_B, y_hat.shape[1]), jnp.ones_like(loss_B))
+      targets, valid = parts.targets_of(batch)  # Eq. 5
+      d_BxJxI = multiple_choice.pairwise_distances(parts.distance, y_hat, targets)
+      assigned = multiple_choice.assign_neighbours(d_BxJxI, valid)
+      return jnp.sum(assigned * d_BxJxI) / d_BxJxI.shape[0], (assigned.sum(1), valid.sum(1))
+
+    (loss, (used_BxI, targets_B)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.networks["generator"].params)
+    state = state.apply_gradients("generator", grads)
+    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                   "branches_trained": jnp.mean(jnp.sum(used_BxI > 0, axis=1).astype(jnp.float32)),
+                   "branches_used_in_batch": jnp.sum(jnp.any(used_BxI > 0, axis=0)).astype(jnp.float32),
+                   "targets_per_example": jnp.mean(targets_B.astype(jnp.float32))}
+
+  return train_step
+
+
+def _make_sampling(parts: _Parts) -> tuple[Callable, dict[str, Callable]]:
+  """`sample` and, for drop-out codes, the extras `interpolate`, `training_codes`, `fresh_codes`."""
+  code_shape, num_branches = parts.code_shape, parts.num_branches
+
+  def sample(state, x, rng, num_samples, train_first=num_branches):
+    """N outputs per input: the training codes' then new codes ('shared'), or the n branches in turn."""
+    if not code_shape:
+      y = parts.apply(state.networks["generator"].params, x, None)
+      return y[:, jnp.arange(num_samples) % y.shape[1]]
+    new = jax.random.uniform(rng, (x.shape[0], num_samples) + code_shape)
+    first = min(num_samples, train_first)
+    codes = new.at[:, :first].set(jnp.broadcast_to(state.train_codes[:first], (x.shape[0], first) + code_shape))
+    return parts.outputs_for_codes(state, x, codes)
+
+  def training_codes(state, x, rng, num_samples):
+    """The n training codes' outputs in turn (no new codes)."""
+    del rng
+    codes = state.train_codes[jnp.arange(num_samples) % num_branches]
+    return parts.outputs_for_codes(state, x, jnp.broadcast_to(codes, (x.shape[0], num_samples) + code_shape))
+
+  def fresh_codes(state, x, rng, num_samples):
+    """New codes only, z ~ U(0, 1)^C (test-time sampling, §3.1)."""
+    return sample(state, x, rng, num_samples, train_first=0)
+
+  def interpolate(state, x, rng, num_samples):
+    """Eq. 3: Y(a) = f2(f1(X), d(a z_i + (1 - a) z_j)), a in [0, 1], for two random training codes."""
+    ij = jax.random.choice(rng, num_branches, (2,), replace=num_branches < 2)
+    a = jnp.linspace(1.0, 0.0, num_samples).reshape((num_samples,) + (1,) * len(code_shape))
+    codes = a * state.train_codes[ij[0]] + (1.0 - a) * state.train_codes[ij[1]]
+    return parts.apply(state.networks["generator"].params, x, codes)
+
+  extras = ({"interpolate": interpolate, "training_codes": training_codes, "fresh_codes": fresh_codes}
+            if code_shape else {})
+  return sample, extras
+
+
 def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
                 prepared: base.Prepared | None = None) -> base.Method:
   """The latent-codes method bound to `config`, the batch shapes and (for Eq. 5) the prepared neighbours."""
@@ -122,13 +222,9 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
       if key not in prepared:
         raise ValueError(f"latent_codes.loss='neighbours_enhanced' needs the prepared {key!r}: build the method "
                          "with prepared=latent_codes.prepare(config, train_source) (the training loop does).")
-    neighbours_NxJ = jnp.asarray(prepared["neighbours"])
-    targets_u8 = jnp.asarray(prepared["train_targets"])
-
-  def apply(params, x, codes):
-    """[B, N, H, W, C]: one output per code ('shared') or the n branch outputs (codes None)."""
-    y = model.apply({"params": params}, x, *([codes] if code_shape else []))
-    return y[:, None] if y.ndim == 4 else y
+  parts = _Parts(model=model, code_shape=code_shape, num_branches=num_branches, distance=distance,
+                 neighbours_NxJ=jnp.asarray(prepared["neighbours"]) if enhanced else None,
+                 targets_u8=jnp.asarray(prepared["train_targets"]) if enhanced else None)
 
   def init(rng):
     params_rng, codes_rng, state_rng = jax.random.split(rng, 3)
@@ -140,78 +236,13 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
     return common.create_state(LatentCodesState, rng=state_rng, train_codes=train_codes,
                                networks={"generator": common.Network.create(variables, tx)})
 
-  def targets_of(batch):
-    """(targets [B, 1 + N, H, W, C], valid [B, 1 + N]): the example's own, then its neighbours'."""
-    nb_BxN = neighbours_NxJ[batch["index"]]
-    valid = nb_BxN >= 0
-    nb_y = targets_u8[jnp.maximum(nb_BxN, 0)].astype(jnp.float32) / 255.0
-    y = batch["y"][:, None]
-    return (jnp.concatenate([y, nb_y.astype(y.dtype)], axis=1),
-            jnp.concatenate([jnp.ones_like(valid[:, :1]), valid], axis=1))
-
-  def train_step(state: LatentCodesState, batch):
-    codes = state.train_codes if code_shape else None
-
-    def loss_fn(params):
-      y_hat = apply(params, batch["x"], codes)
-      if not enhanced:  # Eq. 4
-        loss_B, best_B, _ = multiple_choice.best_of_k(distance, y_hat, batch["y"])
-        return jnp.mean(loss_B), (jax.nn.one_hot(best_B, y_hat.shape[1]), jnp.ones_like(loss_B))
-      targets, valid = targets_of(batch)  # Eq. 5
-      d_BxJxI = multiple_choice.pairwise_distances(distance, y_hat, targets)
-      assigned = multiple_choice.assign_neighbours(d_BxJxI, valid)
-      return jnp.sum(assigned * d_BxJxI) / d_BxJxI.shape[0], (assigned.sum(1), valid.sum(1))
-
-    (loss, (used_BxI, targets_B)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.networks["generator"].params)
-    state = state.apply_gradients("generator", grads)
-    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                   "branches_trained": jnp.mean(jnp.sum(used_BxI > 0, axis=1).astype(jnp.float32)),
-                   "branches_used_in_batch": jnp.sum(jnp.any(used_BxI > 0, axis=0)).astype(jnp.float32),
-                   "targets_per_example": jnp.mean(targets_B.astype(jnp.float32))}
-
-  def outputs_for_codes(state, x, codes_BxNx):
-    """[B, N, H, W, C], one code batch at a time (memory O(B))."""
-    params = state.networks["generator"].params
-    y_NxB = jax.lax.map(lambda z: apply(params, x, z[:, None])[:, 0], jnp.swapaxes(codes_BxNx, 0, 1))
-    return jnp.swapaxes(y_NxB, 0, 1)
-
-  def sample(state, x, rng, num_samples, train_first=num_branches):
-    """N outputs per input: the training codes' then new codes ('shared'), or the n branches in turn."""
-    if not code_shape:
-      y = apply(state.networks["generator"].params, x, None)
-      return y[:, jnp.arange(num_samples) % y.shape[1]]
-    new = jax.random.uniform(rng, (x.shape[0], num_samples) + code_shape)
-    first = min(num_samples, train_first)
-    codes = new.at[:, :first].set(jnp.broadcast_to(state.train_codes[:first], (x.shape[0], first) + code_shape))
-    return outputs_for_codes(state, x, codes)
-
-  def training_codes(state, x, rng, num_samples):
-    """The n training codes' outputs in turn (no new codes)."""
-    del rng
-    codes = state.train_codes[jnp.arange(num_samples) % num_branches]
-    return outputs_for_codes(state, x, jnp.broadcast_to(codes, (x.shape[0], num_samples) + code_shape))
-
-  def fresh_codes(state, x, rng, num_samples):
-    """New codes only, z ~ U(0, 1)^C (test-time sampling, §3.1)."""
-    return sample(state, x, rng, num_samples, train_first=0)
-
-  def interpolate(state, x, rng, num_samples):
-    """Eq. 3: Y(a) = f2(f1(X), d(a z_i + (1 - a) z_j)), a in [0, 1], for two random training codes."""
-    if not code_shape:
-      raise ValueError("interpolate needs drop-out codes: model.architecture='shared'.")
-    ij = jax.random.choice(rng, num_branches, (2,), replace=num_branches < 2)
-    a = jnp.linspace(1.0, 0.0, num_samples).reshape((num_samples,) + (1,) * len(code_shape))
-    codes = a * state.train_codes[ij[0]] + (1.0 - a) * state.train_codes[ij[1]]
-    return apply(state.networks["generator"].params, x, codes)
-
+  sample, extras = _make_sampling(parts)
   arch = config.model.get("architecture", "?")
   nb = (f", N = {lc.num_neighbours} neighbours with {lc.neighbour_metric} < {lc.neighbour_threshold}"
         f"{' (HSV k-means)' if lc.neighbour_kmeans else ''}") if enhanced else ""
-  return base.Method(init=init, steps={"train": train_step}, run_round=base.single_step_round("train"),
+  return base.Method(init=init, steps={"train": _make_train_step(parts)}, run_round=base.single_step_round("train"),
                      sample=sample, steps_per_round=1,
                      learning_rates=common.learning_rates(config, generator=config.optimizer),
-                     extras=({"interpolate": interpolate, "training_codes": training_codes,
-                              "fresh_codes": fresh_codes} if code_shape else {}),
+                     extras=extras,
                      description=f"latent drop-out codes ({arch}, n = {num_branches}), {lc.loss} loss{nb}, "
                                  f"l = {distance.describe()}")
