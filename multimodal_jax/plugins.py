@@ -15,6 +15,7 @@ and `sample` import them again on that workdir without repeating the flag.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Iterable
 
 from absl import flags
@@ -63,3 +64,21 @@ def import_modules(names: Iterable[str], origin: str = "--import") -> None:
 def imported() -> list[str]:
   """The modules imported so far through `import_modules`, in order (recorded in run_info.json)."""
   return list(_imported)
+
+
+def parse_cli_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing for `evaluate` and `sample`: a flag error is one line, logging is at WARNING.
+
+  absl turns INFO logging on after parsing unless --verbosity was given, and
+  absl/orbax/JAX INFO lines would bury the CLI's own output (`--verbosity=0`
+  brings them back, as on `main`).
+  """
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    sys.stderr.write(f"error: {' '.join(dict.fromkeys(lines[:1] + lines[-1:]))}\n")
+    sys.exit(2)
+  if flags.FLAGS["verbosity"].using_default_value:
+    flags.FLAGS.verbosity = -1  # absl's WARNING; marks the flag as set, so absl keeps it.
+  return rest

@@ -319,3 +319,21 @@ def test_a_garbage_weights_file_is_named(tmp_path):
       f.write(garbage)
     with pytest.raises(ValueError, match=rf"^{path} is not a valid weights file .*convert_weights"):
       vgg_lib.load_weights_file(path)
+
+
+def test_evaluate_and_sample_print_no_info_lines_and_a_bad_flag_is_one_line(finished_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run[0], workdir)  # evaluate writes eval.json; the shared run stays as it was
+  proc = run_module("multimodal_jax.evaluate", f"--workdir={workdir}", "--num_inputs=2", "--num_samples=2",
+                    "--mode_samples=2", f"--weights_dir={tmp_path / 'no_weights'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not info_lines(proc.stderr), proc.stderr[:3000]
+  assert "Evaluated regression" in proc.stdout
+  proc = run_module("multimodal_jax.sample", f"--workdir={workdir}", f"--out={tmp_path / 'grid.png'}",
+                    "--num_inputs=1", "--num_samples=2")
+  assert proc.returncode == 0 and (tmp_path / "grid.png").exists(), proc.stderr[-3000:]
+  assert not info_lines(proc.stderr), proc.stderr[:3000]
+  for module in ("multimodal_jax.evaluate", "multimodal_jax.sample"):
+    proc = run_module(module, f"--workdir={workdir}", "--num_sampels=2")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "num_sampels" in lines[0], proc.stderr[-3000:]
