@@ -118,7 +118,7 @@ def test_sigkill_resume_is_bitwise_and_four_devices_agree(method_name, data_dir,
   outs = {name: tmp_path / f"{name}.npz" for name in ("resumed", "four")}
   # The uninterrupted run in this (one-device) process: the same programs as the workers', so they
   # reuse its compilations from the persistent cache, and one Python start-up less.
-  assert jax.device_count() == 1
+  assert jax.device_count() == 1, "the in-process reference run needs one device (unset XLA_FLAGS' device count)"
   state = train.train_and_evaluate(smoke_config(method_name, data_dir), str(tmp_path / "straight"))
   straight = {"state/" + jax.tree_util.keystr(path): np.asarray(leaf)
               for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
