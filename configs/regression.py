@@ -35,6 +35,8 @@ def get_config(arg=None):
   config.method = "regression"
   config.data.name = arg.data
   config.data.batch_size = 16
+  config.model.features = 32
+  config.model.num_blocks = 2
   if arg.data == "local_photos_sr":
     # Measured against bicubic (28.26 dB on the 16 test inputs evaluate uses): the network alone
     # 24.62 dB; + the global skip 28.45; + flips/turns, 4 blocks, cosine 28.68; 8 blocks 28.78.
@@ -42,8 +44,6 @@ def get_config(arg=None):
     config.model.num_blocks = 8  # at the 8x8 input: cheap next to the 64x64 convs
     config.optimizer.schedule = "cosine"
     config.train.eval_every = 250
-  config.model.features = 32
-  config.model.num_blocks = 2
   config.optimizer.learning_rate = 1e-3
   config.train.num_steps = 1000
   config.train.log_every = 50

@@ -88,6 +88,14 @@ def test_the_paper_sr_variants_keep_the_paper_network():
   assert _load_config("srim", "").model.global_skip == "auto"
 
 
+def test_the_sr_regression_default_keeps_its_own_network_settings():
+  """The general model lines once came after the SR branch and silently reset 8 blocks to 2."""
+  config = _load_config("regression", "data=local_photos_sr")
+  assert config.model.num_blocks == 8 and config.data.options.augment
+  assert config.optimizer.schedule == "cosine" and config.train.eval_every == 250
+  assert _load_config("regression", "").model.num_blocks == 2
+
+
 # ---------------------------------------------------------------- the reference row
 
 
