@@ -105,15 +105,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   and orbax INFO lines would bury the progress lines (>95% of a run's output).
   """
   try:
-    rest = flags.FLAGS(argv)
+    return plugins.parse_cli_flags(argv)  # A flags error ("flag --config=...: ..." and the cause): one line.
   except (AttributeError, KeyError) as e:  # Only ml_collections' key lookups raise these here.
     fail(_unknown_key(e, argv))
-  except flags.Error as e:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    fail(" ".join(dict.fromkeys(lines[:1] + lines[-1:])))  # "flag --config=...: ..." and the cause.
-  if flags.FLAGS["verbosity"].using_default_value:
-    flags.FLAGS.verbosity = -1  # absl's WARNING; marks the flag as set, so absl keeps it.
-  return rest
 
 
 def finished_read_only(config, workdir: str) -> bool:

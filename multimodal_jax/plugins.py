@@ -67,11 +67,11 @@ def imported() -> list[str]:
 
 
 def parse_cli_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing for `evaluate` and `sample`: a flag error is one line, logging is at WARNING.
+  """absl flag parsing for the CLIs: a flag error is one `error:` line (exit 2), logging is at WARNING.
 
   absl turns INFO logging on after parsing unless --verbosity was given, and
   absl/orbax/JAX INFO lines would bury the CLI's own output (`--verbosity=0`
-  brings them back, as on `main`).
+  brings them back). `main.parse_flags` adds its config-key errors.
   """
   try:
     rest = flags.FLAGS(argv)
