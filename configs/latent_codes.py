@@ -15,7 +15,8 @@ pixel l1 loss (no VGG weights here; Eq. 6's VGG distance on the paper variants),
 Adam with the poly schedule (power 0.9). Variants:
 
   :runlocal       tiny scenes, a narrow network, a few steps (smoke test, seconds)
-  :separate       "early split with separate parameters": n branches after M1
+  :separate       "early split with separate parameters": n branches after M1 (applied one
+                  after another: nn.vmap's grouped convolutions made a step 66x slower on CPU)
   :late_split     CRN's multi-output head: n images from the last 1x1 conv
   :no_neighbours  the best-neighbour loss (Eq. 4, MCL) instead of Eq. 5
   :element_dropout  ordinary element-wise dropout (a code per feature of F_1) instead of

@@ -11,13 +11,21 @@ full multiply-adds (the usual analytic count: 2 H_out W_out K^2 C_in C_out
 per convolution), so the number depends on the model's shapes only: the same
 on CPU, GPU and TPU. XLA's cost analysis is not used: on GPU it does not count
 convolutions at all (it reported 0.02 GFLOP for a 285 GFLOP sample), and on
-CPU it skips the zero-padding taps.
+CPU it skips the zero-padding taps. A `cond` counts its dearer branch unless
+its predicate follows from values known at counting time:
+`count_flops_given_first(step_fn, step, ...)(k)` counts a step function at
+step number k on the branches that step takes (cGML's best-of-M start only on
+the first of its l inner steps, IMLE's search only after the z = 0 phase).
 
 Peak. `matmul_peak(dtype)` is the best FLOP/s of large square matmuls in the
 benchmark's own dtype, on one device and on all devices at once (one matmul
 each): 8192^3 on GPU/TPU (smaller ones do not fill an H100), 2048-4096^3 on
 CPU. It is this machine's practical dense rate in that dtype; a ratio to it
 above 1 means the count or the peak is wrong, so the benchmarks print both.
+
+Set-up. `build_training(config, workdir)` builds a method, its compiled steps,
+state and batches with the training loop's own functions (train.build_method,
+train.CompiledSteps, inference.make_mesh), so a benchmark times what the loop runs.
 
 Records. `write_record` writes one JSON file per run to experiments/results/
 (benchmark, machine, device kind and count, jax version, dtype, peak, the
@@ -36,12 +44,18 @@ import platform
 import re
 import subprocess
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 from jax.extend import core as jax_core
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+
+from multimodal_jax import inference
+from multimodal_jax import train
+from multimodal_jax.data import pipeline
+from multimodal_jax.methods import base as methods_base
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DTYPES = ("float32", "bfloat16")
@@ -53,13 +67,13 @@ CPU_MATMUL_SIZES = (2048, 3072, 4096)
 
 
 def _sub_jaxprs(params: dict[str, Any]):
-  """The jaxprs an equation calls, from its params (jit/scan/remat: 'jaxpr'; cond: 'branches'; ...)."""
+  """(jaxpr, its consts) for each jaxpr an equation calls (jit/scan/remat: params['jaxpr']; cond: 'branches')."""
   for value in params.values():
     for item in value if isinstance(value, (tuple, list)) else (value,):
       if isinstance(item, jax_core.ClosedJaxpr):
-        yield item.jaxpr
+        yield item.jaxpr, item.consts
       elif isinstance(item, jax_core.Jaxpr):
-        yield item
+        yield item, ()
 
 
 def _conv_flops(eqn) -> float:
@@ -76,25 +90,57 @@ def _dot_flops(eqn) -> float:
   return 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs.shape[d] for d in lhs_contract)
 
 
-def jaxpr_flops(jaxpr: jax_core.Jaxpr) -> dict[str, float]:
+def _fold_scalars(eqn, values: list[Any], known: dict[Any, Any]) -> None:
+  """Records the outputs of `eqn` in `known` where they follow from known inputs (scalars only)."""
+  if eqn.primitive.name == "optimization_barrier":  # the identity
+    known.update({out: v for out, v in zip(eqn.outvars, values) if v is not None})
+    return
+  if eqn.effects or any(v is None for v in values) or any(
+      getattr(out.aval, "shape", None) != () for out in eqn.outvars):
+    return
+  try:
+    outs = eqn.primitive.bind(*values, **eqn.params)
+  except Exception:  # pylint: disable=broad-except  # not evaluable eagerly: stays unknown (dearer branch)
+    return
+  known.update(zip(eqn.outvars, outs if eqn.primitive.multiple_results else [outs]))
+
+
+def _sub_known(eqn, sub: jax_core.Jaxpr, consts, values: list[Any]) -> dict[Any, Any]:
+  """The known values inside a sub-jaxpr: its consts, and operands passed one to one (not scan/while)."""
+  inner = dict(zip(sub.constvars, consts))
+  operands = values[1:] if eqn.primitive.name == "cond" else values
+  if eqn.primitive.name not in ("scan", "while") and len(operands) == len(sub.invars):
+    inner.update({var: v for var, v in zip(sub.invars, operands) if v is not None})
+  return inner
+
+
+def jaxpr_flops(jaxpr: jax_core.Jaxpr, known: dict[Any, Any] | None = None) -> dict[str, float]:
   """{'conv': FLOPs, 'dot': FLOPs} of one execution of `jaxpr` (see the module docstring).
 
-  A `cond` counts its most expensive branch; a `while` loop's body is
+  `known` maps some of its variables (constvars, invars) to concrete
+  values; scalars computed from them are evaluated on the way, so a `cond`
+  whose predicate follows from them (e.g. from a step number: a warm-up
+  phase, the first of l inner iterations) counts the branch it takes. Any
+  other `cond` counts its most expensive branch; a `while` loop's body is
   counted once (its trip count is not in the jaxpr), so benchmarks should
   not count code with while loops.
   """
+  known = dict(known or {})
   total = {"conv": 0.0, "dot": 0.0}
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
+    values = [v.val if isinstance(v, jax_core.Literal) else known.get(v) for v in eqn.invars]
+    _fold_scalars(eqn, values, known)
     if name == "conv_general_dilated":
       total["conv"] += _conv_flops(eqn)
     elif name == "dot_general":
       total["dot"] += _dot_flops(eqn)
-    subs = [jaxpr_flops(sub) for sub in _sub_jaxprs(eqn.params)]
+    subs = [jaxpr_flops(sub, _sub_known(eqn, sub, consts, values)) for sub, consts in _sub_jaxprs(eqn.params)]
     if not subs:
       continue
     if name == "cond":
-      subs = [max(subs, key=lambda s: s["conv"] + s["dot"])]
+      taken = None if values[0] is None else int(np.clip(values[0], 0, len(subs) - 1))
+      subs = [subs[taken] if taken is not None else max(subs, key=lambda s: s["conv"] + s["dot"])]
     times = eqn.params["length"] if name == "scan" else 1
     for sub in subs:
       for kind in total:
@@ -104,8 +150,27 @@ def jaxpr_flops(jaxpr: jax_core.Jaxpr) -> dict[str, float]:
 
 def count_flops(fn: Callable[..., Any], *args: Any) -> float:
   """FLOPs (convolutions + matrix products) of one call of `fn(*args)`; args may be ShapeDtypeStructs."""
-  counts = jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+  closed = jax.make_jaxpr(fn)(*args)
+  counts = jaxpr_flops(closed.jaxpr, dict(zip(closed.jaxpr.constvars, closed.consts)))
   return counts["conv"] + counts["dot"]
+
+
+def count_flops_given_first(fn: Callable[..., Any], first: Any, *rest: Any) -> Callable[[Any], float]:
+  """`count(value)`: the FLOPs of fn(value, *rest), from one trace of fn with every argument abstract.
+
+  For step functions whose work depends on the step number through a
+  `cond` (jaxpr_flops): `count(step)` counts the branches that step takes.
+  """
+  closed = jax.make_jaxpr(fn)(first, *rest)
+  consts = dict(zip(closed.jaxpr.constvars, closed.consts))
+  first_vars = closed.jaxpr.invars[:len(jax.tree.leaves(first))]
+
+  def count(value: Any) -> float:
+    leaves = [np.asarray(v, var.aval.dtype) for var, v in zip(first_vars, jax.tree.leaves(value))]
+    counts = jaxpr_flops(closed.jaxpr, consts | dict(zip(first_vars, leaves)))
+    return counts["conv"] + counts["dot"]
+
+  return count
 
 
 # ---------------------------------------------------------------- timing and peak
@@ -148,6 +213,32 @@ def matmul_peak(dtype: str = "float32", sizes: tuple[int, ...] | None = None, re
       g = jax.jit(lambda b: b @ b)
       best = max(best, len(devices) * 2 * n**3 / best_time(lambda: g(stacked), repeats))
   return best
+
+
+# ---------------------------------------------------------------- the loop's set-up
+
+
+class Training(NamedTuple):
+  """A method set up as the training loop sets it up (train.py `_train`), for benchmarks to drive."""
+  method: methods_base.Method
+  compiled: train.CompiledSteps
+  state: Any
+  batches: Iterator[dict[str, jax.Array]]
+  replicated: jax.sharding.NamedSharding
+  sharded: jax.sharding.NamedSharding
+
+
+def build_training(config: ml_collections.ConfigDict, workdir: str,
+                   compiled_steps: type[train.CompiledSteps] = train.CompiledSteps) -> Training:
+  """The loop's mesh, method (with its prepared state, kept in `workdir`), compiled steps, initial state and
+  global batches; `compiled_steps` may be a subclass of train.CompiledSteps that also measures."""
+  mesh = inference.make_mesh()
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  method, _, data_iter = train.build_method(config, workdir)
+  state = jax.jit(method.init, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+  return Training(method, compiled_steps(method.steps, replicated, sharded), state,
+                  pipeline.iterate_global(data_iter, sharded), replicated, sharded)
 
 
 # ---------------------------------------------------------------- records

@@ -23,12 +23,17 @@ def load_config(name: str, arg: str | None, seed: int, data_dir: str) -> ml_coll
   return config
 
 
-def train_or_reuse(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Trains `config` in workdir, resuming a partial run; refuses a run of another config."""
+def check_same_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises if workdir holds a run of another config (nothing there is fine)."""
   info_path = os.path.join(workdir, inference.RUN_INFO)
   if os.path.exists(info_path):
     with open(info_path) as f:
       saved = json.load(f)["config"]
     if saved != json.loads(config.to_json_best_effort()):
       raise ValueError(f"{workdir} holds a run of another config: delete it or pass another --workdir.")
+
+
+def train_or_reuse(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Trains `config` in workdir, resuming a partial run; refuses a run of another config."""
+  check_same_config(config, workdir)
   train.train_and_evaluate(config, workdir)

@@ -321,7 +321,7 @@ def initial_mode_metrics(method, state, batch: dict[str, np.ndarray], true_modes
 
 def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: int | None = None,
              seed: int = 0, weights_dir: str | None = None, mode_samples: int = 64,
-             reality_mode: str = "auto") -> dict[str, Any]:
+             reality_mode: str = "auto", return_samples: bool = False) -> dict[str, Any]:
   """Evaluates the run in `workdir`; writes eval.json and TensorBoard scalars; returns the json dict.
 
   Args:
@@ -339,6 +339,9 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
       reality metrics of layout datasets (`evaluation/reality.py`: a small
       segmentation network trained on the real training images, cached in
       the workdir, ~20 s the first time).
+    return_samples: also return the drawn arrays (not written to eval.json) under
+      "arrays": samples [B, N, ...], mode_samples [B, M, ...] (datasets with true
+      modes), true_modes [B, K, ...], label [B, H, W] (layout datasets).
   """
   _check_arguments(num_samples, mode_samples, reality_mode)
   start = time.time()
@@ -389,6 +392,8 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
       "num_inputs": num_inputs, "num_samples": num_samples, "mode_samples": mode_samples, "seed": seed,
       "distance": distance_name, "distance_description": distance.describe(),
       "fwv_sigmas": list(metrics.FWV_SIGMAS),
+      "parameters": {name: int(sum(np.size(leaf) for leaf in jax.tree.leaves(network.params)))
+                     for name, network in getattr(state, "networks", {}).items()},
   }
   if true_modes_BxKxHxWxC is not None:
     result.update(num_modes=int(true_modes_BxKxHxWxC.shape[1]), mode_tolerance=spec.mode_tolerance)
@@ -397,6 +402,9 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
   if jax.process_index() == 0:
     _write(workdir, result)
   print(summary(result, time.time() - start), flush=True)
+  if return_samples:
+    result["arrays"] = {"samples": samples_BxNxHxWxC, "mode_samples": mode_samples_BxMxHxWxC,
+                        "true_modes": true_modes_BxKxHxWxC, "label": batch.get("label")}
   return result
 
 

@@ -1,4 +1,4 @@
-"""The benchmarks' shared helpers (experiments/bench_common.py): exact FLOP counts and the JSON record."""
+"""The benchmarks' shared helpers (experiments/bench_common.py: exact FLOP counts, the JSON record) and bench.py."""
 
 import json
 import pathlib
@@ -13,7 +13,9 @@ from multimodal_jax.models import rrdb
 from multimodal_jax.models import vgg as vgg_lib
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
+import bench  # pylint: disable=g-import-not-at-top,wrong-import-position
 import bench_common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import exp_util  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 class _OneByOne(nn.Module):
@@ -90,3 +92,26 @@ def test_write_record_holds_the_machine_dtype_and_numbers(tmp_path):
 def test_matmul_peak_is_positive_and_in_the_asked_dtype_units():
   peak = bench_common.matmul_peak("float32", sizes=(64,), repeats=1)
   assert np.isfinite(peak) and peak > 0
+
+
+def test_count_flops_given_first_counts_the_branch_a_known_step_takes():
+  a = jnp.ones((4, 8))
+  fn = lambda step, a: jax.lax.cond(step % 3 == 0, lambda v: v[:, :4] @ v[:, 4:], lambda v: v[:, :4], a)
+  count = bench_common.count_flops_given_first(fn, jnp.int32(0), a)
+  assert [count(step) for step in range(4)] == [2 * 4 * 4 * 4, 0, 0, 2 * 4 * 4 * 4]
+  # Through an optimization barrier (the IMLE steps' timing callbacks put one around the state).
+  barrier = lambda step, a: fn(*jax.lax.optimization_barrier((step, a)))
+  count = bench_common.count_flops_given_first(barrier, jnp.int32(0), a)
+  assert count(1) == 0 and count(3) == 2 * 4 * 4 * 4
+
+
+def test_bench_row_of_a_tiny_method_has_positive_rates_and_a_sane_flop_ratio(data_dir):
+  config = exp_util.load_config("regression.py", "runlocal", 0, data_dir)
+  peak = bench_common.matmul_peak("float32", sizes=(256,), repeats=1)
+  row = bench.bench_method("regression", config, peak, config_name="regression.py:runlocal", rounds=1, repeats=1,
+                           sample_inputs=2, samples_per_input=2)
+  assert row["updates_per_round"] == 1
+  assert row["updates_per_s"] > 0 and row["examples_per_s"] > 0 and row["images_per_s"] > 0
+  assert row["gflop_per_round"] > 0 and 0 < row["flops_over_peak"] < 10
+  assert row["peak_bytes"] is None or row["peak_bytes"] > 0
+  assert "| regression | regression.py:runlocal |" in bench.markdown([row], [], {"float32": peak}, "bench.py")

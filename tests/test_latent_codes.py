@@ -1,5 +1,7 @@
 """Latent drop-out codes (He, Schiele, Fritz, ECCV 2018): Eq. 2 dropout, the §3.2 assignment, neighbours, the method."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -115,6 +117,26 @@ def test_architectures_give_n_different_outputs_in_range(architecture):
     kernel = variables["params"]["heads"]["cascade"]["M2"]["conv1"]["kernel"]
     assert kernel.shape[0] == 3
     assert "trunk" in variables["params"]
+
+
+def test_separate_heads_are_n_plain_convolutions_not_a_grouped_one():
+  """Each branch's head equals the head applied alone with its slice of the stacked parameters, and the
+  training step has no grouped convolution: nn.vmap over the heads made one (feature_group_count = n), which
+  XLA:CPU ran 66x slower than n plain ones (a step of the default: 14.3 s against 0.22 s)."""
+  model, _ = _model("separate")
+  x = jnp.asarray(np.eye(5, dtype=np.float32)[np.random.default_rng(0).integers(0, 5, (2, 8, 16))])
+  variables = model.init(jax.random.PRNGKey(0), x)
+  y = model.apply(variables, x)
+  trunk = dropout_codes.Cascade(model.features, model.base_height, model.base_width, 0, model.split_at + 1)
+  f1 = trunk.apply({"params": variables["params"]["trunk"]}, x, None)
+  head = dropout_codes.Head(model.features, model.base_height, model.base_width, model.split_at + 1, 3)
+  for i in range(model.num_branches):
+    params_i = jax.tree.map(lambda a, i=i: a[i], variables["params"]["heads"])
+    np.testing.assert_allclose(head.apply({"params": params_i}, x, f1), y[:, i], atol=1e-6)
+  loss = lambda p: jnp.mean(model.apply(p, x) ** 2)
+  hlo = jax.jit(jax.grad(loss)).lower(variables).as_text()
+  groups = {int(g) for g in re.findall(r"(?:feature|batch)_group_count = (\d+)", hlo)}
+  assert groups == {1}, groups
 
 
 def test_shared_model_rejects_a_code_of_the_wrong_width():
