@@ -116,9 +116,8 @@ def imle_digits_config(seed: int, data_dir: str):
   config.imle = layouts.imle.copy_and_resolve_references()
   config.imle.code_channels = 4
   config.imle.rebalance_dataset = config.imle.rebalance_loss = False
-  config.imle.time_steps = False
   config.train.num_steps = 2400  # 30 rounds
-  config.train.checkpoint_every = config.train.sample_every = 800
+  config.train.checkpoint_every = 800
   config.train.log_every = 400
   return config
 
@@ -259,7 +258,7 @@ def table_rows(rows: list[dict[str, Any]], table: str) -> tuple[list[str], list[
       body.append([row["run"].name, *["—"] * len(cols), f"failed: {row['error']}", "—", str(row["num_steps"])])
       continue
     cells = [_fmt(_metric(row, key), spec) for _, key, spec in cols]
-    body.append([row["run"].name, *cells, f"{row['train_seconds'] / 60:.1f} min", f"{row['parameters']:,}",
+    body.append([row["run"].name, *cells, f"{row['train_seconds'] / 60:.1f} min" + (" (resumed: this part only)" if row["resumed"] else ""), f"{row['parameters']:,}",
                  str(row["num_steps"])])
   return header, body
 
@@ -325,10 +324,16 @@ def update_readme(section: str, path: str = os.path.join(exp_util.REPO, "README.
 
 # ------------------------------------------------------------------ plots
 
-def plot_quality_diversity(rows, path: str) -> None:
+def _pyplot():
+  """matplotlib.pyplot on the file-only Agg backend (imported when a plot is drawn, not at start-up)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_quality_diversity(rows, path: str) -> None:
+  plt = _pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
   for ax, table in zip(axes, (TOY, SR, DIGITS)):
     for row in (r for r in rows if r["run"].table == table and "eval" in r):
@@ -345,9 +350,7 @@ def plot_quality_diversity(rows, path: str) -> None:
 
 def plot_recall(rows, path: str) -> None:
   """Mode recall (within the tolerance, and of the nearest mode) against the samples drawn per layout."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
   titles = ("mode recall (a sample within the tolerance)", "nearest-mode recall (no tolerance)")
   for i, row in enumerate(r for r in rows if "recall_at" in r):
@@ -368,9 +371,7 @@ def plot_recall(rows, path: str) -> None:
 
 def sample_sheet(rows, path: str) -> None:
   """One toy_scenes layout (the first eval input), its label map and 8 samples per method, a row each."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   toy = [r for r in rows if r["run"].table == TOY and "sheet" in r]
   if not toy:
     return

@@ -319,6 +319,12 @@ def initial_mode_metrics(method, state, batch: dict[str, np.ndarray], true_modes
   return {f"{k}_t0": v for k, v in out.items()}
 
 
+def parameter_counts(state) -> dict[str, int]:
+  """{network name: its trainable parameters} of a method state ({} for a state without `networks`)."""
+  return {name: int(sum(np.size(leaf) for leaf in jax.tree.leaves(network.params)))
+          for name, network in getattr(state, "networks", {}).items()}
+
+
 def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: int | None = None,
              seed: int = 0, weights_dir: str | None = None, mode_samples: int = 64,
              reality_mode: str = "auto", return_samples: bool = False) -> dict[str, Any]:
@@ -375,16 +381,8 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
                             true_modes_BxKxHxWxC, spec.mode_tolerance, mode_samples_BxMxHxWxC,
                             rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
                             rare_modes_K=None if true_modes_BxKxHxWxC is None else rare_modes_of(config.data))
-  if true_modes_BxKxHxWxC is not None and "initial_sample" in method.extras:
-    scalars.update(initial_mode_metrics(method, state, batch, true_modes_BxKxHxWxC, spec.mode_tolerance,
-                                        mode_samples, seed))
-
-  if metrics.is_super_resolution(batch["x"], batch["y"]):
-    scalars.update(reference_row(scalars, distance_name, batch))
-  if "label" in batch:
-    scalars.update(noise_linking_metrics(method, state, batch, spec.class_names, seed))
-    if reality_mode == "on" or (reality_mode == "auto" and config.method == "diversity"):
-      scalars.update(reality_metrics_of(workdir, config.data, samples_BxNxHxWxC, batch))
+  scalars.update(_task_metrics(workdir, config, method, state, batch, samples_BxNxHxWxC, true_modes_BxKxHxWxC,
+                               scalars, distance_name, mode_samples, seed, reality_mode))
 
   result = {
       "workdir": os.path.abspath(workdir), "step": step, "method": config.method,
@@ -392,8 +390,7 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
       "num_inputs": num_inputs, "num_samples": num_samples, "mode_samples": mode_samples, "seed": seed,
       "distance": distance_name, "distance_description": distance.describe(),
       "fwv_sigmas": list(metrics.FWV_SIGMAS),
-      "parameters": {name: int(sum(np.size(leaf) for leaf in jax.tree.leaves(network.params)))
-                     for name, network in getattr(state, "networks", {}).items()},
+      "parameters": parameter_counts(state),
   }
   if true_modes_BxKxHxWxC is not None:
     result.update(num_modes=int(true_modes_BxKxHxWxC.shape[1]), mode_tolerance=spec.mode_tolerance)
@@ -406,6 +403,23 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
     result["arrays"] = {"samples": samples_BxNxHxWxC, "mode_samples": mode_samples_BxMxHxWxC,
                         "true_modes": true_modes_BxKxHxWxC, "label": batch.get("label")}
   return result
+
+
+def _task_metrics(workdir, config, method, state, batch, samples_BxNxHxWxC, true_modes_BxKxHxWxC, scalars,
+                  distance_name, mode_samples, seed, reality_mode) -> dict[str, float]:
+  """The metrics only some tasks have: cGML's t = 0 modes, the SR reference row, noise linking, reality."""
+  spec = data_registry.get_dataset(config.data.name)
+  out = {}
+  if true_modes_BxKxHxWxC is not None and "initial_sample" in method.extras:
+    out.update(initial_mode_metrics(method, state, batch, true_modes_BxKxHxWxC, spec.mode_tolerance,
+                                    mode_samples, seed))
+  if metrics.is_super_resolution(batch["x"], batch["y"]):
+    out.update(reference_row(scalars, distance_name, batch))
+  if "label" in batch:
+    out.update(noise_linking_metrics(method, state, batch, spec.class_names, seed))
+    if reality_mode == "on" or (reality_mode == "auto" and config.method == "diversity"):
+      out.update(reality_metrics_of(workdir, config.data, samples_BxNxHxWxC, batch))
+  return out
 
 
 def _check_arguments(num_samples: int, mode_samples: int, reality_mode: str) -> None:
