@@ -1,5 +1,7 @@
 """The input pipeline: stable example indices, weighted sampling, resume, sharding, PrepareSource."""
 
+import time
+
 import grain
 import ml_collections
 import numpy as np
@@ -320,3 +322,36 @@ def test_prepare_source_uses_the_deterministic_transforms(data_dir):
   again = next(source.batches(8))
   for key in first:
     np.testing.assert_array_equal(again[key][3], first[key])
+
+
+def test_runs_started_together_build_a_local_dataset_once(tmp_path, monkeypatch):
+  # Two runs on one fresh data_dir used to both generate it; the second's
+  # rename of its incomplete.* directory raised FileExistsError.
+  import threading
+  from multimodal_jax.data import toy_scenes
+  original = toy_scenes.ToyScenes.download_and_prepare
+  builds = []
+
+  def slow_prepare(self, *args, **kwargs):
+    builds.append(threading.get_ident())
+    time.sleep(0.5)  # both runs are past their `is_prepared` check before either finishes
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(toy_scenes.ToyScenes, "download_and_prepare", slow_prepare)
+  data = ml_collections.ConfigDict({"name": "toy_scenes", "builder_config": "tiny", "data_dir": str(tmp_path)})
+  results, errors = [], []
+
+  def run():
+    try:
+      results.append(pipeline.get_builder(data))
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  threads = [threading.Thread(target=run) for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors, errors
+  assert len(builds) == 1
+  assert all(b.is_prepared() and len(b.as_data_source("train")) == 64 for b in results)

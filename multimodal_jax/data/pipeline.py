@@ -18,6 +18,8 @@ transforms. With per-example weights the train iterator draws with replacement
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import multiprocessing
 import os
@@ -44,6 +46,28 @@ def resolve_data_dir(data: ml_collections.ConfigDict) -> str:
   return os.path.expanduser(data.data_dir or os.environ.get(DATA_DIR_ENV) or "~/tensorflow_datasets")
 
 
+@contextlib.contextmanager
+def _build_lock(data_dir: str, name: str) -> Iterator[None]:
+  """An exclusive `flock` on data_dir/.<name>.build.lock while a local dataset is built.
+
+  The kernel releases it when its holder dies, so a killed build leaves no
+  stale lock (tfds builds into an `incomplete.*` directory and renames it only
+  when done; the next holder starts afresh).
+  """
+  os.makedirs(data_dir, exist_ok=True)
+  path = os.path.join(data_dir, f".{name}.build.lock")
+  with open(path, "a") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      print(f"Waiting for another process that is building {name!r} in {data_dir} ({path})...", flush=True)
+      fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def get_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """Returns the (prepared) TFDS builder of `config.data`, building local data on first use.
 
@@ -66,18 +90,28 @@ def get_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
             f"downloads), or point config.data.data_dir / ${DATA_DIR_ENV} at a prepared copy.") from e
     return builder
 
-  def build():
+  def make_builder():
     kwargs = dict(spec.builder_kwargs)
     if data.builder_config:
       kwargs["config"] = data.builder_config
-    builder = spec.builder_cls(data_dir=data_dir, file_format="array_record", **kwargs)
-    if not builder.is_prepared():
-      logging.info("Building the offline dataset %r into %s (first use only)...", spec.tfds_name, data_dir)
-      print(f"Building the offline dataset {spec.tfds_name!r} into {data_dir} (first use only)...",
-            flush=True)
-      start = time.time()
-      builder.download_and_prepare()
-      print(f"Built {spec.tfds_name!r} in {time.time() - start:.1f}s.", flush=True)
+    return spec.builder_cls(data_dir=data_dir, file_format="array_record", **kwargs)
+
+  def build():
+    builder = make_builder()
+    if builder.is_prepared():
+      return builder
+    # Two runs started together on one data_dir (a sweep, a train and an
+    # evaluate) would both generate it and the second rename would fail: the
+    # first to take the lock builds, the others wait and then read its copy.
+    with _build_lock(data_dir, f"{spec.tfds_name}.{data.builder_config or 'default'}"):
+      builder = make_builder()
+      if not builder.is_prepared():
+        logging.info("Building the offline dataset %r into %s (first use only)...", spec.tfds_name, data_dir)
+        print(f"Building the offline dataset {spec.tfds_name!r} into {data_dir} (first use only)...",
+              flush=True)
+        start = time.time()
+        builder.download_and_prepare()
+        print(f"Built {spec.tfds_name!r} in {time.time() - start:.1f}s.", flush=True)
     return builder
 
   if jax.process_count() == 1:
