@@ -44,6 +44,7 @@ What was measured on the way (seed 0, 4800 updates unless said):
   ... 9600 updates                            0.86 / 0.52: longer training does not help
   |S| = 64, L = 40 (default)                  0.96 / 0.63: 4x the codes trained, 10 updates each
   |S| = 128, L = 40                           0.85 / 0.49: 8x the codes, 5 updates each: too few
+  |S| = 64, L = 40, m = 32                    0.95 / 0.71, but ~9.5 min idle (twice the selection)
   ... :no_rebalance (|S| = 32, L = 80)        0.76 / 0.51: loss rebalancing helps precision too
   code 'vector', e = 4 / e = 1                0.66 / 0.38, 0.74 / 0.52
   m = 4 / 8 / 16 / 32 / 64 (|S| = 32, L = 80; loaded CPU)
