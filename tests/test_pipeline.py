@@ -1,5 +1,6 @@
 """The input pipeline: stable example indices, weighted sampling, resume, sharding, PrepareSource."""
 
+import threading
 import time
 
 import grain
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from multimodal_jax.data import pipeline
+from multimodal_jax.data import toy_scenes
 
 NUM_TRAIN = 64  # toy_scenes/tiny and digits_completion/tiny.
 
@@ -327,8 +329,6 @@ def test_prepare_source_uses_the_deterministic_transforms(data_dir):
 def test_runs_started_together_build_a_local_dataset_once(tmp_path, monkeypatch):
   # Two runs on one fresh data_dir used to both generate it; the second's
   # rename of its incomplete.* directory raised FileExistsError.
-  import threading
-  from multimodal_jax.data import toy_scenes
   original = toy_scenes.ToyScenes.download_and_prepare
   builds = []
 
@@ -354,4 +354,5 @@ def test_runs_started_together_build_a_local_dataset_once(tmp_path, monkeypatch)
     t.join()
   assert not errors, errors
   assert len(builds) == 1
+  assert len(results) == 2
   assert all(b.is_prepared() and len(b.as_data_source("train")) == 64 for b in results)
