@@ -14,7 +14,10 @@ alpha = 100) + the diversity loss (beta = 0.1, lambda_c = 0.3, §IV-A) on
   :runlocal      tiny scenes, tiny networks, a few steps (smoke test)
   :crn           CRN with one noise channel, L_B = the pixel l1 (VGG content loss on the paper
                  variants), beta = 10 (§IV-A)
-  :no_diversity  the base network alone (beta = 0): pix2pix (or `crn,no_diversity`)
+  :no_diversity  the base network alone (beta = 0) with the noise input channel: pix2pix (or
+                 `crn,no_diversity`)
+  :no_noise_input  the base network as published (beta = 0, zeros in the noise channel): pix2pix's
+                 only noise is its dropout (the "known failure" the paper cites, §IV-B)
   :facades       CMP Facades (data/facades.py, manual_dir; 400/100/106, 286 resize + random 256
                  crop + flip), the 256x256 U-Net (8 downsamplings, 64 channels), 70x70 PatchGAN,
                  batch 1, 200 epochs (pix2pix's setting)
@@ -45,6 +48,15 @@ reality 0.920 / mIoU 0.686; CRN alone: inside 0.0073 (16% of that), ratio 7.0,
 reality 0.965 / 0.780. CRN's layer norm takes its statistics over the whole
 image, so one segment's noise moves every segment: CRN meets the < 10% side
 nearly but not the ratio, pix2pix the ratio but not the < 10%.
+pix2pix as published (`:no_noise_input`: zeros in the noise channel, dropout its
+only noise; 2000 steps, 32 layouts) shows the known failure the paper cites:
+pairwise diversity 0.0030 (with the noise channel, `:no_diversity`: 0.022; with
+the diversity loss: 0.034), nearest-mode recall 0.094 (one mode of 12 is 0.083),
+reality 0.895 (mIoU 0.71). CRN without its layer norm (tried for the ratio,
+not kept): the diversity loss is met degenerately. L_Div fell to ~1e-4 by step
+300 while sweeping n^c moved segment c by ~0.005 (inside change 0.023, ratio
+4.2; CRN alone 0.011): G(l, 0), whose noise channel is zero everywhere, became
+an outlier that every G(l, n) differs from by lambda_c, and Eq. 7 asks no more.
 `evaluate` reports the noise-linking ratio (mean change inside segment c over
 the mean change outside it as n^c sweeps -1 -> 1, per class and averaged),
 the reality of the samples under a segmentation network trained on the real
@@ -58,6 +70,7 @@ from multimodal_jax import config_lib
 from multimodal_jax.losses import perceptual
 
 VARIANTS = ["", "runlocal", "crn", "no_diversity", "crn,no_diversity", "crn,runlocal", "no_diversity,runlocal",
+            "no_noise_input", "no_noise_input,runlocal",
             "facades", "cityscapes", "crn,cityscapes"]
 
 # CRN's content loss (its released code): VGG-19 layers and weights, with the pixel term.
@@ -66,7 +79,8 @@ CRN_LAYER_WEIGHTS = (1 / 2.6, 1 / 4.8, 1 / 3.7, 1 / 5.6, 10 / 1.5)
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, crn=False, no_diversity=False, facades=False, cityscapes=False)
+  arg = config_lib.parse_arg(arg, runlocal=False, crn=False, no_diversity=False, no_noise_input=False,
+                             facades=False, cityscapes=False)
   config = config_lib.base_config()
   config.method = "diversity"
   config.data.name = "toy_scenes"
@@ -74,9 +88,11 @@ def get_config(arg=None):
 
   config.diversity = ml_collections.ConfigDict()
   config.diversity.base = "crn" if arg.crn else "pix2pix"
-  config.diversity.beta = 0.0 if arg.no_diversity else (10.0 if arg.crn else 0.1)  # §IV-A
+  config.diversity.beta = 0.0 if arg.no_diversity or arg.no_noise_input else (10.0 if arg.crn else 0.1)  # §IV-A
   config.diversity.lambda_c = 0.3  # §IV-A, in [-1, 1] image units (losses/diversity.py)
   config.diversity.l1_weight = 100.0  # alpha, Eq. 2 (pix2pix)
+  # False: the noise channel is zeros, the base network as published (pix2pix's only noise is dropout).
+  config.diversity.noise_input = not arg.no_noise_input
 
   config.model = ml_collections.ConfigDict()
   config.discriminator = ml_collections.ConfigDict()

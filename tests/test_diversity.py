@@ -136,3 +136,45 @@ def test_a_layout_without_labels_is_a_clear_error():
   spec = {"x": jax.ShapeDtypeStruct((4, 32, 64, 6), jnp.float32), "y": jax.ShapeDtypeStruct((4, 32, 64, 3), jnp.float32)}
   with pytest.raises(ValueError, match="class ids"):
     methods_base.make_method(config, spec, {})
+
+
+def test_without_the_noise_input_the_base_network_is_blind_to_n_and_has_no_sweeps():
+  """`:no_noise_input` (the published base network): zeros in the noise channel, so n changes nothing.
+
+  CRN has no dropout, so its samples must be bit-identical across noise draws;
+  with the noise input (the same untrained network) they differ.
+  """
+  _, blind, _, blind_state, batch = _train("crn,no_noise_input,runlocal", 0)
+  _, seeing, _, seeing_state, _ = _train("crn,no_diversity,runlocal", 0)
+  x = batch["x"][:2]
+  blind_samples = np.asarray(jax.jit(blind.sample, static_argnums=3)(blind_state, x, jax.random.PRNGKey(1), 3))
+  np.testing.assert_array_equal(blind_samples[:, 0], blind_samples[:, 1])
+  np.testing.assert_array_equal(blind_samples[:, 0], blind_samples[:, 2])
+  seeing_samples = np.asarray(jax.jit(seeing.sample, static_argnums=3)(seeing_state, x, jax.random.PRNGKey(1), 3))
+  assert np.abs(seeing_samples[:, 0] - seeing_samples[:, 1]).max() > 1e-4
+  assert not any(k.startswith(methods_base.GRADATION_PREFIX) for k in blind.extras)
+  assert {f"gradation_{c}" for c in range(6)} <= set(seeing.extras)
+  assert "no noise input" in blind.description
+
+
+def test_the_diversity_loss_without_the_noise_input_is_a_config_error():
+  config, _ = load_config(CONFIG, "no_noise_input,runlocal")
+  with config.unlocked():
+    config.diversity.beta = 0.1
+  with pytest.raises(ValueError, match=r"config.diversity.noise_input=False is invalid: the diversity loss"):
+    methods_base.validate_method_config(config)
+
+
+def test_a_run_recorded_before_noise_input_existed_still_loads_with_the_noise_input():
+  """run_info.json of older diversity runs has no `diversity.noise_input`: evaluate/sample must rebuild them."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config, _ = load_config(CONFIG, "crn,runlocal")
+  old = config.to_dict()
+  del old["diversity"]["noise_input"]
+  old = ml_collections.ConfigDict(old)
+  old.lock()
+  methods_base.validate_method_config(old)
+  spec = {"x": jax.ShapeDtypeStruct((4, 32, 64, 6), jnp.float32), "y": jax.ShapeDtypeStruct((4, 32, 64, 3), jnp.float32),
+          "label": jax.ShapeDtypeStruct((4, 32, 64), jnp.int32)}
+  method = methods_base.make_method(old, spec, {})
+  assert "gradation_0" in method.extras and "no noise input" not in method.description

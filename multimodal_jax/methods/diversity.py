@@ -25,6 +25,12 @@ alone, `:no_diversity`), G(l, n) and G(l, 0) coming from one forward pass over
 a batch of two per example (Algorithm 1). The base loss is taken on G(l, n),
 the output Eq. 2 names.
 
+`diversity.noise_input = False` (only with beta = 0, `:no_noise_input`) feeds
+zeros in the noise channel, which is the base network as published (a zero
+input channel changes nothing): pix2pix's only noise is then its dropout, the
+setting of pix2pix's "the generator simply learned to ignore the noise" that
+the paper cites (§III-A, §IV-B "Comparison").
+
 Sampling (which sees only x) takes the class ids as argmax of the one-hot layout
 x, and draws a fresh n per sample (and, for pix2pix, keeps dropout on, as
 pix2pix does at test time). Extras `gradation_<c>` (class id c; §IV-B, Fig. 2-3): for
@@ -62,8 +68,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config_lib.require(config, config.discriminator.name in models.model_names(models.DISCRIMINATOR),
                        "discriminator.name", f"valid: {models.model_names(models.DISCRIMINATOR)}")
   config_lib.require(config, dv.beta >= 0, "diversity.beta", "must be >= 0 (0 = the base network alone)")
+  config_lib.require(config, _noise_input(dv) or dv.beta == 0, "diversity.noise_input",
+                     "the diversity loss (beta > 0) needs the noise input")
   config_lib.require(config, dv.lambda_c > 0, "diversity.lambda_c", "must be > 0")
   config_lib.require(config, dv.l1_weight >= 0, "diversity.l1_weight", "must be >= 0")
+
+
+def _noise_input(dv: ml_collections.ConfigDict) -> bool:
+  # Runs recorded before the key existed (their run_info.json) had the noise input.
+  return dv.get("noise_input", True)
 
 
 class _Parts(NamedTuple):
@@ -74,6 +87,7 @@ class _Parts(NamedTuple):
   discriminator: nn.Module | None  # pix2pix's PatchGAN; None for 'crn'
   distance: perceptual.Distance  # L_B of 'crn'
   takes_train: bool  # the generator's __call__ takes `train` (dropout on)
+  noise_input: bool  # diversity.noise_input
 
   @property
   def gan(self) -> bool:
@@ -86,15 +100,20 @@ class _Parts(NamedTuple):
   def logits(self, params, x, y):
     return self.discriminator.apply({"params": params}, x, y.astype(x.dtype))
 
+  def channel(self, label, n_BxC):
+    """The noise input channel; zeros without `diversity.noise_input` (the base network as published)."""
+    z = div.noise_channel(label, n_BxC)
+    return z if self.noise_input else jnp.zeros_like(z)
+
   def noise_of(self, rng, batch):
     n = div.sample_noise(rng, batch["x"].shape[0], self.num_classes)
-    return n, div.noise_channel(batch["label"], n)
+    return n, self.channel(batch["label"], n)
 
   def outputs_for_noise(self, state, x, n_NxBxC, rngs_N):
     """[B, N, H, W, C]: G(l, n_j) for N noise vectors per input (the layout's argmax is its label)."""
     params = state.networks["generator"].params
     label = jnp.argmax(x, axis=-1)
-    y_NxB = jax.lax.map(lambda a: self.generate(params, x, div.noise_channel(label, a[0]), a[1]), (n_NxBxC, rngs_N))
+    y_NxB = jax.lax.map(lambda a: self.generate(params, x, self.channel(label, a[0]), a[1]), (n_NxBxC, rngs_N))
     return jnp.swapaxes(y_NxB, 0, 1)
 
 
@@ -170,7 +189,9 @@ def _make_sampling(parts: _Parts) -> tuple[Callable, dict[str, Callable]]:
       return parts.outputs_for_noise(state, x, n, jnp.repeat(dropout_rng[None], num_samples, axis=0))
     return sweep
 
-  extras = {f"{base.GRADATION_PREFIX}{c}": gradation(c) for c in range(parts.num_classes)}
+  # Without the noise input there is no n^c to sweep (and so no noise-linking metric).
+  extras = ({f"{base.GRADATION_PREFIX}{c}": gradation(c) for c in range(parts.num_classes)}
+            if parts.noise_input else {})
   return sample, extras
 
 
@@ -191,7 +212,8 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   if not gan and distance.needs_calibration:
     raise ValueError("diversity with base 'crn' needs explicit config.distance.layer_weights.")
   parts = _Parts(dv=dv, num_classes=x_shape[-1], generator=generator, discriminator=discriminator,
-                 distance=distance, takes_train="train" in inspect.signature(generator.__call__).parameters)
+                 distance=distance, takes_train="train" in inspect.signature(generator.__call__).parameters,
+                 noise_input=_noise_input(dv))
 
   def init(rng):
     g_rng, d_rng, state_rng = jax.random.split(rng, 3)
@@ -219,6 +241,7 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   base_text = (f"pix2pix ({config.model.name} + {config.discriminator.name}, alpha = {dv.l1_weight})" if gan
                else f"{config.model.name}, L_B = {distance.describe()}")
   text = (f"diversity loss (Eq. 7-8: beta = {dv.beta}, lambda_c = {dv.lambda_c}) on {base_text}" if dv.beta > 0
-          else f"the base network alone: {base_text}")
+          else f"the base network alone: {base_text}, "
+               f"{'with the noise input channel' if parts.noise_input else 'no noise input (as published)'}")
   return base.Method(init=init, steps=steps, run_round=run_round, sample=sample, steps_per_round=1,
                      learning_rates=learning_rates, extras=extras, description=text)
