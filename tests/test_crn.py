@@ -184,6 +184,27 @@ def test_the_noise_encoder_maps_a_small_code_to_d_channels_at_the_layout_resolut
     model.apply(variables, x, jnp.zeros((B, 16, 32, d)))
 
 
+def test_a_vector_code_is_one_draw_for_the_whole_image():
+  """noise_encoder_code='vector' (the layouts default): z is [B, e], the same e numbers at every cell of M_0's grid.
+
+  It equals the spatial network fed that vector at every cell, and changing any
+  one of its e entries moves pixels far apart (one global appearance).
+  """
+  d, e = 3, 2
+  vector = crn.CRN(features=(8, 8), noise_channels=d, noise_encoder=True, encoder_features=6,
+                   noise_encoder_input_channels=e, noise_encoder_code="vector")
+  spatial = vector.clone(noise_encoder_code="spatial")
+  x = label_map(key(1), (8, 16))
+  assert vector.code_shape(x.shape[1:]) == (e,)
+  z = jax.random.normal(key(2), (B, e))
+  variables, y = init_apply(vector, x, z)
+  tiled = jnp.broadcast_to(z[:, None, None, :], (B, 4, 8, e))
+  np.testing.assert_array_equal(jax.jit(spatial.apply)(variables, x, tiled), y)
+  y_moved = jax.jit(vector.apply)(variables, x, z.at[:, 0].add(1.0))
+  change = jnp.abs(y_moved - y).mean(axis=-1)
+  assert float(change[:, :2, :4].min()) > 0 and float(change[:, -2:, -4:].min()) > 0  # opposite corners
+
+
 def test_the_noise_encoder_is_linear_in_its_last_layer_and_upsamples_bilinearly():
   encoder = crn.NoiseEncoder(features=4, out_channels=2)
   x = label_map(key(1), (8, 16))
