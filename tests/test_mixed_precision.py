@@ -123,7 +123,7 @@ def _models():
       "conv_generator": _generator_case(load_config("regression.py", "runlocal").model, sr, (4, 4, 5)),
       "rrdb": _generator_case(load_config("srim.py", "runlocal").model, sr, (4, 4, 5)),
       "crn": _generator_case(load_config("layout_imle.py", "runlocal").model,
-                             registry.ModelIO((32, 64, 6), (32, 64, 3), (4, 8, 4)), (4, 8, 4)),
+                             registry.ModelIO((32, 64, 6), (32, 64, 3), (2,)), (2,)),  # the vector code
       "dropout_crn": _generator_case(load_config("latent_codes.py", "runlocal").model,
                                      registry.ModelIO((32, 64, 6), (32, 64, 3), (8,)), (3, 8)),
       "unet": _generator_case(diversity.model, layouts, None),
