@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -77,6 +78,7 @@ import numpy as np
 
 from multimodal_jax import inference
 from multimodal_jax import plugins
+from multimodal_jax import workdir as workdir_lib
 from multimodal_jax.data import pipeline
 from multimodal_jax.data import registry as data_registry
 from multimodal_jax.evaluation import metrics
@@ -508,8 +510,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   plugins.import_modules(f[plugins.IMPORT_FLAG].value)
-  evaluate(f.workdir, num_inputs=f.num_inputs, num_samples=f.num_samples, step=f.step, seed=f.seed,
-           weights_dir=f.weights_dir, mode_samples=f.mode_samples, reality_mode=f.reality)
+  try:
+    evaluate(f.workdir, num_inputs=f.num_inputs, num_samples=f.num_samples, step=f.step, seed=f.seed,
+             weights_dir=f.weights_dir, mode_samples=f.mode_samples, reality_mode=f.reality)
+  except workdir_lib.WorkdirError as e:  # Not a run, no checkpoint restores: one line.
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(2)
 
 
 if __name__ == "__main__":

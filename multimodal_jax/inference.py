@@ -18,10 +18,11 @@ import numpy as np
 
 from multimodal_jax import plugins
 from multimodal_jax import prepared as prepared_lib
+from multimodal_jax import workdir as workdir_lib
 from multimodal_jax.methods import base as methods_base
 from multimodal_jax.models import registry as models_registry
 
-RUN_INFO = "run_info.json"
+RUN_INFO = workdir_lib.RUN_INFO
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -52,6 +53,10 @@ def write_run_info(workdir: str, config: ml_collections.ConfigDict, batch_spec,
   os.replace(path + ".tmp", path)  # Atomic: a run killed mid-write leaves the previous file whole.
 
 
+class NotARunError(workdir_lib.WorkdirError, FileNotFoundError):
+  """The workdir holds no training run (no run_info.json): `evaluate` and `sample` print one line."""
+
+
 def load_trained(workdir: str, step: int | None = None):
   """Restores a trained run for inference: (config, method, state, batch_spec).
 
@@ -62,7 +67,7 @@ def load_trained(workdir: str, step: int | None = None):
   """
   path = os.path.join(workdir, RUN_INFO)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir} the --workdir of a training run?")
+    raise NotARunError(f"{path} not found: is {workdir} the --workdir of a training run?")
   with open(path) as f:
     info = json.load(f)
   plugins.import_modules(info.get("imports", []), origin=f"recorded in {path}")

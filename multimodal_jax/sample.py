@@ -65,6 +65,7 @@ from PIL import Image
 
 from multimodal_jax import inference
 from multimodal_jax import plugins
+from multimodal_jax import workdir as workdir_lib
 from multimodal_jax.data import pipeline
 from multimodal_jax.data import registry as data_registry
 from multimodal_jax.evaluation import metrics
@@ -118,7 +119,7 @@ def difference_grid(inputs_SxHxWx3: np.ndarray, rows_SxLxHxWxC: np.ndarray, pad:
 
 
 class InputError(ValueError):
-  """A bad --input or --out: `main` prints it as one line, without a traceback."""
+  """A bad --input, --out, --extra or --diff_gain: `main` prints it as one line, without a traceback."""
 
 
 # Greyscale modes PIL gives 16-bit images (a 16-bit PNG is 'I;16'; older PIL: 'I').
@@ -243,14 +244,14 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
   if input_path:
     open_image(input_path)  # A bad input fails before the run is restored and sampled.
   if diff_gain <= 0:
-    raise ValueError(f"--diff_gain must be > 0, got {diff_gain}.")
+    raise InputError(f"--diff_gain must be > 0, got {diff_gain}.")
   config, method, state, batch_spec = inference.load_trained(workdir, step)
   if extra is None:
     fn = method.sample
   elif extra in method.extras:
     fn = method.extras[extra]
   else:
-    raise ValueError(f"Method {config.method!r} has no extra {extra!r}; its extras: "
+    raise InputError(f"--extra={extra}: method {config.method!r} has no such extra; its extras: "
                      f"{sorted(method.extras) or 'none'}.")
   spec = data_registry.get_dataset(config.data.name)
   if input_path:
@@ -316,7 +317,7 @@ def main(argv):
     sample_to_png(f.workdir, f.out, input_path=f.input, num_samples=f.num_samples,
                   num_inputs=f.num_inputs, extra=f.extra, step=f.step, seed=f.seed, diff_gain=f.diff_gain,
                   same_code=f.same_code)
-  except InputError as e:
+  except (InputError, workdir_lib.WorkdirError) as e:  # Also: not a run, no checkpoint restores.
     sys.stderr.write(f"error: {e}\n")
     sys.exit(2)
 

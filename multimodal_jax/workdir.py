@@ -31,8 +31,6 @@ from typing import Any, Iterator
 
 import ml_collections
 
-from multimodal_jax import inference
-
 LOCK_FILE = ".lock"
 
 # Keys that may differ from run_info.json when a run resumes: when to stop,
@@ -58,6 +56,9 @@ RESUMABLE_KEYS = (
 
 _TAKEOVER_SUFFIX = ".takeover"
 _held_tokens: set[str] = set()  # Tokens of the locks this process holds.
+
+
+RUN_INFO = "run_info.json"  # The config and batch spec of the run (inference.write_run_info).
 
 
 class WorkdirError(RuntimeError):
@@ -199,7 +200,7 @@ def check_config_unchanged(workdir: str, config: ml_collections.ConfigDict) -> N
   Call it before resuming from a checkpoint of `workdir`. Without a readable
   run_info.json there is nothing to compare: the check says so and passes.
   """
-  path = os.path.join(workdir, inference.RUN_INFO)
+  path = os.path.join(workdir, RUN_INFO)
   try:
     with open(path) as f:
       stored = json.load(f)["config"]

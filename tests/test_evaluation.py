@@ -376,7 +376,8 @@ def test_sample_from_a_png_input_and_its_errors(regression_workdir, tmp_path):
   Image.fromarray(np.zeros((16, 16), np.uint8)).save(wrong_size)
   with pytest.raises(ValueError, match=r"16x16, but the model \(toy_scenes\) takes 64x32 inputs"):
     sample_lib.sample_to_png(regression_workdir, out, input_path=wrong_size)
-  with pytest.raises(ValueError, match=r"^Method 'regression' has no extra 'interpolate'; its extras: none\.$"):
+  with pytest.raises(sample_lib.InputError,
+                     match=r"^--extra=interpolate: method 'regression' has no such extra; its extras: none\.$"):
     sample_lib.sample_to_png(regression_workdir, out, extra="interpolate")
 
 
@@ -407,7 +408,8 @@ def test_sample_extras_are_drawn_by_their_output_shape(regression_workdir, tmp_p
   assert Image.open(out).size == (4 * 66 + 2, 4 * 34 + 2)
   with pytest.raises(ValueError, match=r"extras\['flat'\] returned \(2, 32, 64, 3\); expected \[B, N, H, W, C\]"):
     sample_lib.sample_to_png(regression_workdir, out, num_samples=3, num_inputs=2, extra="flat")
-  with pytest.raises(ValueError, match=r"no extra 'lerp'; its extras: \['brighter', 'flat', 'trajectory'\]\.$"):
+  with pytest.raises(sample_lib.InputError, match=r"--extra=lerp: method 'regression' has no such extra; "
+                                                 r"its extras: \['brighter', 'flat', 'trajectory'\]\.$"):
     sample_lib.sample_to_png(regression_workdir, out, extra="lerp")
 
 

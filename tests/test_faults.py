@@ -171,7 +171,8 @@ def test_data_workers_exit_when_their_parent_is_killed(data_dir):
   try:
     killer = threading.Timer(240, proc.kill)  # A hung parent must not hang the test.
     killer.start()
-    assert proc.stdout.readline() == "serving\n", "the parent died before its workers served batches"
+    lines = iter(proc.stdout.readline, "")  # A fresh data_dir prints "Building the offline dataset ..." first.
+    assert "serving\n" in lines, "the parent died before its workers served batches"
     killer.cancel()
     workers = {p for p in _descendants(proc.pid) if b"spawn_main" in _cmdline(p)}
     assert len(workers) == 2
@@ -337,3 +338,12 @@ def test_evaluate_and_sample_print_no_info_lines_and_a_bad_flag_is_one_line(fini
     proc = run_module(module, f"--workdir={workdir}", "--num_sampels=2")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "num_sampels" in lines[0], proc.stderr[-3000:]
+  # A workdir that holds no run, and an extra the method does not have: one line each (were tracebacks).
+  out = f"--out={tmp_path / 'g.png'}"
+  for module, args, named in (("multimodal_jax.evaluate", [f"--workdir={tmp_path}"], "run_info.json not found"),
+                              ("multimodal_jax.sample", [f"--workdir={tmp_path}", out], "run_info.json not found"),
+                              ("multimodal_jax.sample", [f"--workdir={workdir}", out, "--extra=interpolation"],
+                               "--extra=interpolation: method 'regression' has no such extra")):
+    proc = run_module(module, *args)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and named in lines[0], proc.stderr[-3000:]
