@@ -79,6 +79,10 @@ the Z-network has not learned the moves, and nothing in (z_t, x) would let it.
   * So rho_hat (the length of the training move, ~0.036 per inference step) is
     spent along a direction that carries no information: 13% of the samples
     change mode over T = 4 steps, 48% get nearer their nearest mode.
+  * The "w/o rho" ablation (`:toy_scenes,no_momentum`, the same G; z <- project(z_hat))
+    moves z by Z's own small predicted step: seed 0 0.602 -> 0.604, seed 1 0.594 ->
+    0.581 (with rho: 0.664, 0.547). Training logs Z's direction against the training
+    move as `znet/move_cosine`: read it before trusting Eq. 4 on a new task.
 Tried and not kept (seed 1 unless said; t = 0 -> t = T recall): Gaussian steps
 off the best start (sigma 0.2: 0.396 -> 0.391; 0.4: 0.177 -> 0.148, a weaker
 G); a Huber z energy (delta 0.03: 0.602 -> 0.570, seed 0 0.602 -> 0.576; delta

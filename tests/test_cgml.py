@@ -90,6 +90,18 @@ def test_projection_and_sampling_keep_unit_norm():
   np.testing.assert_allclose(np.linalg.norm(s, axis=-1), 1.0, rtol=1e-6)
 
 
+def test_move_cosine_compares_z_s_direction_with_the_training_move():
+  z_t = jnp.array([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+  z_next = jnp.array([[1.0, 0.0], [2.0, 1.0], [0.0, 3.0], [1.0, 1.0]])
+  # Per row: the same direction (scaled), the opposite one, orthogonal, no predicted move.
+  z_hat = jnp.array([[5.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 0.0]])
+  np.testing.assert_allclose(cgml.move_cosine(z_t[:1], z_hat[:1], z_next[:1]), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(cgml.move_cosine(z_t[1:2], z_hat[1:2], z_next[1:2]), -1.0, rtol=1e-6)
+  np.testing.assert_allclose(cgml.move_cosine(z_t, z_hat, z_next), (1.0 - 1.0 + 0.0 + 0.0) / 4, atol=1e-7)
+  z_hat = z_hat.at[3].set([3.0, 4.0])  # cos((3, 4), (1, 1)) = 7 / (5 sqrt 2)
+  np.testing.assert_allclose(cgml.move_cosine(z_t[3:], z_hat[3:], z_next[3:]), 7 / (5 * np.sqrt(2)), rtol=1e-6)
+
+
 def test_momentum_update_is_eq4_exactly():
   z = jnp.array([[1.0, 0.0]])
   z_hat = jnp.array([[1.0, 2.0]])
@@ -145,7 +157,8 @@ def test_each_step_changes_only_what_it_should(setup):
   for name in ("encoder", "generator"):
     assert_trees_identical(after_z.networks[name], after_znet.networks[name])
   assert_trees_differ(after_z.networks["znet"].params, after_znet.networks["znet"].params)
-  assert {"loss", "z_l1", "rho_l1", "rho_target", "rho_pred"} <= set(metrics)
+  assert {"loss", "z_l1", "rho_l1", "rho_target", "rho_pred", "move_cosine"} <= set(metrics)
+  assert -1.0 <= float(metrics["move_cosine"]) <= 1.0
 
   # G/H step: Z and z frozen; H and G move, the update counter advances.
   after_gen, metrics = jitted(setup, "gen")(after_znet, batch)

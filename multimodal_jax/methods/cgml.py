@@ -119,6 +119,18 @@ def momentum_update(z_BxD: jax.Array, z_hat_BxD: jax.Array, rho_hat_B: jax.Array
   return project_to_sphere(z_BxD + rho_hat_B[:, None] * delta_BxD / jnp.maximum(norm_Bx1, 1e-12))
 
 
+def move_cosine(z_t_BxD: jax.Array, z_hat_BxD: jax.Array, z_next_BxD: jax.Array) -> jax.Array:
+  """Mean over the batch of cos(z_hat - z_t, z_{t+1} - z_t): does Z point where z moved in training?
+
+  Eq. 4 walks along Z's direction for rho_hat, so inference follows the
+  training moves only where this is well above 0 (toy_scenes: ~0.06, and
+  samples random-walk between modes; configs/cgml.py). A zero move counts as 0.
+  """
+  a_BxD, b_BxD = z_hat_BxD - z_t_BxD, z_next_BxD - z_t_BxD
+  norms_B = jnp.linalg.norm(a_BxD, axis=-1) * jnp.linalg.norm(b_BxD, axis=-1)
+  return jnp.mean(jnp.sum(a_BxD * b_BxD, axis=-1) / jnp.maximum(norms_B, 1e-12))
+
+
 # ---------------------------------------------------------------- CIELAB (colorization task)
 
 # sRGB (D65) -> XYZ, and the D65 white point.
@@ -405,14 +417,15 @@ def _make_znet_step(parts: _Parts) -> base.StepFn:
       rho_l1 = jnp.mean(jnp.abs(rho_hat - rho_B))
       # The L1 over the D + 1 outputs (z_hat, rho_hat), averaged.
       loss = (cg.z_dim * z_l1 + (rho_l1 if cg.use_momentum else 0.0)) / (cg.z_dim + 1)
-      return loss, (z_l1, rho_l1, rho_hat)
+      return loss, (z_l1, rho_l1, rho_hat, z_hat)
 
-    (loss, (z_l1, rho_l1, rho_hat)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (z_l1, rho_l1, rho_hat, z_hat)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.networks["znet"].params)
     state = state.apply_gradients("znet", grads, count_step=False)
     return state, {
         "loss": loss, "z_l1": z_l1, "rho_l1": rho_l1, "rho_target": jnp.mean(rho_B),
         "rho_pred": jnp.mean(rho_hat), "grad_norm": optax.tree.norm(grads),
+        "move_cosine": move_cosine(z_t, z_hat, z_next),
     }
 
   return znet_step
