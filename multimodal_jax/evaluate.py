@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -514,8 +513,7 @@ def main(argv):
     evaluate(f.workdir, num_inputs=f.num_inputs, num_samples=f.num_samples, step=f.step, seed=f.seed,
              weights_dir=f.weights_dir, mode_samples=f.mode_samples, reality_mode=f.reality)
   except workdir_lib.WorkdirError as e:  # Not a run, no checkpoint restores: one line.
-    sys.stderr.write(f"error: {e}\n")
-    sys.exit(2)
+    plugins.fail(str(e))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,6 @@ nothing to do and says so.
 """
 
 import os
-import sys
-from typing import NoReturn
 
 from absl import app
 from absl import flags
@@ -79,12 +77,6 @@ def set_cpu_devices(n: int) -> None:
     jax.config.update("jax_num_cpu_devices", n)
 
 
-def fail(message: str) -> NoReturn:
-  """A config or usage error: one line on stderr, exit status 2, no traceback."""
-  sys.stderr.write(f"error: {message}\n")
-  sys.exit(2)
-
-
 def _unknown_key(error: Exception, argv: list[str]) -> str:
   """ml_collections' "'key'\nDid you mean ...?" as one line naming the flag."""
   while error.args and isinstance(error.args[0], LookupError):  # AttributeError(KeyError(...)).
@@ -107,7 +99,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return plugins.parse_cli_flags(argv)  # A flags error ("flag --config=...: ..." and the cause): one line.
   except (AttributeError, KeyError) as e:  # Only ml_collections' key lookups raise these here.
-    fail(_unknown_key(e, argv))
+    plugins.fail(_unknown_key(e, argv))
 
 
 def finished_read_only(config, workdir: str) -> bool:
@@ -124,8 +116,8 @@ def finished_read_only(config, workdir: str) -> bool:
   # Orbax names a finished checkpoint by its step; one still being written has a suffix.
   newest = max((int(n) for n in os.listdir(checkpoints) if n.isdigit()), default=0) if checkpoints in dirs else 0
   if newest < config.train.num_steps:
-    fail(f"--workdir={workdir} is not writable and its newest checkpoint (step {newest}) is short of "
-         f"train.num_steps={config.train.num_steps}: make it writable or pass another --workdir.")
+    plugins.fail(f"--workdir={workdir} is not writable and its newest checkpoint (step {newest}) is short of "
+                 f"train.num_steps={config.train.num_steps}: make it writable or pass another --workdir.")
   print(f"Nothing to do: the checkpoint is already at step {newest} >= train.num_steps (read-only workdir).",
         flush=True)
   return True
@@ -143,15 +135,15 @@ def main(argv):
     config = flags.FLAGS.config
     config_lib.validate(config)
   except OSError as e:  # config_flags defers a config file that failed to load to its first use.
-    fail(f"--config: {str(e).strip().splitlines()[-1].strip()}")
+    plugins.fail(f"--config: {str(e).strip().splitlines()[-1].strip()}")
   except ValueError as e:
-    fail(str(e))
+    plugins.fail(str(e))
   if finished_read_only(config, _WORKDIR.value):
     return
   try:
     train.train_and_evaluate(config, _WORKDIR.value, profile_steps=_PROFILE_STEPS.value)
   except workdir_lib.WorkdirError as e:  # Locked, another config, no checkpoint restores: one line.
-    fail(str(e))
+    plugins.fail(str(e))
 
 
 if __name__ == "__main__":

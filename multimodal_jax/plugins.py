@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Iterable
+from typing import Iterable, NoReturn
 
 from absl import flags
 
@@ -66,6 +66,12 @@ def imported() -> list[str]:
   return list(_imported)
 
 
+def fail(message: str) -> NoReturn:
+  """A config, usage or workdir error of a CLI (`main`, `evaluate`, `sample`): one `error:` line, exit 2."""
+  sys.stderr.write(f"error: {message}\n")
+  sys.exit(2)
+
+
 def parse_cli_flags(argv: list[str]) -> list[str]:
   """absl flag parsing for the CLIs: a flag error is one `error:` line (exit 2), logging is at WARNING.
 
@@ -77,8 +83,7 @@ def parse_cli_flags(argv: list[str]) -> list[str]:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    sys.stderr.write(f"error: {' '.join(dict.fromkeys(lines[:1] + lines[-1:]))}\n")
-    sys.exit(2)
+    fail(" ".join(dict.fromkeys(lines[:1] + lines[-1:])))
   if flags.FLAGS["verbosity"].using_default_value:
     flags.FLAGS.verbosity = -1  # absl's WARNING; marks the flag as set, so absl keeps it.
   return rest

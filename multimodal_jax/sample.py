@@ -53,7 +53,6 @@ run_info.json) are imported first, so user datasets and methods work.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 
 from absl import app
@@ -318,8 +317,7 @@ def main(argv):
                   num_inputs=f.num_inputs, extra=f.extra, step=f.step, seed=f.seed, diff_gain=f.diff_gain,
                   same_code=f.same_code)
   except (InputError, workdir_lib.WorkdirError) as e:  # Also: not a run, no checkpoint restores.
-    sys.stderr.write(f"error: {e}\n")
-    sys.exit(2)
+    plugins.fail(str(e))
 
 
 if __name__ == "__main__":
