@@ -119,11 +119,12 @@ def _models():
   sr = registry.ModelIO((4, 4, 3), (32, 32, 3), (4, 4, 5))
   diversity = load_config("diversity.py", "runlocal")
   z_dim = load_config("cgml.py", "runlocal").cgml.z_dim
+  crn = load_config("layout_imle.py", "runlocal")
+  crn_code = registry.code_shape(crn.model, (32, 64, 6))  # whatever code the config's CRN takes
   return {
       "conv_generator": _generator_case(load_config("regression.py", "runlocal").model, sr, (4, 4, 5)),
       "rrdb": _generator_case(load_config("srim.py", "runlocal").model, sr, (4, 4, 5)),
-      "crn": _generator_case(load_config("layout_imle.py", "runlocal").model,
-                             registry.ModelIO((32, 64, 6), (32, 64, 3), (2,)), (2,)),  # the vector code
+      "crn": _generator_case(crn.model, registry.ModelIO((32, 64, 6), (32, 64, 3), crn_code), crn_code),
       "dropout_crn": _generator_case(load_config("latent_codes.py", "runlocal").model,
                                      registry.ModelIO((32, 64, 6), (32, 64, 3), (8,)), (3, 8)),
       "unet": _generator_case(diversity.model, layouts, None),
