@@ -102,6 +102,32 @@ def test_move_cosine_compares_z_s_direction_with_the_training_move():
   np.testing.assert_allclose(cgml.move_cosine(z_t[3:], z_hat[3:], z_next[3:]), 7 / (5 * np.sqrt(2)), rtol=1e-6)
 
 
+def test_step_gain_is_the_least_squares_fit_of_eq4_s_steps_to_the_training_moves():
+  z_t = jnp.zeros((2, 2))
+  z_next = jnp.array([[3.0, 4.0], [0.0, 2.0]])  # the training moves m
+  z_hat = jnp.array([[1.0, 0.0], [0.0, -7.0]])  # u = (1, 0) and (0, -1)
+  rho_hat = jnp.array([2.0, 1.0])  # s = (2, 0): s . m = 6; s = (0, -1): -2
+  num, den = cgml.step_against_move(z_t, z_hat, rho_hat, z_next)
+  np.testing.assert_allclose([num, den], [(6.0 - 2.0) / 2, (4.0 + 1.0) / 2], rtol=1e-6)
+  # Moving averages at iteration t only, weight 1 - decay on the new value.
+  num_L, den_L = cgml.update_step_gain(jnp.array([0.0, 0.2]), jnp.array([0.0, 0.4]), 1, num, den, 0.9)
+  np.testing.assert_allclose(num_L, [0.0, 0.9 * 0.2 + 0.1 * 2.0], rtol=1e-6)
+  np.testing.assert_allclose(den_L, [0.0, 0.9 * 0.4 + 0.1 * 2.5], rtol=1e-6)
+  # The ratio, clipped to [0, 1]; 0 where nothing was measured yet.
+  np.testing.assert_allclose(cgml.step_gains(num_L, den_L), [0.0, 0.38 / 0.61], rtol=1e-6)
+  np.testing.assert_allclose(cgml.step_gains(jnp.array([-0.1, 0.5, 0.3]), jnp.array([1.0, 0.25, 0.6])),
+                             [0.0, 1.0, 0.5], rtol=1e-6)
+  # Steps equal to the moves: gain 1 (Eq. 4 as the paper writes it); the gain minimises E||g s - m||^2.
+  rho_exact = jnp.linalg.norm(z_next, axis=-1)
+  num, den = cgml.step_against_move(z_t, 2 * z_next, rho_exact, z_next)
+  np.testing.assert_allclose(num / den, 1.0, rtol=1e-6)
+  num, den = cgml.step_against_move(z_t, z_hat, rho_hat, z_next)
+  s_BxD = rho_hat[:, None] * np.array([[1.0, 0.0], [0.0, -1.0]])
+  errors = [np.mean(np.sum((g * s_BxD - np.asarray(z_next))**2, -1)) for g in (num / den - 0.01, num / den,
+                                                                               num / den + 0.01)]
+  assert errors[1] < errors[0] and errors[1] < errors[2], errors
+
+
 def test_momentum_update_is_eq4_exactly():
   z = jnp.array([[1.0, 0.0]])
   z_hat = jnp.array([[1.0, 2.0]])
@@ -157,12 +183,15 @@ def test_each_step_changes_only_what_it_should(setup):
   for name in ("encoder", "generator"):
     assert_trees_identical(after_z.networks[name], after_znet.networks[name])
   assert_trees_differ(after_z.networks["znet"].params, after_znet.networks["znet"].params)
-  assert {"loss", "z_l1", "rho_l1", "rho_target", "rho_pred", "move_cosine"} <= set(metrics)
+  assert {"loss", "z_l1", "rho_l1", "rho_target", "rho_pred", "move_cosine", "step_gain"} <= set(metrics)
   assert -1.0 <= float(metrics["move_cosine"]) <= 1.0
+  # The gain's averages move at this iteration (t = 0) only.
+  assert float(after_znet.gain_den_L[0]) > 0 and not np.any(after_znet.gain_den_L[1:])
+  np.testing.assert_array_equal(after_z.gain_den_L, state.gain_den_L)
 
   # G/H step: Z and z frozen; H and G move, the update counter advances.
   after_gen, metrics = jitted(setup, "gen")(after_znet, batch)
-  for field in ("z_BxD", "z_prev_BxD"):
+  for field in ("z_BxD", "z_prev_BxD", "gain_num_L", "gain_den_L"):
     assert_trees_identical(getattr(after_znet, field), getattr(after_gen, field))
   assert_trees_identical(after_znet.networks["znet"], after_gen.networks["znet"])
   assert_trees_differ(after_znet.networks["encoder"].params, after_gen.networks["encoder"].params)
@@ -450,3 +479,36 @@ def test_paper_colorization_transform_crops_resizes_and_greys():
   assert example["x"].shape == (16, 16, 1) and example["y"].shape == (16, 16, 3)
   np.testing.assert_allclose(example["y"][..., 0], 1.0)
   np.testing.assert_allclose(example["x"], round(0.299 * 255) / 255, atol=1e-6)
+
+
+def test_a_z_network_that_learned_no_moves_leaves_the_samples_at_z0():
+  """An uninformative Z must not random-walk samples off the modes G reaches (issue #14, toy_scenes).
+
+  Z's learning rate ~0 keeps it at its random initialisation: its direction has
+  nothing to do with the training moves. The paper's Eq. 4 (gain 1) then
+  spends rho_hat along that direction at every step and loses modes; the
+  calibrated step measures the direction's worth (gain ~0) and keeps them.
+  """
+  config = load_config("toy3d")
+  num_rounds = 150
+  config.unlock()
+  config.train.num_steps = num_rounds * config.cgml.inner_steps
+  config.cgml.znet_optimizer.learning_rate = 1e-12
+  config.lock()
+  method, state = train_on_cube_modes(config, num_rounds)
+  gains = np.asarray(cgml.step_gains(state.gain_num_L, state.gain_den_L))
+  assert gains.max() < 0.2, gains
+  x_B = np.linspace(0.0, 1.0, 32, dtype=np.float32)
+  x = jnp.asarray(x_B.reshape(-1, 1, 1, 1))
+  rng = jax.random.PRNGKey(1)
+  recall_t0 = cube_recall(method.extras["initial_sample"](state, x, rng, 32), x_B)
+  recall_tT = cube_recall(jax.jit(method.sample, static_argnums=3)(state, x, rng, 32), x_B)
+  config.unlock()
+  config.cgml.calibrate_step = False
+  config.lock()
+  spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct((32,) + a.shape[1:], a.dtype), {"x": x, "y": x})
+  paper = cgml.make_method(config, {"x": spec["x"], "y": jax.ShapeDtypeStruct((32, 1, 1, 3), jnp.float32)})
+  recall_paper = cube_recall(jax.jit(paper.sample, static_argnums=3)(state, x, rng, 32), x_B)
+  assert recall_t0 > 0.3, recall_t0
+  assert recall_tT >= recall_t0, (recall_t0, recall_tT, recall_paper)
+  assert recall_paper < recall_t0, (recall_t0, recall_tT, recall_paper)  # what the gain prevents

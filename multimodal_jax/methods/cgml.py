@@ -54,6 +54,19 @@ replays a training round's moves, lengths and all, and stops where training
 did. `initial_sample` decodes the same z_0 without Z (t = 0): evaluate reports
 its mode recall next to `sample`'s.
 
+Eq. 4's step is calibrated (`cgml.calibrate_step`, our addition; False = the
+paper's Eq. 4): inference steps gain_t s, s = rho_hat u the step of Eq. 4
+(u = Z's unit direction), with gain_t = E[s . m] / E[||s||^2] over the
+training moves m = z_{t+1} - z_t of iteration t: the least-squares fit of
+Eq. 4's steps to the moves (moving averages kept in the state by the znet
+step, from Z's prediction before it learns the batch; clipped to [0, 1]). A Z
+whose steps are the moves keeps gain ~1 and Eq. 4 unchanged; a Z whose
+direction carries nothing about them (toy_scenes: `znet/move_cosine`
+0.02-0.04, configs/cgml.py) gets gain ~0 and leaves z near z_0 instead of
+random-walking it between modes. The "w/o rho" ablation (z <- project(z_hat))
+has no step length and is not scaled. Z never feeds back into training, so
+the gain changes inference only.
+
 Tasks (`cgml.task`), each a per-example energy E and a map from G's output to
 an image:
   direct        E = mean |G - y| (the paper's L1, §3). The toy (§4) and any
@@ -107,16 +120,19 @@ def sample_sphere(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 def momentum_update(z_BxD: jax.Array, z_hat_BxD: jax.Array, rho_hat_B: jax.Array,
-                    use_momentum: bool = True) -> jax.Array:
-  """One inference iteration, Eq. 4: z + rho_hat (z_hat - z) / ||z_hat - z||, projected.
+                    use_momentum: bool = True, gain: float | jax.Array = 1.0) -> jax.Array:
+  """One inference iteration, Eq. 4: z + gain rho_hat (z_hat - z) / ||z_hat - z||, projected.
 
-  Without momentum (ablation), z_{t+1} = r'(z_t, x) = z_hat (§2.1), projected.
+  gain = 1 is the paper's Eq. 4; `step_gains` calibrates it (module docstring).
+  Without momentum (ablation), z_{t+1} = r'(z_t, x) = z_hat (§2.1), projected
+  (no gain: the ablation has no step length to scale).
   """
   if not use_momentum:
     return project_to_sphere(z_hat_BxD)
   delta_BxD = z_hat_BxD - z_BxD
   norm_Bx1 = jnp.linalg.norm(delta_BxD, axis=-1, keepdims=True)
-  return project_to_sphere(z_BxD + rho_hat_B[:, None] * delta_BxD / jnp.maximum(norm_Bx1, 1e-12))
+  step_B = gain * rho_hat_B
+  return project_to_sphere(z_BxD + step_B[:, None] * delta_BxD / jnp.maximum(norm_Bx1, 1e-12))
 
 
 def move_cosine(z_t_BxD: jax.Array, z_hat_BxD: jax.Array, z_next_BxD: jax.Array) -> jax.Array:
@@ -130,6 +146,45 @@ def move_cosine(z_t_BxD: jax.Array, z_hat_BxD: jax.Array, z_next_BxD: jax.Array)
   a_BxD, b_BxD = z_hat_BxD - z_t_BxD, z_next_BxD - z_t_BxD
   norms_B = jnp.linalg.norm(a_BxD, axis=-1) * jnp.linalg.norm(b_BxD, axis=-1)
   return jnp.mean(jnp.sum(a_BxD * b_BxD, axis=-1) / jnp.maximum(norms_B, 1e-12))
+
+
+def step_against_move(z_t_BxD: jax.Array, z_hat_BxD: jax.Array, rho_hat_B: jax.Array,
+                      z_next_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(mean of s . m, mean of ||s||^2): Eq. 4's step s = rho_hat u against the training move m = z_{t+1} - z_t.
+
+  u = (z_hat - z_t) / ||z_hat - z_t|| (0 where Z predicts no move). E||g s - m||^2
+  is least at g = E[s . m] / E[||s||^2]: the ratio of the two means is the
+  least-squares gain of Eq. 4's step towards the moves Z was trained on.
+  """
+  u_BxD = z_hat_BxD - z_t_BxD
+  u_BxD = u_BxD / jnp.maximum(jnp.linalg.norm(u_BxD, axis=-1, keepdims=True), 1e-12)
+  s_BxD = rho_hat_B[:, None] * u_BxD
+  return jnp.mean(jnp.sum(s_BxD * (z_next_BxD - z_t_BxD), axis=-1)), jnp.mean(jnp.sum(s_BxD**2, axis=-1))
+
+
+def update_step_gain(num_L: jax.Array, den_L: jax.Array, t: jax.Array, num: jax.Array,
+                     den: jax.Array, decay: float) -> tuple[jax.Array, jax.Array]:
+  """Exponential moving averages (weight 1 - decay on the new value) of `num` and `den` at iteration t."""
+  num_L = num_L.at[t].set(decay * num_L[t] + (1.0 - decay) * num)
+  den_L = den_L.at[t].set(decay * den_L[t] + (1.0 - decay) * den)
+  return num_L, den_L
+
+
+def step_gains(num_L: jax.Array, den_L: jax.Array) -> jax.Array:
+  """Eq. 4's gain per iteration, E[s . m] / E[||s||^2] clipped to [0, 1]; 0 before any Z step.
+
+  The averages start at 0 and share their decay, so the ratio needs no bias
+  correction. 1: Z's steps are the training moves and Eq. 4 runs as the paper
+  writes it; 0: they carry nothing about them and z stays at z_0.
+  """
+  return jnp.where(den_L > 0, jnp.clip(num_L / jnp.maximum(den_L, 1e-12), 0.0, 1.0), 0.0)
+
+
+def inference_gains(cg: ml_collections.ConfigDict, state: "CgmlState") -> jax.Array:
+  """The gain [l] that inference multiplies Eq. 4's step by: `step_gains`, or 1 without `cgml.calibrate_step`."""
+  if cg.calibrate_step:
+    return step_gains(state.gain_num_L, state.gain_den_L)
+  return jnp.ones_like(state.gain_num_L)
 
 
 # ---------------------------------------------------------------- CIELAB (colorization task)
@@ -275,9 +330,14 @@ class CgmlState(common.MethodState):
       step, each with its own optimiser state) and {'znet': Z} (the `znet` step).
     z_BxD: the current batch's latents z_{t+1}, on S^n (written by the z step).
     z_prev_BxD: the latents before the last z step, z_t.
+    gain_num_L, gain_den_L: per inner iteration t, moving averages of the
+      training move's component along Z's predicted direction and of its length
+      (`update_step_gain`); their ratio is Eq. 4's step gain (`step_gains`).
   """
   z_BxD: jax.Array
   z_prev_BxD: jax.Array
+  gain_num_L: jax.Array
+  gain_den_L: jax.Array
 
 
 # ---------------------------------------------------------------- config
@@ -300,6 +360,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   require(cg.z_step_size > 0, "cgml.z_step_size", "must be > 0")
   require(0 < cg.z_step_decay <= 1, "cgml.z_step_decay", "must be in (0, 1]")
   require(cg.momentum_scale > 0, "cgml.momentum_scale", "must be > 0")
+  require(0 < cg.step_gain_decay < 1, "cgml.step_gain_decay", "must be in (0, 1)")
   require(model.lipschitz_scale > 0, "model.lipschitz_scale", "must be > 0")
   require(model.znet_lipschitz_scale > 0, "model.znet_lipschitz_scale", "must be > 0")
   require(model.power_iterations >= 1, "model.power_iterations", "must be >= 1")
@@ -423,10 +484,18 @@ def _make_znet_step(parts: _Parts) -> base.StepFn:
     (loss, (z_l1, rho_l1, rho_hat, z_hat)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.networks["znet"].params)
     state = state.apply_gradients("znet", grads, count_step=False)
+    # Z's prediction came before this update: the batch's moves are new to it.
+    t = state.step % cg.inner_steps
+    num_L, den_L = update_step_gain(state.gain_num_L, state.gain_den_L, t,
+                                    *step_against_move(z_t, jax.lax.stop_gradient(z_hat),
+                                                       jax.lax.stop_gradient(rho_hat), z_next),
+                                    cg.step_gain_decay)
+    state = state.replace(gain_num_L=num_L, gain_den_L=den_L)
     return state, {
         "loss": loss, "z_l1": z_l1, "rho_l1": rho_l1, "rho_target": jnp.mean(rho_B),
         "rho_pred": jnp.mean(rho_hat), "grad_norm": optax.tree.norm(grads),
         "move_cosine": move_cosine(z_t, z_hat, z_next),
+        "step_gain": step_gains(num_L, den_L)[t],
     }
 
   return znet_step
@@ -456,19 +525,25 @@ def _make_inference(parts: _Parts) -> tuple[Callable, dict[str, Callable]]:
   """(sample, extras): Eq. 4 inference from z_0 ~ U(S^n), its trajectory, codes and decoding."""
   cg, task = parts.cg, parts.task
 
-  def inference_update(znet_params, h, z_BxD, t=0):
-    """Eq. 4 at iteration t (t matters only to a Z-network that sees it)."""
+  def inference_update(znet_params, h, z_BxD, t=0, gain=1.0):
+    """Eq. 4 at iteration t (t matters only to a Z-network that sees it), its step times `gain`."""
     z_hat, rho_hat = parts.predict_move(znet_params, z_BxD, h, t)
-    return momentum_update(z_BxD, z_hat, rho_hat, cg.use_momentum)
+    return momentum_update(z_BxD, z_hat, rho_hat, cg.use_momentum, gain)
 
-  def infer_latents(znet_params, h, z0_BxD, num_steps):
-    """T iterations of Eq. 4 from z0, one compiled loop: z_T [B, D]."""
-    return jax.lax.fori_loop(0, num_steps, lambda t, z: inference_update(znet_params, h, z, t), z0_BxD)
+  def gain_at(gains_L, t):
+    return gains_L[jnp.minimum(t, cg.inner_steps - 1)]
 
-  def latent_trajectory(znet_params, h, z0_BxD, num_steps):
+  def infer_latents(znet, h, z0_BxD, num_steps):
+    """T iterations of Eq. 4 from z0, one compiled loop: z_T [B, D]; znet = (params, gains [l])."""
+    params, gains_L = znet
+    return jax.lax.fori_loop(0, num_steps, lambda t, z: inference_update(params, h, z, t, gain_at(gains_L, t)),
+                             z0_BxD)
+
+  def latent_trajectory(znet, h, z0_BxD, num_steps):
     """z_0 .. z_T: [B, T + 1, D]."""
+    params, gains_L = znet
     def body(z, t):
-      z_next = inference_update(znet_params, h, z, t)
+      z_next = inference_update(params, h, z, t, gain_at(gains_L, t))
       return z_next, z_next
     _, zs_TxBxD = jax.lax.scan(body, z0_BxD, jnp.arange(num_steps))
     return jnp.concatenate([z0_BxD[:, None], jnp.moveaxis(zs_TxBxD, 0, 1)], axis=1)
@@ -482,8 +557,8 @@ def _make_inference(parts: _Parts) -> tuple[Callable, dict[str, Callable]]:
   def inferred_latents(state, h, rng, num_samples, run=infer_latents):
     """N z_0 ~ U(S^n) per input, each run through T iterations of Eq. 4 by `run`."""
     z0_BxNxD = sample_sphere(rng, (h.shape[0], num_samples, cg.z_dim))
-    znet_params = state.networks["znet"].params
-    return jax.vmap(lambda z0: run(znet_params, h, z0, cg.inference_steps), in_axes=1, out_axes=1)(z0_BxNxD)
+    znet = (state.networks["znet"].params, inference_gains(cg, state))
+    return jax.vmap(lambda z0: run(znet, h, z0, cg.inference_steps), in_axes=1, out_axes=1)(z0_BxNxD)
 
   def encode(state, x):
     return parts.encode(state.networks["encoder"].params, x)
@@ -516,7 +591,7 @@ def _make_inference(parts: _Parts) -> tuple[Callable, dict[str, Callable]]:
     `sample`'s (t = T) to tell what Eq. 4 adds or loses.
     """
     h, skips = encode(state, x)
-    return images_of(state, x, h, skips, inferred_latents(state, h, rng, num_samples, run=lambda znet_params, h, z0, num_steps: z0))
+    return images_of(state, x, h, skips, inferred_latents(state, h, rng, num_samples, run=lambda znet, h, z0, num_steps: z0))
 
   def decode(state, x, z_BxNxD):
     """Images for given codes: [B, N, H, W, C] (no Z-network iterations)."""
@@ -552,7 +627,9 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
                 "znet": common.Network.create(parts.nets["znet"].init(znet_rng, z, h, jnp.zeros((1,))),
                                               znet_tx)}
     z_BxD = jnp.zeros((parts.batch_size, cg.z_dim), jnp.float32).at[:, 0].set(1.0)
-    return common.create_state(CgmlState, rng=state_rng, networks=networks, z_BxD=z_BxD, z_prev_BxD=z_BxD)
+    zeros_L = jnp.zeros((cg.inner_steps,), jnp.float32)
+    return common.create_state(CgmlState, rng=state_rng, networks=networks, z_BxD=z_BxD, z_prev_BxD=z_BxD,
+                               gain_num_L=zeros_L, gain_den_L=zeros_L)
 
   def run_round(compiled, state, batch):
     for _ in range(cg.inner_steps):
@@ -565,6 +642,7 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   description = (f"cGML ({cg.task}, {model.name}, z on S^{cg.z_dim - 1}, l={cg.inner_steps}, "
                  f"z_0 best of M={cg.z_init_candidates}, Z {'sees' if model.znet_iteration_input else 'blind to'} t, "
                  f"beta={cg.z_step_size}, alpha={cg.momentum_scale}, T={cg.inference_steps}, "
+                 f"Eq. 4 step {'x the calibrated gain' if cg.calibrate_step else 'as in the paper'}, "
                  f"Lipschitz: {model.lipschitz} x{model.lipschitz_scale} (Z x{model.znet_lipschitz_scale}), "
                  f"{'with' if cg.use_momentum else 'without'} momentum)")
   return base.Method(
