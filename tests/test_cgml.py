@@ -506,8 +506,8 @@ def test_a_z_network_that_learned_no_moves_leaves_the_samples_at_z0():
   config.unlock()
   config.cgml.calibrate_step = False
   config.lock()
-  spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct((32,) + a.shape[1:], a.dtype), {"x": x, "y": x})
-  paper = cgml.make_method(config, {"x": spec["x"], "y": jax.ShapeDtypeStruct((32, 1, 1, 3), jnp.float32)})
+  paper = cgml.make_method(config, {"x": jax.ShapeDtypeStruct((32, 1, 1, 1), jnp.float32),
+                                    "y": jax.ShapeDtypeStruct((32, 1, 1, 3), jnp.float32)})
   recall_paper = cube_recall(jax.jit(paper.sample, static_argnums=3)(state, x, rng, 32), x_B)
   assert recall_t0 > 0.3, recall_t0
   assert recall_tT >= recall_t0, (recall_t0, recall_tT, recall_paper)

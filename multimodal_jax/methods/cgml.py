@@ -119,6 +119,12 @@ def sample_sphere(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return project_to_sphere(jax.random.normal(rng, shape, jnp.float32))
 
 
+def unit_direction(z_BxD: jax.Array, z_hat_BxD: jax.Array) -> jax.Array:
+  """(z_hat - z) / ||z_hat - z||, the direction of Eq. 4's step; 0 where Z predicts no move."""
+  delta_BxD = z_hat_BxD - z_BxD
+  return delta_BxD / jnp.maximum(jnp.linalg.norm(delta_BxD, axis=-1, keepdims=True), 1e-12)
+
+
 def momentum_update(z_BxD: jax.Array, z_hat_BxD: jax.Array, rho_hat_B: jax.Array,
                     use_momentum: bool = True, gain: float | jax.Array = 1.0) -> jax.Array:
   """One inference iteration, Eq. 4: z + gain rho_hat (z_hat - z) / ||z_hat - z||, projected.
@@ -129,10 +135,8 @@ def momentum_update(z_BxD: jax.Array, z_hat_BxD: jax.Array, rho_hat_B: jax.Array
   """
   if not use_momentum:
     return project_to_sphere(z_hat_BxD)
-  delta_BxD = z_hat_BxD - z_BxD
-  norm_Bx1 = jnp.linalg.norm(delta_BxD, axis=-1, keepdims=True)
   step_B = gain * rho_hat_B
-  return project_to_sphere(z_BxD + step_B[:, None] * delta_BxD / jnp.maximum(norm_Bx1, 1e-12))
+  return project_to_sphere(z_BxD + step_B[:, None] * unit_direction(z_BxD, z_hat_BxD))
 
 
 def move_cosine(z_t_BxD: jax.Array, z_hat_BxD: jax.Array, z_next_BxD: jax.Array) -> jax.Array:
@@ -156,9 +160,7 @@ def step_against_move(z_t_BxD: jax.Array, z_hat_BxD: jax.Array, rho_hat_B: jax.A
   is least at g = E[s . m] / E[||s||^2]: the ratio of the two means is the
   least-squares gain of Eq. 4's step towards the moves Z was trained on.
   """
-  u_BxD = z_hat_BxD - z_t_BxD
-  u_BxD = u_BxD / jnp.maximum(jnp.linalg.norm(u_BxD, axis=-1, keepdims=True), 1e-12)
-  s_BxD = rho_hat_B[:, None] * u_BxD
+  s_BxD = rho_hat_B[:, None] * unit_direction(z_t_BxD, z_hat_BxD)
   return jnp.mean(jnp.sum(s_BxD * (z_next_BxD - z_t_BxD), axis=-1)), jnp.mean(jnp.sum(s_BxD**2, axis=-1))
 
 
@@ -330,9 +332,9 @@ class CgmlState(common.MethodState):
       step, each with its own optimiser state) and {'znet': Z} (the `znet` step).
     z_BxD: the current batch's latents z_{t+1}, on S^n (written by the z step).
     z_prev_BxD: the latents before the last z step, z_t.
-    gain_num_L, gain_den_L: per inner iteration t, moving averages of the
-      training move's component along Z's predicted direction and of its length
-      (`update_step_gain`); their ratio is Eq. 4's step gain (`step_gains`).
+    gain_num_L, gain_den_L: per inner iteration t, moving averages of s . m and
+      ||s||^2, Eq. 4's step s against the training move m (`step_against_move`,
+      `update_step_gain`); their ratio is Eq. 4's step gain (`step_gains`).
   """
   z_BxD: jax.Array
   z_prev_BxD: jax.Array
