@@ -60,10 +60,14 @@ paper's Eq. 4): inference steps gain_t s, s = rho_hat u the step of Eq. 4
 training moves m = z_{t+1} - z_t of iteration t: the least-squares fit of
 Eq. 4's steps to the moves (moving averages kept in the state by the znet
 step, from Z's prediction before it learns the batch; clipped to [0, 1]). A Z
-whose steps are the moves keeps gain ~1 and Eq. 4 unchanged; a Z whose
-direction carries nothing about them (toy_scenes: `znet/move_cosine`
-0.02-0.04, configs/cgml.py) gets gain ~0 and leaves z near z_0 instead of
-random-walking it between modes. The "w/o rho" ablation (z <- project(z_hat))
+whose steps are the moves keeps gain ~1 and Eq. 4 unchanged. A Z whose
+direction carries next to nothing about them (toy_scenes: `znet/move_cosine`
+0.02-0.04, configs/cgml.py) earns a small least-squares gain (0.01-0.04) that
+still walks samples near a mode boundary across it; so the gain is 0 where the
+fitted step explains less than `cgml.min_explained_move` of the moves' energy,
+E[s . m]^2 / (E||s||^2 E||m||^2) (`explained_move`, logged as
+`znet/explained_move`, ~cos^2 of Z's direction against the moves), and z stays
+at z_0. The "w/o rho" ablation (z <- project(z_hat))
 has no step length and is not scaled. Z never feeds back into training, so
 the gain changes inference only.
 
@@ -153,40 +157,57 @@ def move_cosine(z_t_BxD: jax.Array, z_hat_BxD: jax.Array, z_next_BxD: jax.Array)
 
 
 def step_against_move(z_t_BxD: jax.Array, z_hat_BxD: jax.Array, rho_hat_B: jax.Array,
-                      z_next_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(mean of s . m, mean of ||s||^2): Eq. 4's step s = rho_hat u against the training move m = z_{t+1} - z_t.
+                      z_next_BxD: jax.Array) -> jax.Array:
+  """[3]: the means of s . m, ||s||^2 and ||m||^2, Eq. 4's step s = rho_hat u against the training move m = z_{t+1} - z_t.
 
   u = (z_hat - z_t) / ||z_hat - z_t|| (0 where Z predicts no move). E||g s - m||^2
-  is least at g = E[s . m] / E[||s||^2]: the ratio of the two means is the
-  least-squares gain of Eq. 4's step towards the moves Z was trained on.
+  is least at g = E[s . m] / E[||s||^2] (the least-squares gain of Eq. 4's step
+  towards the moves Z was trained on), where it is E||m||^2 - E[s . m]^2 / E||s||^2:
+  the fitted step explains a share E[s . m]^2 / (E||s||^2 E||m||^2) of the moves.
   """
   s_BxD = rho_hat_B[:, None] * unit_direction(z_t_BxD, z_hat_BxD)
-  return jnp.mean(jnp.sum(s_BxD * (z_next_BxD - z_t_BxD), axis=-1)), jnp.mean(jnp.sum(s_BxD**2, axis=-1))
+  m_BxD = z_next_BxD - z_t_BxD
+  return jnp.stack([jnp.mean(jnp.sum(s_BxD * m_BxD, axis=-1)), jnp.mean(jnp.sum(s_BxD**2, axis=-1)),
+                    jnp.mean(jnp.sum(m_BxD**2, axis=-1))])
 
 
-def update_step_gain(num_L: jax.Array, den_L: jax.Array, t: jax.Array, num: jax.Array,
-                     den: jax.Array, decay: float) -> tuple[jax.Array, jax.Array]:
-  """Exponential moving averages (weight 1 - decay on the new value) of `num` and `den` at iteration t."""
-  num_L = num_L.at[t].set(decay * num_L[t] + (1.0 - decay) * num)
-  den_L = den_L.at[t].set(decay * den_L[t] + (1.0 - decay) * den)
-  return num_L, den_L
+def update_step_gain(stats_3xL: jax.Array, t: jax.Array, stats_3: jax.Array, decay: float) -> jax.Array:
+  """Exponential moving averages (weight 1 - decay on the new value) of `step_against_move`'s means at iteration t."""
+  return stats_3xL.at[:, t].set(decay * stats_3xL[:, t] + (1.0 - decay) * stats_3)
 
 
-def step_gains(num_L: jax.Array, den_L: jax.Array) -> jax.Array:
+def explained_move(stats_3xL: jax.Array) -> jax.Array:
+  """[l]: the share of the training moves E||m||^2 that the gain-fitted step explains, E[s . m]^2 / (E||s||^2 E||m||^2).
+
+  0 where the fit points away from the moves (E[s . m] <= 0) or nothing was
+  measured yet. 1: Z's steps are the moves up to a scale; ~cos^2 of Z's
+  direction against them (toy_scenes ~0.001, configs/cgml.py).
+  """
+  num_L, den_L, move_L = stats_3xL
+  share_L = num_L**2 / jnp.maximum(den_L * move_L, 1e-30)
+  return jnp.where((num_L > 0) & (den_L > 0) & (move_L > 0), jnp.minimum(share_L, 1.0), 0.0)
+
+
+def step_gains(stats_3xL: jax.Array, min_explained: float = 0.0) -> jax.Array:
   """Eq. 4's gain per iteration, E[s . m] / E[||s||^2] clipped to [0, 1]; 0 before any Z step.
 
-  The averages start at 0 and share their decay, so the ratio needs no bias
-  correction. 1: Z's steps are the training moves and Eq. 4 runs as the paper
-  writes it; 0: they carry nothing about them and z stays at z_0.
+  0 also where the fitted step explains less than `min_explained` of the moves
+  (`explained_move`): a Z whose direction is nearly blind to the moves earns a
+  small but nonzero least-squares gain, and those small steps still carry
+  samples near a boundary across it for nothing. The averages start at 0 and
+  share their decay, so the ratios need no bias correction. 1: Z's steps are
+  the training moves and Eq. 4 runs as the paper writes it.
   """
-  return jnp.where(den_L > 0, jnp.clip(num_L / jnp.maximum(den_L, 1e-12), 0.0, 1.0), 0.0)
+  num_L, den_L, _ = stats_3xL
+  gain_L = jnp.where(den_L > 0, jnp.clip(num_L / jnp.maximum(den_L, 1e-12), 0.0, 1.0), 0.0)
+  return jnp.where(explained_move(stats_3xL) >= min_explained, gain_L, 0.0)
 
 
 def inference_gains(cg: ml_collections.ConfigDict, state: "CgmlState") -> jax.Array:
   """The gain [l] that inference multiplies Eq. 4's step by: `step_gains`, or 1 without `cgml.calibrate_step`."""
   if cg.calibrate_step:
-    return step_gains(state.gain_num_L, state.gain_den_L)
-  return jnp.ones_like(state.gain_num_L)
+    return step_gains(state.gain_stats_3xL, cg.min_explained_move)
+  return jnp.ones_like(state.gain_stats_3xL[0])
 
 
 # ---------------------------------------------------------------- CIELAB (colorization task)
@@ -332,14 +353,14 @@ class CgmlState(common.MethodState):
       step, each with its own optimiser state) and {'znet': Z} (the `znet` step).
     z_BxD: the current batch's latents z_{t+1}, on S^n (written by the z step).
     z_prev_BxD: the latents before the last z step, z_t.
-    gain_num_L, gain_den_L: per inner iteration t, moving averages of s . m and
-      ||s||^2, Eq. 4's step s against the training move m (`step_against_move`,
-      `update_step_gain`); their ratio is Eq. 4's step gain (`step_gains`).
+    gain_stats_3xL: per inner iteration t, moving averages of s . m, ||s||^2 and
+      ||m||^2, Eq. 4's step s against the training move m (`step_against_move`,
+      `update_step_gain`): Eq. 4's step gain (`step_gains`) and the share of the
+      moves it explains (`explained_move`).
   """
   z_BxD: jax.Array
   z_prev_BxD: jax.Array
-  gain_num_L: jax.Array
-  gain_den_L: jax.Array
+  gain_stats_3xL: jax.Array
 
 
 # ---------------------------------------------------------------- config
@@ -363,6 +384,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   require(0 < cg.z_step_decay <= 1, "cgml.z_step_decay", "must be in (0, 1]")
   require(cg.momentum_scale > 0, "cgml.momentum_scale", "must be > 0")
   require(0 < cg.step_gain_decay < 1, "cgml.step_gain_decay", "must be in (0, 1)")
+  require(0 <= cg.min_explained_move < 1, "cgml.min_explained_move", "must be in [0, 1)")
   require(model.lipschitz_scale > 0, "model.lipschitz_scale", "must be > 0")
   require(model.znet_lipschitz_scale > 0, "model.znet_lipschitz_scale", "must be > 0")
   require(model.power_iterations >= 1, "model.power_iterations", "must be >= 1")
@@ -488,16 +510,17 @@ def _make_znet_step(parts: _Parts) -> base.StepFn:
     state = state.apply_gradients("znet", grads, count_step=False)
     # Z's prediction came before this update: the batch's moves are new to it.
     t = state.step % cg.inner_steps
-    num_L, den_L = update_step_gain(state.gain_num_L, state.gain_den_L, t,
-                                    *step_against_move(z_t, jax.lax.stop_gradient(z_hat),
-                                                       jax.lax.stop_gradient(rho_hat), z_next),
-                                    cg.step_gain_decay)
-    state = state.replace(gain_num_L=num_L, gain_den_L=den_L)
+    stats_3xL = update_step_gain(state.gain_stats_3xL, t,
+                                 step_against_move(z_t, jax.lax.stop_gradient(z_hat),
+                                                   jax.lax.stop_gradient(rho_hat), z_next),
+                                 cg.step_gain_decay)
+    state = state.replace(gain_stats_3xL=stats_3xL)
     return state, {
         "loss": loss, "z_l1": z_l1, "rho_l1": rho_l1, "rho_target": jnp.mean(rho_B),
         "rho_pred": jnp.mean(rho_hat), "grad_norm": optax.tree.norm(grads),
         "move_cosine": move_cosine(z_t, z_hat, z_next),
-        "step_gain": step_gains(num_L, den_L)[t],
+        "step_gain": step_gains(stats_3xL, cg.min_explained_move)[t],
+        "explained_move": explained_move(stats_3xL)[t],
     }
 
   return znet_step
@@ -629,9 +652,8 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
                 "znet": common.Network.create(parts.nets["znet"].init(znet_rng, z, h, jnp.zeros((1,))),
                                               znet_tx)}
     z_BxD = jnp.zeros((parts.batch_size, cg.z_dim), jnp.float32).at[:, 0].set(1.0)
-    zeros_L = jnp.zeros((cg.inner_steps,), jnp.float32)
     return common.create_state(CgmlState, rng=state_rng, networks=networks, z_BxD=z_BxD, z_prev_BxD=z_BxD,
-                               gain_num_L=zeros_L, gain_den_L=zeros_L)
+                               gain_stats_3xL=jnp.zeros((3, cg.inner_steps), jnp.float32))
 
   def run_round(compiled, state, batch):
     for _ in range(cg.inner_steps):
@@ -644,7 +666,7 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   description = (f"cGML ({cg.task}, {model.name}, z on S^{cg.z_dim - 1}, l={cg.inner_steps}, "
                  f"z_0 best of M={cg.z_init_candidates}, Z {'sees' if model.znet_iteration_input else 'blind to'} t, "
                  f"beta={cg.z_step_size}, alpha={cg.momentum_scale}, T={cg.inference_steps}, "
-                 f"Eq. 4 step {'x the calibrated gain' if cg.calibrate_step else 'as in the paper'}, "
+                 f"Eq. 4 step {f'x the calibrated gain (0 below {cg.min_explained_move:g} explained)' if cg.calibrate_step else 'as in the paper'}, "
                  f"Lipschitz: {model.lipschitz} x{model.lipschitz_scale} (Z x{model.znet_lipschitz_scale}), "
                  f"{'with' if cg.use_momentum else 'without'} momentum)")
   return base.Method(
