@@ -30,7 +30,9 @@ metric that applies to the dataset (evaluation/metrics.py):
   decoded without the Z-network's T iterations, what inference adds or loses)
                                datasets whose `DatasetSpec.true_modes` gives the
                                exact modes of an example (toy_scenes: K = 12),
-                               from `--mode_samples` (default 64) samples per input
+                               from `--mode_samples` (default 64) samples per input;
+                               per segment where each class draws its own mode
+                               (toy_scenes `segments`; metrics.segment_mode_metrics)
   reality/{pixel_accuracy,     layout datasets, `--reality` (default: the diversity
   mean_iou}, reality/real_*    method): samples and real images segmented by a small
                                net trained on the real training images (Table II of
@@ -165,7 +167,8 @@ def compute_metrics(samples_BxNxHxWxC: np.ndarray, batch: dict[str, np.ndarray],
                     distance: perceptual.Distance, class_names: tuple[str, ...] | None = None,
                     true_modes_BxKxHxWxC: np.ndarray | None = None, mode_tolerance: float | None = None,
                     mode_samples_BxMxHxWxC: np.ndarray | None = None, rng: jax.Array | None = None,
-                    rare_modes_K: np.ndarray | None = None) -> dict[str, float]:
+                    rare_modes_K: np.ndarray | None = None,
+                    segment_labels_BxHxW: np.ndarray | None = None) -> dict[str, float]:
   """Every metric that applies to the batch, as a flat dict of floats.
 
   Metrics that do not apply to N (`skipped_metrics`) are left out.
@@ -183,6 +186,8 @@ def compute_metrics(samples_BxNxHxWxC: np.ndarray, batch: dict[str, np.ndarray],
     rng: the key of the random pairs and of k-means (split in two); default PRNGKey(0).
     rare_modes_K: the modes the training data shows least often (`rare_modes_of`):
       adds `mode_recall_rare`.
+    segment_labels_BxHxW: the layouts where every class draws its own mode
+      (`segment_labels_of`): the mode metrics are then per segment.
   """
   y_BxHxWxC = batch["y"]
   b, n = samples_BxNxHxWxC.shape[:2]
@@ -222,7 +227,7 @@ def compute_metrics(samples_BxNxHxWxC: np.ndarray, batch: dict[str, np.ndarray],
   if true_modes_BxKxHxWxC is not None:
     out.update(metrics.mode_metrics(samples_BxNxHxWxC if mode_samples_BxMxHxWxC is None
                                     else mode_samples_BxMxHxWxC, true_modes_BxKxHxWxC, mode_tolerance,
-                                    rare_modes_K))
+                                    rare_modes_K, segment_labels_BxHxW))
   return out
 
 
@@ -308,15 +313,24 @@ def true_modes_of_batch(data_config, batch: dict[str, np.ndarray]) -> np.ndarray
                    for label_HxW in batch["label"]])
 
 
+def segment_labels_of(data_config, batch: dict[str, np.ndarray]) -> np.ndarray | None:
+  """The eval layouts when the dataset's classes draw their modes independently (else None)."""
+  spec = data_registry.get_dataset(data_config.name)
+  if spec.independent_segments is None or "label" not in batch:
+    return None
+  return batch["label"] if spec.independent_segments(pipeline.get_builder(data_config).builder_config) else None
+
+
 def initial_mode_metrics(method, state, batch: dict[str, np.ndarray], true_modes_BxKxHxWxC: np.ndarray,
-                         tolerance: float, num_samples: int, seed: int = 0) -> dict[str, float]:
+                         tolerance: float, num_samples: int, seed: int = 0,
+                         segment_labels_BxHxW: np.ndarray | None = None) -> dict[str, float]:
   """`mode_*_t0`: the mode metrics of the method's `initial_sample` (cGML: G at the z_0 of `sample`).
 
   Drawn with `sample`'s key, so t = 0 and t = T are the same starting codes.
   """
   samples = np.asarray(jax.device_get(jax.jit(method.extras["initial_sample"], static_argnums=3)(
       state, jnp.asarray(batch["x"]), jax.random.PRNGKey(seed), num_samples)), np.float32)
-  out = metrics.mode_metrics(samples, true_modes_BxKxHxWxC, tolerance)
+  out = metrics.mode_metrics(samples, true_modes_BxKxHxWxC, tolerance, segment_labels_BxHxW=segment_labels_BxHxW)
   return {f"{k}_t0": v for k, v in out.items()}
 
 
@@ -381,7 +395,8 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
   scalars = compute_metrics(samples_BxNxHxWxC, batch, distance_name, distance, spec.class_names,
                             true_modes_BxKxHxWxC, spec.mode_tolerance, mode_samples_BxMxHxWxC,
                             rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
-                            rare_modes_K=None if true_modes_BxKxHxWxC is None else rare_modes_of(config.data))
+                            rare_modes_K=None if true_modes_BxKxHxWxC is None else rare_modes_of(config.data),
+                            segment_labels_BxHxW=segment_labels_of(config.data, batch))
   scalars.update(_task_metrics(workdir, config, method, state, batch, samples_BxNxHxWxC, true_modes_BxKxHxWxC,
                                scalars, distance_name, mode_samples, seed, reality_mode))
 
@@ -394,7 +409,8 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
       "parameters": parameter_counts(state),
   }
   if true_modes_BxKxHxWxC is not None:
-    result.update(num_modes=int(true_modes_BxKxHxWxC.shape[1]), mode_tolerance=spec.mode_tolerance)
+    result.update(num_modes=int(true_modes_BxKxHxWxC.shape[1]), mode_tolerance=spec.mode_tolerance,
+                  modes_per_segment=segment_labels_of(config.data, batch) is not None)
   result["metrics"] = scalars
   result["skipped"] = skipped
   if jax.process_index() == 0:
@@ -413,7 +429,7 @@ def _task_metrics(workdir, config, method, state, batch, samples_BxNxHxWxC, true
   out = {}
   if true_modes_BxKxHxWxC is not None and "initial_sample" in method.extras:
     out.update(initial_mode_metrics(method, state, batch, true_modes_BxKxHxWxC, spec.mode_tolerance,
-                                    mode_samples, seed))
+                                    mode_samples, seed, segment_labels_of(config.data, batch)))
   if metrics.is_super_resolution(batch["x"], batch["y"]):
     out.update(reference_row(scalars, distance_name, batch))
   if "label" in batch:
@@ -469,7 +485,8 @@ def summary(result: dict[str, Any], seconds: float) -> str:
                     if "clustered_variance/overall" in m else ""))
   if "mode_recall" in m:
     k = result["num_modes"]
-    lines.append(f"  modes (K={k}, 1/K={1 / k:.3f}, {result['mode_samples']} samples per input)  recall "
+    per = " per segment, drawn independently" if result.get("modes_per_segment") else ""
+    lines.append(f"  modes (K={k}{per}, 1/K={1 / k:.3f}, {result['mode_samples']} samples per input)  recall "
                  f"{m['mode_recall']:.3f}, recall (nearest, no tolerance) {m['mode_recall_nearest']:.3f}, "
                  f"precision {m['mode_precision']:.3f}")
     if "mode_recall_t0" in m:

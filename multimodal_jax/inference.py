@@ -57,6 +57,16 @@ class NotARunError(workdir_lib.WorkdirError, FileNotFoundError):
   """The workdir holds no training run (no run_info.json): `evaluate` and `sample` print one line."""
 
 
+class RunPredatesCodeError(workdir_lib.WorkdirError):
+  """run_info.json lacks a config key the method reads now: the run was trained by an older version."""
+
+
+def _missing_config_key(error: AttributeError) -> str | None:
+  """The key a locked ConfigDict did not have, when `error` is its missing-attribute error (else None)."""
+  cause = error.args[0] if error.args else None
+  return str(cause.args[0]).strip("'") if isinstance(cause, KeyError) and cause.args else None
+
+
 def load_trained(workdir: str, step: int | None = None):
   """Restores a trained run for inference: (config, method, state, batch_spec).
 
@@ -75,11 +85,19 @@ def load_trained(workdir: str, step: int | None = None):
   config.lock()
   batch_spec = {k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
                 for k, (shape, dtype) in info["batch_spec"].items()}
-  method = methods_base.make_method(config, batch_spec, prepared_lib.for_inference(config, workdir))
   mesh = make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  abstract_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                                jax.eval_shape(method.init, jax.random.PRNGKey(config.seed)))
+  try:
+    method = methods_base.make_method(config, batch_spec, prepared_lib.for_inference(config, workdir))
+    abstract_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                                  jax.eval_shape(method.init, jax.random.PRNGKey(config.seed)))
+  except AttributeError as e:
+    key = _missing_config_key(e)
+    if key is None:
+      raise
+    raise RunPredatesCodeError(
+        f"{path} has no config key {key!r}, which method {config.get('method')!r} reads now: the run was "
+        f"trained by an older version (its checkpoint would not restore into the current state); retrain it.") from e
   # The newest checkpoint that restores (or `step`). Imported here: checkpointing -> workdir -> inference.
   from multimodal_jax import checkpointing  # pylint: disable=g-import-not-at-top
   state, _ = checkpointing.restore_for_inference(workdir, abstract_state, step)

@@ -14,6 +14,7 @@ from conftest import REPO
 from multimodal_jax import config_lib
 from multimodal_jax import inference
 from multimodal_jax import train
+from multimodal_jax import workdir as workdir_lib
 from multimodal_jax.data import toy3d
 from multimodal_jax.methods import cgml
 from multimodal_jax.models import cgml_nets
@@ -540,3 +541,17 @@ def test_a_z_network_that_learned_no_moves_leaves_the_samples_at_z0():
   np.testing.assert_allclose(samples_tT, samples_t0, atol=1e-6)  # z_T = z_0.
   recall_paper = cube_recall(sample_with(calibrate_step=False), x_B)
   assert recall_paper < recall_t0, (recall_t0, recall_paper)  # what the gain prevents
+
+
+def test_evaluating_a_run_recorded_before_a_config_key_existed_is_one_line(tmp_path):
+  """A run_info.json without `cgml.min_explained_move` (runs before it): one line naming the key, no traceback."""
+  config = load_config("toy3d,runlocal")
+  config.unlock()
+  del config.cgml["min_explained_move"]
+  spec = {"x": np.zeros((2, 1, 1, 1), np.float32), "y": np.zeros((2, 1, 1, 3), np.float32)}
+  inference.write_run_info(str(tmp_path), config, spec, imports=())
+  with pytest.raises(inference.RunPredatesCodeError,
+                     match=r"run_info\.json has no config key 'min_explained_move', which method 'cgml' reads "
+                           r"now: the run was trained by an older version .*; retrain it\.$"):
+    inference.load_trained(str(tmp_path))
+  assert issubclass(inference.RunPredatesCodeError, workdir_lib.WorkdirError)  # evaluate/sample: one line

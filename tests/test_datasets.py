@@ -174,6 +174,26 @@ def test_modes_are_uniform_and_layouts_varied():
   assert horizons.std() > 2
 
 
+def test_segments_data_draws_each_class_its_own_mode():
+  """toy_scenes `segments`: class c of an image is within the noise of mode_C[c]'s colour, modes independent."""
+  examples = [ts.make_example(0, 0, i, 32, 64, 12, independent_classes=True) for i in range(300)]
+  for e in examples[:20]:
+    assert e['mode'].shape == (ts.NUM_CLASSES,) and e['mode'].dtype == np.int32
+    clean = ts.render_class_modes(e['label'], e['mode'])
+    assert np.abs(e['image'] / 255.0 - clean).max() <= NOISE_BOUND
+  modes_ExC = np.stack([e['mode'] for e in examples])
+  # Independent: the sky's mode says nothing about the ground's (same mode 1/12 of the time, not always).
+  assert 0.03 < np.mean(modes_ExC[:, ts.SKY] == modes_ExC[:, ts.GROUND]) < 0.15
+  assert (np.bincount(modes_ExC.ravel(), minlength=12) > 100).all()  # 150 each expected
+  # One mode for every class is the one-mode render; the default data is unchanged by the option.
+  label = examples[0]['label']
+  np.testing.assert_array_equal(ts.render_class_modes(label, np.full(ts.NUM_CLASSES, 5)), ts.render_mode(label, 5))
+  default = ts.make_example(0, 0, 7, 32, 64, 12)
+  assert default['mode'].shape == () and default['mode'] == ts.make_example(0, 0, 7, 32, 64, 12)['mode']
+  with pytest.raises(ValueError, match="modes_C must be 6 modes in"):
+    ts.render_class_modes(label, np.arange(5))
+
+
 def test_label_to_rgb_works_on_batches():
   label_2xHxW = np.stack([np.zeros((4, 6), np.int32),
                           np.full((4, 6), ts.CAR)])

@@ -205,6 +205,47 @@ def test_mode_metrics_of_any_dataset_by_hand():
     metrics.mode_metrics(samples, modes, None)
 
 
+def test_segment_mode_metrics_count_modes_per_class_and_accept_mixed_images():
+  """Data whose classes draw their modes independently (toy_scenes `segments`): any mix of modes is precise."""
+  k, tolerance = toy_scenes.DEFAULT_NUM_MODES, registry.get_dataset("toy_scenes").mode_tolerance
+  labels = _layouts()
+  modes_BxKxHxWx3 = _toy_scenes_modes(labels)
+  rng = np.random.default_rng(0)
+  # Sample i renders class c in mode (i + shift_c) % K: every class shows all K modes, mixed in every image.
+  shift_C = rng.permutation(k)[:toy_scenes.NUM_CLASSES]
+  mixed = np.stack([[toy_scenes.render_class_modes(l, (i + shift_C) % k) for i in range(k)] for l in labels])
+  every = metrics.mode_metrics(mixed, modes_BxKxHxWx3, tolerance, segment_labels_BxHxW=labels)
+  assert every == {"mode_recall": 1.0, "mode_recall_nearest": 1.0, "mode_precision": 1.0}
+  # One-mode data's metric calls those same images imprecise: they are no single mode.
+  assert metrics.mode_metrics(mixed, modes_BxKxHxWx3, tolerance)["mode_precision"] == 0.0
+  one_mix = np.repeat(mixed[:, 2:3], k, axis=1)
+  assert metrics.mode_metrics(one_mix, modes_BxKxHxWx3, tolerance, segment_labels_BxHxW=labels) == pytest.approx(
+      {"mode_recall": 1 / k, "mode_recall_nearest": 1 / k, "mode_precision": 1.0})
+  blurry = np.repeat(modes_BxKxHxWx3.mean(axis=1, keepdims=True), k, axis=1)
+  blurry_out = metrics.mode_metrics(blurry, modes_BxKxHxWx3, tolerance, segment_labels_BxHxW=labels)
+  # The mean colour of the K modes lies within tolerance of one mode for an odd class: a stray hit, no more.
+  assert blurry_out["mode_recall"] < 0.02
+  assert blurry_out["mode_recall_nearest"] == pytest.approx(1 / k) and blurry_out["mode_precision"] == 0.0
+  # Rare modes: the first half of the K modes are hit by the first k/2 samples only.
+  rare_K = np.arange(k) >= k // 2
+  half = np.stack([[toy_scenes.render_class_modes(l, np.full(6, i % (k // 2))) for i in range(k)] for l in labels])
+  out = metrics.mode_metrics(half, modes_BxKxHxWx3, tolerance, rare_K, segment_labels_BxHxW=labels)
+  assert out["mode_recall"] == pytest.approx(0.5) and out["mode_recall_rare"] == 0.0
+
+
+def test_segment_mode_metrics_by_hand():
+  # One input, 1x2 pixels of classes 0 and 1; grey modes: class 0 at 0.2 / 0.8, class 1 at 0.5 / 0.9 (K = 2).
+  modes = np.array([[[[0.2], [0.5]], [[0.8], [0.9]]]], np.float32)[:, :, None]  # [1, 2, 1, 2, 1]
+  labels = np.array([[[0, 1]]])
+  # Sample 0: class 0 in mode 1, class 1 in mode 0 (a mix): e* = (0 + 0.01) / 2, precise at 0.05.
+  # Sample 1: class 0 at 0.5 (0.3 from either: no mode of class 0), class 1 in mode 1: e* = (0.3 + 0) / 2.
+  samples = np.array([[[[0.8], [0.51]], [[0.5], [0.9]]]], np.float32)[:, :, None]
+  assert metrics.segment_mode_metrics(samples, modes, labels, 0.05) == pytest.approx(
+      {"mode_recall": (1 / 2 + 2 / 2) / 2, "mode_recall_nearest": (2 / 2 + 2 / 2) / 2, "mode_precision": 1 / 2})
+  with pytest.raises(ValueError, match=r"labels \[B, H, W\] of one B, H, W, C"):
+    metrics.segment_mode_metrics(samples, modes, labels[:, :, :1], 0.05)
+
+
 def test_dataset_spec_with_true_modes_needs_a_tolerance():
   fields = dict(tfds_name="mine", builder_cls=None, train_split="train", eval_split="test",
                 make_transforms=lambda data_config, train: [], input_to_rgb=lambda x: x)
@@ -270,6 +311,23 @@ def test_real_toy_scenes_images_are_precise_and_nearest_their_mode(data_dir):
   # The colourisation variant's batches carry no layout: no modes to measure.
   config.data.name = "toy_scenes_colorization"
   assert evaluate_lib.true_modes_of_batch(config.data, {"x": batch["x"], "y": batch["y"]}) is None
+
+
+def test_real_segments_images_are_precise_per_segment_and_evaluate_knows_it(data_dir):
+  """toy_scenes `segments` through the pipeline: real images are precise only under the per-segment metric."""
+  config = _tiny_regression_config(data_dir)
+  config.data.builder_config = "segments_tiny"
+  batch = pipeline.load_eval_examples(config, 8)
+  assert batch["mode"].shape == (8, toy_scenes.NUM_CLASSES)
+  labels = evaluate_lib.segment_labels_of(config.data, batch)
+  np.testing.assert_array_equal(labels, batch["label"])
+  true_modes = evaluate_lib.true_modes_of_batch(config.data, batch)
+  tolerance = registry.get_dataset("toy_scenes").mode_tolerance
+  real = metrics.mode_metrics(batch["y"][:, None], true_modes, tolerance, segment_labels_BxHxW=labels)
+  assert real["mode_precision"] == 1.0
+  assert metrics.mode_metrics(batch["y"][:, None], true_modes, tolerance)["mode_precision"] < 0.5
+  config.data.builder_config = "tiny"  # one mode per image: the usual metric
+  assert evaluate_lib.segment_labels_of(config.data, pipeline.load_eval_examples(config, 2)) is None
 
 
 # ---------------------------------------------------------------- the CLIs, end to end

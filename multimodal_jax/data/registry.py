@@ -97,6 +97,10 @@ class DatasetSpec:
     mode_tolerance: a sample is "precise" when its mean absolute error to its
       nearest true mode is below this; required with `true_modes`, since only
       the dataset knows its noise level and how far apart its modes are.
+    independent_segments: tfds BuilderConfig -> bool, True where every class
+      of the layout draws its own mode: the true modes are then all K^|C|
+      combinations of the K modes' colours per class, and mode metrics are per
+      segment (`evaluation.metrics.segment_mode_metrics`).
   """
   tfds_name: str
   builder_cls: type | None
@@ -109,6 +113,7 @@ class DatasetSpec:
   true_modes: Callable[[np.ndarray, Any], np.ndarray] | None = None
   mode_tolerance: float | None = None
   mode_frequencies: Callable[[Any], np.ndarray] | None = None
+  independent_segments: Callable[[Any], bool] | None = None
 
   def __post_init__(self):
     if self.true_modes is not None and not (self.mode_tolerance or 0) > 0:

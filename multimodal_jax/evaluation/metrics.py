@@ -471,7 +471,8 @@ def mode_errors(samples_BxNxHxWxC, true_modes_BxKxHxWxC) -> np.ndarray:
 
 
 def mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, tolerance: float,
-                 rare_modes_K: np.ndarray | None = None) -> dict[str, float]:
+                 rare_modes_K: np.ndarray | None = None,
+                 segment_labels_BxHxW: np.ndarray | None = None) -> dict[str, float]:
   """Mode recall and precision of samples against the exactly known modes of each input.
 
   Each sample y~_ij is assigned to its nearest true mode
@@ -499,10 +500,16 @@ def mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, tolerance: float,
       least often (`DatasetSpec.mode_frequencies`): adds `mode_recall_rare`, the
       share of those modes hit by >= 1 precise sample (cimle_semantic_layouts
       §3.4: what rebalancing is for).
+    segment_labels_BxHxW: the layouts, for data whose classes draw their modes
+      independently (`DatasetSpec.independent_segments`): the metrics are then
+      `segment_mode_metrics`'.
 
   Returns:
     {'mode_recall', 'mode_recall_nearest', 'mode_precision'} (+ 'mode_recall_rare').
   """
+  if segment_labels_BxHxW is not None:
+    return segment_mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, segment_labels_BxHxW, tolerance,
+                                rare_modes_K)
   if tolerance is None or not tolerance > 0:
     raise ValueError(f"The mode tolerance must be > 0; got {tolerance}.")
   errors_BxNxK = mode_errors(samples_BxNxHxWxC, true_modes_BxKxHxWxC)
@@ -524,6 +531,76 @@ def mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, tolerance: float,
     if rare_K.shape != (num_modes,) or not rare_K.any():
       raise ValueError(f"rare_modes_K must be a boolean [{num_modes}] with at least one True; got {rare_K}.")
     out["mode_recall_rare"] = float(np.mean(hit_BxK[:, rare_K].sum(axis=1) / rare_K.sum()))
+  return out
+
+
+def segment_mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, labels_BxHxW, tolerance: float,
+                         rare_modes_K: np.ndarray | None = None) -> dict[str, float]:
+  """`mode_metrics` for data whose classes draw their modes independently (toy_scenes `segments`).
+
+  The true modes of input j are then every combination of the K modes'
+  colours per class: K^|C| images, too many to list, but the nearest is found
+  class by class. With e_ijkc = the mean absolute error of sample ij to mode k
+  over the pixels of class c, and a_jc the share of the image class c covers,
+
+    e*_ij        = sum_c a_jc min_k e_ijkc    the mean error to the nearest
+                                              combination (what `mode_errors`'
+                                              minimum is for one-mode data)
+    precision    = mean_{i,j} [e*_ij < tol]
+    recall       = mean_{j, c present} |{k : some i has k = argmin e_ijkc and e_ijkc < tol}| / K
+                   the share of each segment's K modes that some sample renders
+                   that segment in (exactly, within tol)
+    recall_nearest = the same without the tolerance
+
+  Args:
+    samples_BxNxHxWxC: N samples for each of B inputs.
+    true_modes_BxKxHxWxC: the K one-mode renders of each input; class c of
+      render k has mode k's colour of class c.
+    labels_BxHxW: the class ids of each input's layout.
+    tolerance: the precision threshold (the dataset's `mode_tolerance`).
+    rare_modes_K: optional boolean [K], the modes the training data draws least
+      often: adds `mode_recall_rare`, the same recall over those modes.
+
+  Returns:
+    {'mode_recall', 'mode_recall_nearest', 'mode_precision'} (+ 'mode_recall_rare').
+  """
+  if tolerance is None or not tolerance > 0:
+    raise ValueError(f"The mode tolerance must be > 0; got {tolerance}.")
+  _check_samples(samples_BxNxHxWxC)
+  samples = np.asarray(samples_BxNxHxWxC, np.float32)
+  modes = np.asarray(true_modes_BxKxHxWxC, np.float32)
+  labels = np.asarray(labels_BxHxW)
+  b, _, h, w, _ = samples.shape
+  if modes.ndim != 5 or modes.shape[:1] + modes.shape[2:] != (b,) + samples.shape[2:] or labels.shape != (b, h, w):
+    raise ValueError(f"segment_mode_metrics needs samples [B, N, H, W, C], true modes [B, K, H, W, C] and "
+                     f"labels [B, H, W] of one B, H, W, C; got {samples.shape}, {modes.shape}, {labels.shape}.")
+  num_modes, num_classes = modes.shape[1], int(labels.max()) + 1
+  rare_K = None if rare_modes_K is None else np.asarray(rare_modes_K, bool)
+  if rare_K is not None and (rare_K.shape != (num_modes,) or not rare_K.any()):
+    raise ValueError(f"rare_modes_K must be a boolean [{num_modes}] with at least one True; got {rare_K}.")
+  precise, recall, recall_nearest, recall_rare = [], [], [], []
+  for samples_NxHxWxC, modes_KxHxWxC, label_HxW in zip(samples, modes, labels):
+    one_hot_HWxC = np.eye(num_classes, dtype=np.float32)[label_HxW.reshape(-1)]
+    count_C = one_hot_HWxC.sum(axis=0)
+    present = count_C > 0
+    diff_NxKxHW = np.abs(samples_NxHxWxC[:, None] - modes_KxHxWxC[None]).mean(axis=-1).reshape(
+        samples_NxHxWxC.shape[0], num_modes, -1)
+    e_NxKxC = (diff_NxKxHW @ one_hot_HWxC)[..., present] / count_C[present]
+    best_NxC, nearest_NxC = e_NxKxC.min(axis=1), e_NxKxC.argmin(axis=1)
+    precise.append(best_NxC @ (count_C[present] / label_HxW.size) < tolerance)
+    hit_CxK = np.zeros((best_NxC.shape[1], num_modes), bool)
+    hit_nearest_CxK = np.zeros_like(hit_CxK)
+    for c in range(best_NxC.shape[1]):
+      hit_CxK[c, nearest_NxC[best_NxC[:, c] < tolerance, c]] = True
+      hit_nearest_CxK[c, nearest_NxC[:, c]] = True
+    recall.append(hit_CxK.mean())
+    recall_nearest.append(hit_nearest_CxK.mean())
+    if rare_K is not None:
+      recall_rare.append(hit_CxK[:, rare_K].mean())
+  out = {"mode_recall": float(np.mean(recall)), "mode_recall_nearest": float(np.mean(recall_nearest)),
+         "mode_precision": float(np.mean(np.concatenate(precise)))}
+  if rare_K is not None:
+    out["mode_recall_rare"] = float(np.mean(recall_rare))
   return out
 
 

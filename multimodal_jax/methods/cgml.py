@@ -158,7 +158,9 @@ def move_cosine(z_t_BxD: jax.Array, z_hat_BxD: jax.Array, z_next_BxD: jax.Array)
 
 def step_against_move(z_t_BxD: jax.Array, z_hat_BxD: jax.Array, rho_hat_B: jax.Array,
                       z_next_BxD: jax.Array) -> jax.Array:
-  """[3]: the means of s . m, ||s||^2 and ||m||^2, Eq. 4's step s = rho_hat u against the training move m = z_{t+1} - z_t.
+  """[3]: the means of s . m, ||s||^2 and ||m||^2: Eq. 4's step s = rho_hat u against the training move.
+
+  The training move is m = z_{t+1} - z_t.
 
   u = (z_hat - z_t) / ||z_hat - z_t|| (0 where Z predicts no move). E||g s - m||^2
   is least at g = E[s . m] / E[||s||^2] (the least-squares gain of Eq. 4's step
@@ -616,7 +618,8 @@ def _make_inference(parts: _Parts) -> tuple[Callable, dict[str, Callable]]:
     `sample`'s (t = T) to tell what Eq. 4 adds or loses.
     """
     h, skips = encode(state, x)
-    return images_of(state, x, h, skips, inferred_latents(state, h, rng, num_samples, run=lambda znet, h, z0, num_steps: z0))
+    z0_BxNxD = inferred_latents(state, h, rng, num_samples, run=lambda znet, h, z0, num_steps: z0)
+    return images_of(state, x, h, skips, z0_BxNxD)
 
   def decode(state, x, z_BxNxD):
     """Images for given codes: [B, N, H, W, C] (no Z-network iterations)."""
@@ -663,10 +666,12 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
 
   sample, extras = _make_inference(parts)
   model = config.model
+  step_text = (f"x the calibrated gain (0 below {cg.min_explained_move:g} explained)" if cg.calibrate_step
+               else "as in the paper")
   description = (f"cGML ({cg.task}, {model.name}, z on S^{cg.z_dim - 1}, l={cg.inner_steps}, "
                  f"z_0 best of M={cg.z_init_candidates}, Z {'sees' if model.znet_iteration_input else 'blind to'} t, "
                  f"beta={cg.z_step_size}, alpha={cg.momentum_scale}, T={cg.inference_steps}, "
-                 f"Eq. 4 step {f'x the calibrated gain (0 below {cg.min_explained_move:g} explained)' if cg.calibrate_step else 'as in the paper'}, "
+                 f"Eq. 4 step {step_text}, "
                  f"Lipschitz: {model.lipschitz} x{model.lipschitz_scale} (Z x{model.znet_lipschitz_scale}), "
                  f"{'with' if cg.use_momentum else 'without'} momentum)")
   return base.Method(
