@@ -495,6 +495,9 @@ def summary(result: dict[str, Any], seconds: float) -> str:
   if "noise_linking" in m:
     lines.append(f"  noise linking (change inside segment c / outside, n^c swept -1 -> 1, mean over classes) "
                  f"{m['noise_linking']:.3g}; mean change inside {m['noise_linking_inside']:.3g}")
+    per_class = [f"{k.split('/', 1)[1]} {v:.3g}" for k, v in m.items() if k.startswith("noise_linking/")]
+    if per_class:
+      lines.append(f"    per class: {', '.join(per_class)}")
   if "reality/mean_iou" in m:
     lines.append(f"  reality (segmented by a net trained on real images)  pixel accuracy "
                  f"{m['reality/pixel_accuracy']:.3f}, mean IoU {m['reality/mean_iou']:.3f}; real images: "

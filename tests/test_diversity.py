@@ -178,3 +178,19 @@ def test_a_run_recorded_before_noise_input_existed_still_loads_with_the_noise_in
           "label": jax.ShapeDtypeStruct((4, 32, 64), jnp.int32)}
   method = methods_base.make_method(old, spec, {})
   assert "gradation_0" in method.extras and "no noise input" not in method.description
+
+
+def test_evaluate_summary_names_each_class_ratio_and_per_segment_modes():
+  d = "mean_abs_pixel"
+  m = {"psnr_best": 15.0, "psnr_mean": 14.0, "ssim_best": 0.4, "ssim_mean": 0.3, f"diversity_{d}": 0.04,
+       **{metrics.fwv_key(d, s): 0.01 for s in metrics.FWV_SIGMAS},
+       "mode_recall": 0.01, "mode_recall_nearest": 0.39, "mode_precision": 0.0,
+       "noise_linking/sky": 9.08, "noise_linking/ground": 3.72, "noise_linking": 6.4, "noise_linking_inside": 0.117}
+  result = {"method": "diversity", "dataset": "toy_scenes", "step": 2000, "num_inputs": 64, "num_samples": 16,
+            "distance": d, "fwv_sigmas": list(metrics.FWV_SIGMAS), "num_modes": 12, "mode_samples": 64,
+            "modes_per_segment": True, "metrics": m, "workdir": "/w"}
+  text = evaluate.summary(result, 1.0)
+  assert "    per class: sky 9.08, ground 3.72\n" in text
+  assert "modes (K=12 per segment, drawn independently, 1/K=0.083, 64 samples per input)" in text
+  result["modes_per_segment"] = False
+  assert "modes (K=12, 1/K=0.083" in evaluate.summary(result, 1.0)
