@@ -43,7 +43,9 @@ There `:no_diversity` (pix2pix with the noise channel, no L_Div) changed a segme
 by 0.152 as its n^c swept (130% of the diversity run's 0.117), with ratio
 2.0/2.6/4.1/9.6/8.4/15.8, pairwise 0.063 and reality 0.767 (mIoU 0.50): on that
 machine L_Div made the noise more local and the images more real than the same
-G without it, and the gap is to the published base only.
+G without it, and the gap is to the published base only. Seed 1 there: the
+default 0.180 inside, ratio 4.6/4.6/6.1/16.8/17.2/20.7, reality 0.859 (3.6 points
+below the published base); `:no_diversity` 0.053 (29%), reality 0.843.
 Without normalisation a segment's noise stays in the segment (ratio >= 5 for every
 class but the ground, 4.96), but pix2pix alone then also follows the noise channel
 (inside change 57% of the diversity run's; with instance norm 27%): the GAN makes
