@@ -548,9 +548,9 @@ def _make_gen_step(parts: _Parts) -> base.StepFn:
   return gen_step
 
 
-def _make_inference(parts: _Parts) -> tuple[Callable, dict[str, Callable]]:
-  """(sample, extras): Eq. 4 inference from z_0 ~ U(S^n), its trajectory, codes and decoding."""
-  cg, task = parts.cg, parts.task
+def _make_latent_runs(parts: _Parts) -> tuple[Callable, Callable, Callable]:
+  """(inference_update, infer_latents, latent_trajectory): Eq. 4 once, T times, and T times kept."""
+  cg = parts.cg
 
   def inference_update(znet_params, h, z_BxD, t=0, gain=1.0):
     """Eq. 4 at iteration t (t matters only to a Z-network that sees it), its step times `gain`."""
@@ -574,6 +574,14 @@ def _make_inference(parts: _Parts) -> tuple[Callable, dict[str, Callable]]:
       return z_next, z_next
     _, zs_TxBxD = jax.lax.scan(body, z0_BxD, jnp.arange(num_steps))
     return jnp.concatenate([z0_BxD[:, None], jnp.moveaxis(zs_TxBxD, 0, 1)], axis=1)
+
+  return inference_update, infer_latents, latent_trajectory
+
+
+def _make_inference(parts: _Parts) -> tuple[Callable, dict[str, Callable]]:
+  """(sample, extras): Eq. 4 inference from z_0 ~ U(S^n), its trajectory, codes and decoding."""
+  cg, task = parts.cg, parts.task
+  inference_update, infer_latents, latent_trajectory = _make_latent_runs(parts)
 
   def images_of(state, x, h, skips, z_BxNxD):
     """Images for N codes per input: [B, N, H, W, C]."""
