@@ -385,6 +385,7 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
   distance_name, distance = make_eval_distance(weights_dir)
   spec = data_registry.get_dataset(dataset_name)
   true_modes_BxKxHxWxC = true_modes_of_batch(config.data, batch)
+  segment_labels_BxHxW = None if true_modes_BxKxHxWxC is None else segment_labels_of(config.data, batch)
   mode_samples_BxMxHxWxC = None
   if true_modes_BxKxHxWxC is not None:
     mode_samples_BxMxHxWxC = samples_BxNxHxWxC if mode_samples == num_samples else draw(mode_samples)
@@ -396,9 +397,9 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
                             true_modes_BxKxHxWxC, spec.mode_tolerance, mode_samples_BxMxHxWxC,
                             rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
                             rare_modes_K=None if true_modes_BxKxHxWxC is None else rare_modes_of(config.data),
-                            segment_labels_BxHxW=segment_labels_of(config.data, batch))
+                            segment_labels_BxHxW=segment_labels_BxHxW)
   scalars.update(_task_metrics(workdir, config, method, state, batch, samples_BxNxHxWxC, true_modes_BxKxHxWxC,
-                               scalars, distance_name, mode_samples, seed, reality_mode))
+                               scalars, distance_name, mode_samples, seed, reality_mode, segment_labels_BxHxW))
 
   result = {
       "workdir": os.path.abspath(workdir), "step": step, "method": config.method,
@@ -410,7 +411,7 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
   }
   if true_modes_BxKxHxWxC is not None:
     result.update(num_modes=int(true_modes_BxKxHxWxC.shape[1]), mode_tolerance=spec.mode_tolerance,
-                  modes_per_segment=segment_labels_of(config.data, batch) is not None)
+                  modes_per_segment=segment_labels_BxHxW is not None)
   result["metrics"] = scalars
   result["skipped"] = skipped
   if jax.process_index() == 0:
@@ -423,13 +424,13 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
 
 
 def _task_metrics(workdir, config, method, state, batch, samples_BxNxHxWxC, true_modes_BxKxHxWxC, scalars,
-                  distance_name, mode_samples, seed, reality_mode) -> dict[str, float]:
+                  distance_name, mode_samples, seed, reality_mode, segment_labels_BxHxW=None) -> dict[str, float]:
   """The metrics only some tasks have: cGML's t = 0 modes, the SR reference row, noise linking, reality."""
   spec = data_registry.get_dataset(config.data.name)
   out = {}
   if true_modes_BxKxHxWxC is not None and "initial_sample" in method.extras:
     out.update(initial_mode_metrics(method, state, batch, true_modes_BxKxHxWxC, spec.mode_tolerance,
-                                    mode_samples, seed, segment_labels_of(config.data, batch)))
+                                    mode_samples, seed, segment_labels_BxHxW))
   if metrics.is_super_resolution(batch["x"], batch["y"]):
     out.update(reference_row(scalars, distance_name, batch))
   if "label" in batch:

@@ -188,8 +188,15 @@ def test_segments_data_draws_each_class_its_own_mode():
   # One mode for every class is the one-mode render; the default data is unchanged by the option.
   label = examples[0]['label']
   np.testing.assert_array_equal(ts.render_class_modes(label, np.full(ts.NUM_CLASSES, 5)), ts.render_mode(label, 5))
+  # The default data keeps its draws: one mode per image, drawn right after the layout from the same stream.
+  rng = np.random.default_rng([0, 0, 7])
+  layout, mode = ts.sample_layout(rng, 32, 64), int(rng.integers(12))
+  noise = rng.uniform(-ts.NOISE_AMPLITUDE, ts.NOISE_AMPLITUDE, (32, 64, 1)).astype(np.float32)
   default = ts.make_example(0, 0, 7, 32, 64, 12)
-  assert default['mode'].shape == () and default['mode'] == ts.make_example(0, 0, 7, 32, 64, 12)['mode']
+  assert default['mode'].shape == () and default['mode'] == mode
+  np.testing.assert_array_equal(default['label'], layout)
+  np.testing.assert_array_equal(
+      default['image'], np.clip(np.round((ts.render_mode(layout, mode) + noise) * 255.0), 0, 255).astype(np.uint8))
   with pytest.raises(ValueError, match="modes_C must be 6 modes in"):
     ts.render_class_modes(label, np.arange(5))
 

@@ -470,6 +470,19 @@ def mode_errors(samples_BxNxHxWxC, true_modes_BxKxHxWxC) -> np.ndarray:
                    for samples_NxHxWxC, modes_KxHxWxC in zip(samples_BxNxHxWxC, true_modes_BxKxHxWxC)])
 
 
+def _check_tolerance(tolerance) -> None:
+  if tolerance is None or not tolerance > 0:
+    raise ValueError(f"The mode tolerance must be > 0; got {tolerance}.")
+
+
+def _rare_mask(rare_modes_K, num_modes: int) -> np.ndarray:
+  """rare_modes_K as a boolean [K] with at least one True, or a ValueError."""
+  rare_K = np.asarray(rare_modes_K, bool)
+  if rare_K.shape != (num_modes,) or not rare_K.any():
+    raise ValueError(f"rare_modes_K must be a boolean [{num_modes}] with at least one True; got {rare_K}.")
+  return rare_K
+
+
 def mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, tolerance: float,
                  rare_modes_K: np.ndarray | None = None,
                  segment_labels_BxHxW: np.ndarray | None = None) -> dict[str, float]:
@@ -510,8 +523,7 @@ def mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, tolerance: float,
   if segment_labels_BxHxW is not None:
     return segment_mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, segment_labels_BxHxW, tolerance,
                                 rare_modes_K)
-  if tolerance is None or not tolerance > 0:
-    raise ValueError(f"The mode tolerance must be > 0; got {tolerance}.")
+  _check_tolerance(tolerance)
   errors_BxNxK = mode_errors(samples_BxNxHxWxC, true_modes_BxKxHxWxC)
   num_modes = errors_BxNxK.shape[-1]
   nearest_BxN = np.argmin(errors_BxNxK, axis=-1)
@@ -527,9 +539,7 @@ def mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, tolerance: float,
       "mode_precision": float(np.mean(precise_BxN)),
   }
   if rare_modes_K is not None:
-    rare_K = np.asarray(rare_modes_K, bool)
-    if rare_K.shape != (num_modes,) or not rare_K.any():
-      raise ValueError(f"rare_modes_K must be a boolean [{num_modes}] with at least one True; got {rare_K}.")
+    rare_K = _rare_mask(rare_modes_K, num_modes)
     out["mode_recall_rare"] = float(np.mean(hit_BxK[:, rare_K].sum(axis=1) / rare_K.sum()))
   return out
 
@@ -564,8 +574,7 @@ def segment_mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, labels_BxHxW, 
   Returns:
     {'mode_recall', 'mode_recall_nearest', 'mode_precision'} (+ 'mode_recall_rare').
   """
-  if tolerance is None or not tolerance > 0:
-    raise ValueError(f"The mode tolerance must be > 0; got {tolerance}.")
+  _check_tolerance(tolerance)
   _check_samples(samples_BxNxHxWxC)
   samples = np.asarray(samples_BxNxHxWxC, np.float32)
   modes = np.asarray(true_modes_BxKxHxWxC, np.float32)
@@ -575,9 +584,7 @@ def segment_mode_metrics(samples_BxNxHxWxC, true_modes_BxKxHxWxC, labels_BxHxW, 
     raise ValueError(f"segment_mode_metrics needs samples [B, N, H, W, C], true modes [B, K, H, W, C] and "
                      f"labels [B, H, W] of one B, H, W, C; got {samples.shape}, {modes.shape}, {labels.shape}.")
   num_modes, num_classes = modes.shape[1], int(labels.max()) + 1
-  rare_K = None if rare_modes_K is None else np.asarray(rare_modes_K, bool)
-  if rare_K is not None and (rare_K.shape != (num_modes,) or not rare_K.any()):
-    raise ValueError(f"rare_modes_K must be a boolean [{num_modes}] with at least one True; got {rare_K}.")
+  rare_K = None if rare_modes_K is None else _rare_mask(rare_modes_K, num_modes)
   precise, recall, recall_nearest, recall_rare = [], [], [], []
   for samples_NxHxWxC, modes_KxHxWxC, label_HxW in zip(samples, modes, labels):
     one_hot_HWxC = np.eye(num_classes, dtype=np.float32)[label_HxW.reshape(-1)]
