@@ -43,6 +43,10 @@ metric that applies to the dataset (evaluation/metrics.py):
                                Fig. 2-3 as a number; `metrics.noise_linking`), per class
                                and averaged over classes (`noise_linking_inside`: the
                                inside change itself)
+  noise_linking_beyond_rim/    the same ratio with "outside" taken beyond 2 px of segment
+  <class>                      c: how much of the outside change is the rim a generator's
+                               last upsampling blurs (a diagnostic; at 32x64 the rim is a
+                               large share of a big segment's surroundings)
 
 `--num_inputs=100 --num_samples=100` is the papers' protocol: the ICCV'19 Table 1
 variance over 100 samples of each of 100 layouts, and the IJCV 40 pairs of
@@ -232,6 +236,9 @@ def compute_metrics(samples_BxNxHxWxC: np.ndarray, batch: dict[str, np.ndarray],
 
 
 NOISE_LINKING_STEPS = 9
+# The diagnostic `noise_linking_beyond_rim/<class>`: the ratio without the pixels this close to the segment.
+NOISE_LINKING_RIM_PX = 2.0
+BEYOND_RIM = "noise_linking_beyond_rim"
 REALITY_CHOICES = ("auto", "on", "off")
 
 
@@ -280,6 +287,9 @@ def noise_linking_metrics(method, state, batch: dict[str, np.ndarray], class_nam
       out[f"noise_linking/{name}"] = inside / max(outside, 1e-6)
       ratios.append(out[f"noise_linking/{name}"])
       insides.append(inside)
+      _, beyond = metrics.noise_linking(sweep, batch["label"], c, rim_px=NOISE_LINKING_RIM_PX)
+      if np.isfinite(beyond):
+        out[f"{BEYOND_RIM}/{name}"] = inside / max(beyond, 1e-6)
   if ratios:
     out["noise_linking"] = float(np.mean(ratios))
     out["noise_linking_inside"] = float(np.mean(insides))
@@ -499,6 +509,9 @@ def summary(result: dict[str, Any], seconds: float) -> str:
     per_class = [f"{k.split('/', 1)[1]} {v:.3g}" for k, v in m.items() if k.startswith("noise_linking/")]
     if per_class:
       lines.append(f"    per class: {', '.join(per_class)}")
+    beyond = [f"{k.split('/', 1)[1]} {v:.3g}" for k, v in m.items() if k.startswith(f"{BEYOND_RIM}/")]
+    if beyond:
+      lines.append(f"    outside taken beyond a {NOISE_LINKING_RIM_PX:g}-px rim of the segment: {', '.join(beyond)}")
   if "reality/mean_iou" in m:
     lines.append(f"  reality (segmented by a net trained on real images)  pixel accuracy "
                  f"{m['reality/pixel_accuracy']:.3f}, mean IoU {m['reality/mean_iou']:.3f}; real images: "

@@ -58,6 +58,30 @@ def test_noise_linking_separates_inside_from_outside():
   assert np.isnan(metrics.noise_linking(sweep, label, 3)[0])
 
 
+def test_noise_linking_beyond_the_rim_leaves_out_the_pixels_near_the_segment():
+  label = np.zeros((1, 6, 6), np.int64)
+  label[0, :2] = 1
+  sweep = np.zeros((1, 2, 6, 6, 3), np.float32)
+  sweep[0, 1, :2] = 0.5  # inside
+  sweep[0, 1, 2:4] = 0.1  # rows 2 and 3: 1 and 2 px from the segment
+  sweep[0, 1, 4:] = 0.01  # rows 4 and 5: 3 and 4 px away
+  np.testing.assert_allclose(metrics.noise_linking(sweep, label, 1), [0.5, 0.055], rtol=1e-5)
+  np.testing.assert_allclose(metrics.noise_linking(sweep, label, 1, rim_px=2.0), [0.5, 0.01], rtol=1e-5)
+  np.testing.assert_allclose(metrics.noise_linking(sweep, label, 1, rim_px=1.0), [0.5, 0.04], rtol=1e-5)
+
+
+def test_within_distance_is_a_euclidean_disc_per_image():
+  mask = np.zeros((2, 9, 9), bool)
+  mask[0, 4, 4] = True
+  mask[1, 0, 8] = True
+  for radius, count in [(1.0, 5), (1.5, 9), (2.0, 13), (2.9, 25)]:
+    near = metrics.within_distance(mask, radius)
+    assert near[0].sum() == count, radius
+    yy, xx = np.mgrid[:9, :9]
+    np.testing.assert_array_equal(near[0], (yy - 4) ** 2 + (xx - 4) ** 2 <= radius ** 2)
+    np.testing.assert_array_equal(near[1], yy ** 2 + (xx - 8) ** 2 <= radius ** 2)  # clipped at the corner
+
+
 def _train(arg, steps, beta=None):
   config, _ = load_config(CONFIG, arg)
   with config.unlocked():
@@ -185,12 +209,14 @@ def test_evaluate_summary_names_each_class_ratio_and_per_segment_modes():
   m = {"psnr_best": 15.0, "psnr_mean": 14.0, "ssim_best": 0.4, "ssim_mean": 0.3, f"diversity_{d}": 0.04,
        **{metrics.fwv_key(d, s): 0.01 for s in metrics.FWV_SIGMAS},
        "mode_recall": 0.01, "mode_recall_nearest": 0.39, "mode_precision": 0.0,
-       "noise_linking/sky": 9.08, "noise_linking/ground": 3.72, "noise_linking": 6.4, "noise_linking_inside": 0.117}
+       "noise_linking/sky": 9.08, "noise_linking/ground": 3.72, "noise_linking": 6.4, "noise_linking_inside": 0.117,
+       "noise_linking_beyond_rim/sky": 14.4, "noise_linking_beyond_rim/ground": 8.44}
   result = {"method": "diversity", "dataset": "toy_scenes", "step": 2000, "num_inputs": 64, "num_samples": 16,
             "distance": d, "fwv_sigmas": list(metrics.FWV_SIGMAS), "num_modes": 12, "mode_samples": 64,
             "modes_per_segment": True, "metrics": m, "workdir": "/w"}
   text = evaluate.summary(result, 1.0)
   assert "    per class: sky 9.08, ground 3.72\n" in text
+  assert "    outside taken beyond a 2-px rim of the segment: sky 14.4, ground 8.44\n" in text
   assert "modes (K=12 per segment, drawn independently, 1/K=0.083, 64 samples per input)" in text
   result["modes_per_segment"] = False
   assert "modes (K=12, 1/K=0.083" in evaluate.summary(result, 1.0)

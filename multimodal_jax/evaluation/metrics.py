@@ -621,7 +621,21 @@ def rare_modes(frequencies_K: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------ noise linking
 
 
-def noise_linking(sweep_BxTxHxWxC, labels_BxHxW, c: int) -> tuple[float, float]:
+def within_distance(mask_BxHxW, radius: float) -> np.ndarray:
+  """The pixels within Euclidean distance `radius` of a True pixel of the same image (the mask included)."""
+  mask = np.asarray(mask_BxHxW, bool)
+  out = mask.copy()
+  r = int(np.floor(radius))
+  h, w = mask.shape[1:]
+  padded = np.pad(mask, ((0, 0), (r, r), (r, r)))
+  for dy in range(-r, r + 1):
+    for dx in range(-r, r + 1):
+      if 0 < dy * dy + dx * dx <= radius * radius:
+        out |= padded[:, r + dy:r + dy + h, r + dx:r + dx + w]
+  return out
+
+
+def noise_linking(sweep_BxTxHxWxC, labels_BxHxW, c: int, rim_px: float = 0.0) -> tuple[float, float]:
   """(change inside segment c, change outside it) along a sweep of n^c (diversity_loss_yang_liu_cai §IV-B).
 
   The change of a pixel is its total variation along the sweep,
@@ -629,6 +643,8 @@ def noise_linking(sweep_BxTxHxWxC, labels_BxHxW, c: int) -> tuple[float, float]:
   pixels whose label is / is not c, over the inputs where c is present (NaN
   when it is present nowhere). A noise entry linked to its segment (Fig. 2-3)
   changes the inside and leaves the outside alone: inside / outside >> 1.
+  `rim_px` > 0 leaves out of "outside" the pixels within that distance of
+  segment c (its rim, which a generator's last upsampling blurs into).
   """
   sweep = np.asarray(sweep_BxTxHxWxC, np.float32)
   labels = np.asarray(labels_BxHxW)
@@ -640,6 +656,6 @@ def noise_linking(sweep_BxTxHxWxC, labels_BxHxW, c: int) -> tuple[float, float]:
   if not present.any():
     return float("nan"), float("nan")
   inside = labels[present] == c
+  outside = ~(within_distance(inside, rim_px) if rim_px > 0 else inside)
   values = change_BxHxW[present]
-  outside = float(values[~inside].mean()) if (~inside).any() else float("nan")
-  return float(values[inside].mean()), outside
+  return float(values[inside].mean()), float(values[outside].mean()) if outside.any() else float("nan")
