@@ -102,7 +102,13 @@ dropped the noise: inside change 0.0086 with L_Div, 0.0074 (86%) without it;
 pairwise 0.013; ratio sky 4.7; reality 0.864. With zeros in the noise channel it
 scored 0.862. `:no_diversity` (no head) on the same machine, seed 2, changed a
 segment by 0.073 (75% of the default's; ratio 8.1/5.0/10.6/32.9/20.7/28.5),
-pairwise 0.027, reality 0.847.
+pairwise 0.027, reality 0.847. `:no_diversity` seed 0 there: 0.055 (57%), ratio
+9.2/7.5/10.5/24.2/21.3/38.1, pairwise 0.022, reality 0.880; the default seed 1:
+0.099, ratio 11.8/4.07/12.7/31.2/17.0/38.0 (beyond the rim 32/10.0/29.8/96/28/95),
+pairwise 0.035, reality 0.834. `:no_noise_input` (dropout only) seed 0 on that
+machine type did not show the known failure: pairwise 0.042 (more than the
+diversity run's 0.034), reality 0.816 (mIoU 0.55), where the other machine type
+measured 0.0030: whether pix2pix's dropout noise survives is left to the run.
 `evaluate` reports the noise-linking ratio (mean change inside segment c over
 the mean change outside it as n^c sweeps -1 -> 1, per class and averaged),
 the reality of the samples under a segmentation network trained on the real
