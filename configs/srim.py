@@ -79,6 +79,7 @@ def get_config(arg=None):
   config.imle.minibatch_size = 8  # |S~|
   config.imle.code_channels = 5  # IJCV §5.1.4
   config.imle.perturbation = 0.1  # std of the noise added to a selected code (SRIM-pytorch)
+  config.imle.stratified_codes = False
   config.imle.zero_code_steps = 300  # z = 0 before this step (§5.1.1 pretraining)
   config.imle.bilinear_from_step = 300  # nearest-neighbour upsampling before, bilinear after; -1: never
   config.imle.calibration_examples = 16  # real targets for equal-contribution distance weights

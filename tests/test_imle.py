@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 import tensorflow_datasets as tfds
 
 from conftest import REPO
@@ -134,6 +135,67 @@ def test_selection_is_deterministic_given_the_rng_and_perturbs_the_chosen_code()
   np.testing.assert_array_equal(p.distances, a.distances)
   noise = np.asarray(p.latents - a.latents)
   assert abs(noise.std() - 0.1) < 0.01 and abs(noise.mean()) < 0.01
+
+
+def test_code_lattice_spreads_its_points_on_the_torus():
+  g = imle_selection.code_lattice(16, 2)
+  # The Korobov generator h = 3: points (j, 3j) / 16, nearest pair sqrt(1 + 3^2) / 16 apart on the
+  # torus, against sqrt(2) / 16 for the diagonal h = 1.
+  np.testing.assert_array_equal(g * 16, np.stack([np.arange(16), 3 * np.arange(16) % 16], axis=1))
+  np.testing.assert_array_equal(imle_selection.code_lattice(5, 1)[:, 0], np.arange(5) / 5)
+  for m, d in [(16, 2), (10, 3), (50, 20)]:
+    g = imle_selection.code_lattice(m, d)
+    assert g.shape == (m, d) and g.min() >= 0 and g.max() < 1
+    assert len({tuple(p) for p in g.tolist()}) == m
+
+
+def test_stratified_codes_are_normal_and_one_per_stratum():
+  """Each code is N(0, I) (a uniformly shifted lattice through the normal quantile); in 1-D the m
+  codes of an input fall one in each of the m equal-probability strata."""
+  m, ids = 8, np.arange(400)
+  lattice = jnp.asarray(imle_selection.code_lattice(m, 1), jnp.float32)
+  z = np.asarray(imle_selection.draw_latents(jax.random.PRNGKey(0), ids, np.arange(m), (1,), lattice))
+  strata = np.floor(scipy_stats.norm.cdf(z[..., 0]) * m).astype(int)
+  np.testing.assert_array_equal(np.sort(strata, axis=1), np.tile(np.arange(m), (len(ids), 1)))
+  assert scipy_stats.kstest(z[:, 3, 0], "norm").pvalue > 0.01  # one sample index across inputs
+  assert scipy_stats.kstest(z.ravel(), "norm").pvalue > 0.01
+  # 2-D: the codes of input b are the lattice shifted by u_b (mod 1) in quantile space.
+  lattice = imle_selection.code_lattice(m, 2)
+  z = np.asarray(imle_selection.draw_latents(jax.random.PRNGKey(1), ids[:5], np.arange(m), (2,),
+                                             jnp.asarray(lattice, jnp.float32)))
+  u = scipy_stats.norm.cdf(z.astype(np.float64))
+  np.testing.assert_allclose(np.mod(u - u[:, :1] + 1e-6, 1.0) - 1e-6, np.broadcast_to(lattice, u.shape),
+                             atol=1e-5)
+
+
+def test_stratified_codes_leave_fewer_regions_of_the_code_plane_unsampled():
+  """12 wedges of equal probability around the origin (the cells of layout_imle's 2-number code):
+  16 independent codes miss a given wedge (11/12)^16 = 25% of the time, a shifted lattice rarely."""
+  ids, m = np.arange(500), 16
+  missed = {}
+  for name, lattice in [("iid", None), ("lattice", jnp.asarray(imle_selection.code_lattice(m, 2)))]:
+    z = np.asarray(imle_selection.draw_latents(jax.random.PRNGKey(0), ids, np.arange(m), (2,), lattice))
+    wedge = np.floor((np.arctan2(z[..., 1], z[..., 0]) + np.pi) / (2 * np.pi / 12)).astype(int) % 12
+    hit = np.zeros((len(ids), 12), bool)
+    np.put_along_axis(hit, wedge, True, axis=1)
+    missed[name] = 1.0 - hit.mean()
+  assert abs(missed["iid"] - (11 / 12) ** 16) < 0.02, missed
+  assert missed["lattice"] < 0.1, missed
+
+
+def test_stratified_selection_does_not_depend_on_chunking():
+  distance = pixel_l2()
+  x, y, _ = toy_batch(b=6, seed=1)
+  run = lambda chunk, blocks: jax.jit(lambda x, y: imle_selection.select_nearest_latents(
+      toy_generate, distance, x, y, jax.random.PRNGKey(3), num_samples=10, latent_shape=LATENT,
+      chunk_size=chunk, example_blocks=blocks, stratified=True))(x, y)
+  ref = run(10, 1)
+  iid = select(distance, x, y, None, jax.random.PRNGKey(3), num_samples=10)
+  assert not np.array_equal(np.asarray(ref.latents), np.asarray(iid.latents))
+  for chunk, blocks in [(3, 1), (4, 2), (7, 6)]:
+    got = run(chunk, blocks)
+    np.testing.assert_array_equal(got.indices, ref.indices, err_msg=f"chunk {chunk}, blocks {blocks}")
+    np.testing.assert_array_equal(got.latents, ref.latents)
 
 
 def test_selection_sharded_over_four_devices_matches_one_and_communicates_nothing(tmp_path):

@@ -22,6 +22,24 @@ This module computes sigma for a whole batch at once:
 The optional perturbation of the chosen code (the authors' SRIM-pytorch
 `sample_perturbation_magnitude`, 0.1) adds perturbation * N(0, I).
 
+Stratified codes (`stratified=True`, `imle.stratified_codes`). Alg. 1 draws
+the m codes of an input independently. With a finite m that makes the
+objective, E_y[min_j L(T(x, z_j), y)], reward *hedges*: outputs between the
+modes. When no code of an input's m falls in the region of mode A
+((1 - p_A)^m of the time: 25% for 12 equal modes and m = 16), the nearest
+sample to an A target is a blend of A and its neighbour rather than another
+mode, so the optimum keeps some mass on blends (a one-hedge model of 12 modes
+with the hedge at half the mode distance: 14% of the mass at m = 16, 7% at
+m = 32). Alg. 1 l. 4 asks only that each code be N(0, I); drawing the m codes
+of an input as one randomly shifted rank-1 lattice mapped through the normal
+quantile (randomised quasi-Monte Carlo, `code_lattice`, `draw_latents`) keeps
+that, but spreads them evenly, so every region of probability >= ~1/m holds
+one: 12 equal wedges of the plane are missed 6.5% of the time, not 25%. The
+hedges stop paying, and on toy_scenes (configs/layout_imle.py) precision rose
+from 0.70 to 0.88 with recall 0.94 -> 0.99. Sampling after training is
+unchanged (z ~ N(0, I)). Useful where the code is low-dimensional; in many
+dimensions a lattice of m points spreads little further than m free draws.
+
 Mixed precision: `generate` may compute in bfloat16, but it returns float32
 images and the distance compares float32 features, so the running minimum,
 the argmin and the codes are float32 (a bfloat16 distance would tie samples
@@ -34,17 +52,21 @@ divisor of m whose compiled selection (`peak_bytes` of its
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
 from flax import struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from multimodal_jax.losses import perceptual
 
 # (x [N, ...], z [N, *latent_shape]) -> samples [N, H, W, C] in [0, 1].
 GenerateFn = Callable[[jax.Array, jax.Array], jax.Array]
+# Lattice points are kept this far inside (0, 1), where the normal quantile is finite (|z| < 5.3).
+_UNIFORM_EPS = 1e-7
 
 
 @struct.dataclass
@@ -64,20 +86,61 @@ class Selection:
   mean_distances: jax.Array
 
 
-def draw_latents(rng: jax.Array, example_ids_B: jax.Array, sample_ids_C: jax.Array,
-                 latent_shape: tuple[int, ...]) -> jax.Array:
-  """Codes z_BxCx... with z[b, c] = normal(fold_in(fold_in(rng, example b), sample c)).
+@functools.lru_cache(maxsize=None)
+def code_lattice(num_samples: int, dim: int) -> np.ndarray:
+  """A rank-1 lattice of m points in [0, 1)^dim: g_j = frac(j a / m), a = (1, h, h^2, ...) mod m.
 
-  Keyed by (example, sample) index, so any chunking draws the same codes.
+  The Korobov generator h is the one (of those coprime with m) whose points lie
+  farthest apart on the torus, so every region of probability >= ~1/m holds a
+  point; with h coprime with m every coordinate takes each of the m values
+  j / m once. `draw_latents` shifts it by a uniform random vector per example
+  and maps it through the normal quantile: each code is still exactly N(0, I),
+  but the m codes of one input spread evenly over the code space instead of
+  clustering as independent draws do. Read-only (cached).
   """
-  def one(i, j):
-    return jax.random.normal(jax.random.fold_in(jax.random.fold_in(rng, i), j), latent_shape)
-  return jax.vmap(lambda i: jax.vmap(lambda j: one(i, j))(sample_ids_C))(example_ids_B)
+  j_M = np.arange(num_samples)
+  best, best_gap = None, -1.0
+  for h in range(1, max(num_samples, 2)):
+    if math.gcd(h, num_samples) != 1:
+      continue
+    a_D = np.array([pow(h, k, num_samples) for k in range(dim)])
+    g_MxD = (j_M[:, None] * a_D) % num_samples / num_samples
+    # A lattice is a group: its closest pair is as close as the point closest to g_0 = 0.
+    wrapped = np.minimum(g_MxD[1:], 1.0 - g_MxD[1:])
+    gap = float(np.sqrt(np.sum(wrapped**2, axis=-1)).min()) if num_samples > 1 else 0.0
+    if gap > best_gap:
+      best, best_gap = g_MxD, gap
+  best.setflags(write=False)
+  return best
+
+
+def draw_latents(rng: jax.Array, example_ids_B: jax.Array, sample_ids_C: jax.Array,
+                 latent_shape: tuple[int, ...], lattice_MxD: jax.Array | None = None) -> jax.Array:
+  """Codes z_BxCx... keyed by (example, sample) index, so any chunking draws the same codes.
+
+  Independent (lattice None): z[b, c] = normal(fold_in(fold_in(rng, example b), sample c)).
+  Stratified (a `code_lattice` of m points): z[b, c] = Phi^-1(frac(u_b + g_c)), u_b ~
+  U[0, 1)^D from fold_in(rng, example b): every code is N(0, I), the m codes of
+  one input a randomly shifted lattice.
+  """
+  if lattice_MxD is None:
+    def one(i, j):
+      return jax.random.normal(jax.random.fold_in(jax.random.fold_in(rng, i), j), latent_shape)
+    return jax.vmap(lambda i: jax.vmap(lambda j: one(i, j))(sample_ids_C))(example_ids_B)
+  num_points, dim = lattice_MxD.shape
+  g_CxD = lattice_MxD[sample_ids_C % num_points]  # an overhanging last chunk repeats points (masked later)
+
+  def shifted(i):
+    u_CxD = jnp.mod(jax.random.uniform(jax.random.fold_in(rng, i), (dim,)) + g_CxD, 1.0)
+    u_CxD = jnp.clip(u_CxD, _UNIFORM_EPS, 1.0 - _UNIFORM_EPS)
+    return jax.scipy.special.ndtri(u_CxD).reshape((g_CxD.shape[0],) + latent_shape)
+  return jax.vmap(shifted)(example_ids_B)
 
 
 def _select_block(generate: GenerateFn, distance: perceptual.Distance, x_BxX: jax.Array,
                   y_BxHxWxC: jax.Array, ids_B: jax.Array, mask_B: jax.Array | None, rng: jax.Array,
-                  num_samples: int, chunk_size: int, latent_shape: tuple[int, ...], zero_codes: bool):
+                  num_samples: int, chunk_size: int, latent_shape: tuple[int, ...], zero_codes: bool,
+                  lattice_MxD: jax.Array | None):
   """Alg. 1 lines 5-7 for one block of B examples: (best z, best d, best j, mean d)."""
   b = x_BxX.shape[0]
   num_chunks = math.ceil(num_samples / chunk_size)
@@ -91,7 +154,7 @@ def _select_block(generate: GenerateFn, distance: perceptual.Distance, x_BxX: ja
     if zero_codes:
       z_BxC = jnp.zeros((b, chunk_size) + latent_shape, jnp.float32)
     else:
-      z_BxC = draw_latents(rng, ids_B, sample_ids_C, latent_shape)
+      z_BxC = draw_latents(rng, ids_B, sample_ids_C, latent_shape, lattice_MxD)
     # Batch-major flattening keeps a batch-sharded x sharded (see module docstring).
     x_BC = jnp.broadcast_to(x_BxX[:, None], (b, chunk_size) + x_BxX.shape[1:]).reshape(
         (b * chunk_size,) + x_BxX.shape[1:])
@@ -121,7 +184,8 @@ def select_nearest_latents(generate: GenerateFn, distance: perceptual.Distance, 
                            y_BxHxWxC: jax.Array, rng: jax.Array, *, num_samples: int,
                            latent_shape: tuple[int, ...], chunk_size: int | None = None,
                            perturbation: float = 0.0, example_blocks: int = 1, num_shards: int = 1,
-                           mask: jax.Array | None = None, zero_codes: bool = False) -> Selection:
+                           mask: jax.Array | None = None, zero_codes: bool = False,
+                           stratified: bool = False) -> Selection:
   """sigma(i) = argmin_j L(T(x_i, z_{i,j}), y_i) for every i of the batch (IJCV Alg. 1, l. 4-8).
 
   Call it inside jit (the IMLE select step); it closes over nothing large.
@@ -146,6 +210,8 @@ def select_nearest_latents(generate: GenerateFn, distance: perceptual.Distance, 
     mask: optional per-pixel distance weights [B, H, W(, 1)].
     zero_codes: draw nothing, every code is z = 0 (SRIM's deterministic
       pretraining, §5.1.1: with num_samples=1 this evaluates L(T(x, 0), y)).
+    stratified: draw each input's m codes as a randomly shifted `code_lattice`
+      (`draw_latents`) instead of independently.
 
   Returns:
     A `Selection` (latents, distances, indices, mean_distances), one row per input.
@@ -157,9 +223,11 @@ def select_nearest_latents(generate: GenerateFn, distance: perceptual.Distance, 
   latent_shape = tuple(latent_shape)
   rng_codes, rng_perturb = jax.random.split(rng)
   ids_B = jnp.arange(batch)
+  lattice_MxD = (jnp.asarray(code_lattice(num_samples, math.prod(latent_shape)), jnp.float32)
+                 if stratified and not zero_codes else None)
   select = lambda x_, y_, ids_, mask_: _select_block(generate, distance, x_, y_, ids_, mask_, rng_codes,
                                                      num_samples, chunk_size, latent_shape,
-                                                     zero_codes)
+                                                     zero_codes, lattice_MxD)
   if example_blocks <= 1:
     z, d, j, mean_d = select(x, y_BxHxWxC, ids_B, mask)
   else:

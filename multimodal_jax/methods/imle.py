@@ -10,6 +10,9 @@ One round of the training loop is one outer iteration k of Algorithm 1:
     permutation of S (a random mini-batch S~ of S, covering S evenly) and
     makes one Adam step on mean_{i in S~} L(T(x_i, z_sigma(i)), y_i).
 `state.step` counts updates, so re-selection happens every L steps.
+`imle.stratified_codes` draws each input's m codes as one randomly shifted
+lattice of N(0, I) codes instead of m independent ones (losses/imle_selection.py:
+why finite-m selection otherwise rewards blends between modes).
 
 SRIM's schedule (§5.1.1), as functions of `state.step` inside the compiled
 steps (no recompilation):
@@ -308,7 +311,7 @@ def _make_select_step(parts: _Parts) -> base.StepFn:
 
     def search(_):
       s = kernel(generate, num_samples=imle.num_samples, chunk_size=parts.chunk_size,
-                 perturbation=imle.perturbation)
+                 perturbation=imle.perturbation, stratified=imle.stratified_codes)
       return s.latents, s.distances, s.mean_distances
 
     def zero_codes(_):  # deterministic pretraining: T(x, 0), nothing to search
@@ -409,7 +412,7 @@ def _auto_chunk_size(parts: _Parts, batch_spec: base.Batch, frozen: PyTree) -> t
     return imle_selection.select_nearest_latents(
         lambda x_, z_: parts.apply(params, x_, z_, step), parts.distance("selection", frozen), x, y, rng,
         num_samples=imle.num_samples, latent_shape=parts.latent_shape, chunk_size=chunk_size,
-        example_blocks=imle.example_blocks, perturbation=imle.perturbation)
+        example_blocks=imle.example_blocks, perturbation=imle.perturbation, stratified=imle.stratified_codes)
 
   jitted = jax.jit(select, static_argnums=6)
   memory_at = lambda chunk: imle_selection.peak_bytes(jitted.lower(
@@ -488,7 +491,9 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   name = config.model.name if generator is None else type(generator).__name__
   description = (f"conditional IMLE (IJCV Alg. 1): |S|={parts.pool_size}, m={imle.num_samples} "
                  f"(chunks of {chunk_note}), L={imle.updates_per_selection}, "
-                 f"|S~|={imle.minibatch_size}, code {latent_shape}, z=0 for steps < {imle.zero_code_steps}, "
+                 f"|S~|={imle.minibatch_size}, code {latent_shape} "
+                 f"({'stratified' if imle.stratified_codes else 'independent'} draws), "
+                 f"z=0 for steps < {imle.zero_code_steps}, "
                  f"bilinear from step {imle.bilinear_from_step}, generator {name}, rebalancing: "
                  f"{'dataset' if imle.rebalance_dataset else 'no dataset'}, "
                  f"{'loss' if imle.rebalance_loss else 'no loss'} (§3.4); "
