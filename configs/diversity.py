@@ -21,6 +21,8 @@ alpha = 100) + the diversity loss (beta = 0.1, lambda_c = 0.3, §IV-A) on
   :segments      toy_scenes `segments`: every class draws its own mode, so a segment's appearance
                  is independent of the others' (the paper's premise, §III-C); combines with the
                  above (`segments,no_diversity`); mode metrics per segment
+  :one_mode      toy_scenes `one_mode`: one appearance, the image a function of the layout (as a
+                 set of one photo per layout is to a network that fits it); combines as :segments
   :facades       CMP Facades (data/facades.py, manual_dir; 400/100/106, 286 resize + random 256
                  crop + flip), the 256x256 U-Net (8 downsamplings, 64 channels), 70x70 PatchGAN,
                  batch 1, 200 epochs (pix2pix's setting)
@@ -109,6 +111,23 @@ pairwise 0.035, reality 0.834. `:no_noise_input` (dropout only) seed 0 on that
 machine type did not show the known failure: pairwise 0.042 (more than the
 diversity run's 0.034), reality 0.816 (mIoU 0.55), where the other machine type
 measured 0.0030: whether pix2pix's dropout noise survives is left to the run.
+Why the base network uses the noise here, and where it does not (`:one_mode`,
+the same layouts with one appearance; 2000 steps, 32 layouts, a 2-core Xeon,
+one core per run). When the layout determines the image, pix2pix given the
+noise channel ignores it, the failure the paper cites: `one_mode,no_diversity`
+changes a segment by 0.0038 as its n^c sweeps, pairwise diversity 0.0044,
+reality 0.994 (mIoU 0.982). So on the 12-mode default it is the data, 12
+appearances per layout that the GAN can only match by picking one from the
+noise, that makes pix2pix use it. But there the diversity loss cannot move
+the image either: the default (beta = 0.1) changes a segment by 0.0034 (ratio
+3.6/3.7/7.3/14.8/8.6/13.9, pairwise 0.0041); beta = 10: 0.0042 (pairwise
+0.015); beta = 50: 0.020 (5.4 times the base; ratio 3.4/2.9/5.1/12.3/5.7/21,
+pairwise 0.0078, reality 0.982 / mIoU 0.938). With one image per layout any
+noise-driven change is pure l1 error, and alpha = 100 outweighs beta L_Div
+until beta is about 100 times the segment's share of the image; L_Div stays
+near its maximum (0.83 at beta = 0.1). The paper's photos vary beyond their
+layouts (lighting), which the l1 cannot predict; toy_scenes has either no
+such variation (`one_mode`) or 12 discrete appearances the GAN picks itself.
 `evaluate` reports the noise-linking ratio (mean change inside segment c over
 the mean change outside it as n^c sweeps -1 -> 1, per class and averaged),
 the reality of the samples under a segmentation network trained on the real
@@ -123,7 +142,7 @@ from multimodal_jax.losses import perceptual
 
 VARIANTS = ["", "runlocal", "crn", "no_diversity", "crn,no_diversity", "crn,runlocal", "no_diversity,runlocal",
             "no_noise_input", "no_noise_input,runlocal", "segments", "segments,no_diversity",
-            "segments,no_noise_input", "segments,runlocal",
+            "segments,no_noise_input", "segments,runlocal", "one_mode", "one_mode,no_diversity",
             "facades", "cityscapes", "crn,cityscapes"]
 
 # CRN's content loss (its released code): VGG-19 layers and weights, with the pixel term.
@@ -133,13 +152,15 @@ CRN_LAYER_WEIGHTS = (1 / 2.6, 1 / 4.8, 1 / 3.7, 1 / 5.6, 10 / 1.5)
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, crn=False, no_diversity=False, no_noise_input=False,
-                             facades=False, cityscapes=False, segments=False)
+                             facades=False, cityscapes=False, segments=False, one_mode=False)
   config = config_lib.base_config()
   config.method = "diversity"
   config.data.name = "toy_scenes"
   # :segments: each class draws its own mode (data/toy_scenes.py), so one noise entry per segment has a
   # segment's appearance to choose; the default is the one-mode data of every other config.
-  config.data.builder_config = "segments" if arg.segments else ""
+  if arg.segments and arg.one_mode:
+    raise ValueError("configs/diversity.py: `segments` draws a mode per class, `one_mode` has one mode; pick one.")
+  config.data.builder_config = "segments" if arg.segments else ("one_mode" if arg.one_mode else "")
   config.data.batch_size = 8
 
   config.diversity = ml_collections.ConfigDict()
@@ -186,8 +207,9 @@ def get_config(arg=None):
   config.train.num_grid_samples = 6
 
   if arg.facades or arg.cityscapes:
-    if arg.segments:
-      raise ValueError("configs/diversity.py: `segments` is a toy_scenes variant; drop it with facades/cityscapes.")
+    if arg.segments or arg.one_mode:
+      raise ValueError("configs/diversity.py: `segments` and `one_mode` are toy_scenes variants; drop them with "
+                       "facades/cityscapes.")
     config.data.name = "facades" if arg.facades else "cityscapes_layouts"
     config.data.batch_size = 1  # pix2pix
     config.data.num_workers = 8

@@ -119,9 +119,13 @@ def restore_for_inference(workdir: str, abstract_state: PyTree, step: int | None
   """
   manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS))
   try:
-    steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
-    if not steps:
+    available = sorted(manager.all_steps(), reverse=True)
+    if not available:
       raise FileNotFoundError(f"No checkpoint in {workdir}/{CHECKPOINTS}.")
+    if step is not None and step not in available:
+      raise FileNotFoundError(f"No checkpoint at step {step} in {workdir}/{CHECKPOINTS}; it has steps "
+                              f"{', '.join(map(str, sorted(available)))}.")
+    steps = available if step is None else [step]
     failures = []
     with _restore_errors_logged():
       for candidate in steps:

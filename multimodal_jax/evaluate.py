@@ -58,7 +58,8 @@ eval.json["skipped"].
 (docs/weights.md), else `mean_abs_pixel` (the l1 `pixel` distance: mean absolute
 pixel difference); the choice is logged and written to eval.json.
 
-Writes DIR/eval.json ({"step", ..., "metrics": {name: value}, "skipped": {name: why}}) and the same
+Writes DIR/eval.json ({"step", ..., "metrics": {name: value}, "skipped": {name: why}}), a copy
+DIR/eval_<step>.json that later evaluations of other steps leave in place, and the same
 scalars to TensorBoard under DIR with the prefix `eval/` at the checkpoint's
 step, and prints a short summary. ~10 s for a small model on a CPU.
 
@@ -71,7 +72,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -92,6 +93,11 @@ from multimodal_jax.losses import perceptual
 from multimodal_jax.methods import base as methods_base
 
 EVAL_JSON = "eval.json"
+
+
+def step_json(step: int) -> str:
+  """The file name of one step's evaluation (a copy of eval.json written beside it)."""
+  return f"eval_{step}.json"
 SUBSTITUTE_DISTANCE = "mean_abs_pixel"
 
 
@@ -377,27 +383,15 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
   _check_arguments(num_samples, mode_samples, reality_mode)
   start = time.time()
   config, method, state, _ = inference.load_trained(workdir, step)
-  step = int(jax.device_get(state.step))
-  dataset_name = config.data.name
   batch = pipeline.load_eval_examples(config, num_inputs, allow_fewer=True)
-  num_inputs = len(batch["x"])  # A small eval split gives all it has (the loader says so).
-  sample_jit = jax.jit(method.sample, static_argnums=3)
-
-  def draw(n: int) -> np.ndarray:
-    samples = np.asarray(jax.device_get(
-        sample_jit(state, jnp.asarray(batch["x"]), jax.random.PRNGKey(seed), n)), np.float32)
-    expected = (num_inputs, n) + batch["y"].shape[1:]
-    if samples.shape != expected:
-      raise ValueError(f"method.sample returned {samples.shape}; expected {expected}.")
-    return samples
-
+  draw = _sampler(method, state, batch, seed)
   samples_BxNxHxWxC = draw(num_samples)
   distance_name, distance = make_eval_distance(weights_dir)
-  spec = data_registry.get_dataset(dataset_name)
+  spec = data_registry.get_dataset(config.data.name)
   true_modes_BxKxHxWxC = true_modes_of_batch(config.data, batch)
-  segment_labels_BxHxW = None if true_modes_BxKxHxWxC is None else segment_labels_of(config.data, batch)
-  mode_samples_BxMxHxWxC = None
+  segment_labels_BxHxW = mode_samples_BxMxHxWxC = None
   if true_modes_BxKxHxWxC is not None:
+    segment_labels_BxHxW = segment_labels_of(config.data, batch)
     mode_samples_BxMxHxWxC = samples_BxNxHxWxC if mode_samples == num_samples else draw(mode_samples)
   skipped = skipped_metrics(num_samples, batch, distance_name)
   for name, why in skipped.items():
@@ -410,15 +404,8 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
                             segment_labels_BxHxW=segment_labels_BxHxW)
   scalars.update(_task_metrics(workdir, config, method, state, batch, samples_BxNxHxWxC, true_modes_BxKxHxWxC,
                                scalars, distance_name, mode_samples, seed, reality_mode, segment_labels_BxHxW))
-
-  result = {
-      "workdir": os.path.abspath(workdir), "step": step, "method": config.method,
-      "dataset": dataset_name, "builder_config": config.data.builder_config,
-      "num_inputs": num_inputs, "num_samples": num_samples, "mode_samples": mode_samples, "seed": seed,
-      "distance": distance_name, "distance_description": distance.describe(),
-      "fwv_sigmas": list(metrics.FWV_SIGMAS),
-      "parameters": parameter_counts(state),
-  }
+  result = _result_header(workdir, config, state, len(batch["x"]), num_samples, mode_samples, seed,
+                          distance_name, distance)
   if true_modes_BxKxHxWxC is not None:
     result.update(num_modes=int(true_modes_BxKxHxWxC.shape[1]), mode_tolerance=spec.mode_tolerance,
                   modes_per_segment=segment_labels_BxHxW is not None)
@@ -431,6 +418,33 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
     result["arrays"] = {"samples": samples_BxNxHxWxC, "mode_samples": mode_samples_BxMxHxWxC,
                         "true_modes": true_modes_BxKxHxWxC, "label": batch.get("label")}
   return result
+
+
+def _sampler(method, state, batch: dict[str, np.ndarray], seed: int) -> Callable[[int], np.ndarray]:
+  """n -> [B, n, ...] samples of the eval inputs, drawn from PRNGKey(seed)."""
+  sample_jit = jax.jit(method.sample, static_argnums=3)
+
+  def draw(n: int) -> np.ndarray:
+    samples = np.asarray(jax.device_get(
+        sample_jit(state, jnp.asarray(batch["x"]), jax.random.PRNGKey(seed), n)), np.float32)
+    expected = (len(batch["x"]), n) + batch["y"].shape[1:]
+    if samples.shape != expected:
+      raise ValueError(f"method.sample returned {samples.shape}; expected {expected}.")
+    return samples
+  return draw
+
+
+def _result_header(workdir: str, config, state, num_inputs: int, num_samples: int, mode_samples: int,
+                   seed: int, distance_name: str, distance: perceptual.Distance) -> dict[str, Any]:
+  """eval.json's description of what was evaluated (everything but the metrics)."""
+  return {
+      "workdir": os.path.abspath(workdir), "step": int(jax.device_get(state.step)), "method": config.method,
+      "dataset": config.data.name, "builder_config": config.data.builder_config,
+      "num_inputs": num_inputs, "num_samples": num_samples, "mode_samples": mode_samples, "seed": seed,
+      "distance": distance_name, "distance_description": distance.describe(),
+      "fwv_sigmas": list(metrics.FWV_SIGMAS),
+      "parameters": parameter_counts(state),
+  }
 
 
 def _task_metrics(workdir, config, method, state, batch, samples_BxNxHxWxC, true_modes_BxKxHxWxC, scalars,
@@ -460,9 +474,14 @@ def _check_arguments(num_samples: int, mode_samples: int, reality_mode: str) -> 
 
 
 def _write(workdir: str, result: dict[str, Any]) -> None:
-  """eval.json, and the finite metrics as eval/* scalars at the evaluated step in TensorBoard."""
-  with open(os.path.join(workdir, EVAL_JSON), "w") as f:
-    json.dump(result, f, indent=1)
+  """eval.json and eval_<step>.json, and the finite metrics as eval/* scalars at the evaluated step in TensorBoard.
+
+  eval.json is the latest evaluation; eval_<step>.json keeps each step's, so
+  evaluating an older checkpoint (--step) does not lose the newest's numbers.
+  """
+  for name in (EVAL_JSON, step_json(result["step"])):
+    with open(os.path.join(workdir, name), "w") as f:
+      json.dump(result, f, indent=1)
   writer = metric_writers.create_default_writer(workdir, asynchronous=False)
   writer.write_scalars(result["step"], {f"eval/{k}": v for k, v in result["metrics"].items() if np.isfinite(v)})
   writer.flush()
@@ -499,7 +518,9 @@ def summary(result: dict[str, Any], seconds: float) -> str:
     per = " per segment, drawn independently" if result.get("modes_per_segment") else ""
     lines.append(f"  modes (K={k}{per}, 1/K={1 / k:.3f}, {result['mode_samples']} samples per input)  recall "
                  f"{m['mode_recall']:.3f}, recall (nearest, no tolerance) {m['mode_recall_nearest']:.3f}, "
-                 f"precision {m['mode_precision']:.3f}")
+                 f"precision {m['mode_precision']:.3f}"
+                 + (f"; recall of the rarer half of the modes {m['mode_recall_rare']:.3f}"
+                    if "mode_recall_rare" in m else ""))
     if "mode_recall_t0" in m:
       lines.append(f"    at t = 0 (z_0 decoded, no inference steps)  recall {m['mode_recall_t0']:.3f}, "
                    f"recall (nearest) {m['mode_recall_nearest_t0']:.3f}, precision {m['mode_precision_t0']:.3f}")
@@ -518,7 +539,8 @@ def summary(result: dict[str, Any], seconds: float) -> str:
                  f"{m['reality/real_pixel_accuracy']:.3f}, {m['reality/real_mean_iou']:.3f}")
   for name, why in result.get("skipped", {}).items():
     lines.append(f"  skipped {name}: {why}")
-  lines.append(f"  written to {os.path.join(result['workdir'], EVAL_JSON)} and TensorBoard (eval/*).")
+  lines.append(f"  written to {os.path.join(result['workdir'], EVAL_JSON)} (and {step_json(result['step'])}) and "
+               f"TensorBoard (eval/*).")
   return "\n".join(lines)
 
 

@@ -174,6 +174,18 @@ def test_modes_are_uniform_and_layouts_varied():
   assert horizons.std() > 2
 
 
+def test_one_mode_data_is_a_function_of_the_layout():
+  """toy_scenes `one_mode`: every image is mode 0's render of its layout plus the texture, nothing to choose."""
+  config = {c.name: c for c in ts.ToyScenes.BUILDER_CONFIGS}['one_mode']
+  assert (config.num_modes, config.independent_classes, config.mode_decay) == (1, False, 1.0)
+  for i in range(30):
+    e = ts.make_example(0, 0, i, 32, 64, config.num_modes)
+    assert e['mode'] == 0
+    assert np.abs(e['image'] / 255.0 - ts.render_mode(e['label'], 0, num_modes=1)).max() <= NOISE_BOUND
+  # The same layouts as the default data (the mode draw comes after the layout).
+  np.testing.assert_array_equal(ts.make_example(0, 0, 3, 32, 64, 1)['label'], ts.make_example(0, 0, 3, 32, 64, 12)['label'])
+
+
 def test_segments_data_draws_each_class_its_own_mode():
   """toy_scenes `segments`: class c of an image is within the noise of mode_C[c]'s colour, modes independent."""
   examples = [ts.make_example(0, 0, i, 32, 64, 12, independent_classes=True) for i in range(300)]

@@ -220,3 +220,6 @@ def test_evaluate_summary_names_each_class_ratio_and_per_segment_modes():
   assert "modes (K=12 per segment, drawn independently, 1/K=0.083, 64 samples per input)" in text
   result["modes_per_segment"] = False
   assert "modes (K=12, 1/K=0.083" in evaluate.summary(result, 1.0)
+  assert "rarer half" not in text
+  m["mode_recall_rare"] = 0.328
+  assert "precision 0.000; recall of the rarer half of the modes 0.328\n" in evaluate.summary(result, 1.0)

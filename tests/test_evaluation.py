@@ -5,6 +5,7 @@ import glob
 import json
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -388,6 +389,19 @@ def test_evaluate_regression_scores_one_mode_of_k(regression_workdir, tmp_path):
   assert -1.0 <= m["ssim_mean"] <= 1.0
   tags = _eval_tags(regression_workdir)
   assert tags["eval/mode_recall_nearest"] == 6 and "eval/psnr_best" in tags
+
+
+def test_evaluating_an_older_step_keeps_the_newest_steps_json(regression_workdir, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(regression_workdir, workdir)
+  newest = evaluate_lib.evaluate(workdir, num_inputs=2, num_samples=2, weights_dir=str(tmp_path / "none"))
+  older = evaluate_lib.evaluate(workdir, num_inputs=2, num_samples=2, step=3, weights_dir=str(tmp_path / "none"))
+  assert (newest["step"], older["step"]) == (6, 3)
+  read = lambda name: json.load(open(os.path.join(workdir, name)))
+  assert read("eval.json") == older == read("eval_3.json")
+  assert read("eval_6.json") == newest
+  with pytest.raises(FileNotFoundError, match="No checkpoint at step 4 .* it has steps 3, 6"):
+    evaluate_lib.evaluate(workdir, num_inputs=2, num_samples=2, step=4)
 
 
 def test_evaluate_with_enough_samples_adds_pairs_and_clusters(regression_workdir, tmp_path, capsys):

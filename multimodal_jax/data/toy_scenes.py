@@ -31,6 +31,12 @@ reality segmenter scores mixed exact renders 0.74 pixel accuracy against 0.99
 for one-mode renders). Mode metrics there are per segment
 (`evaluation.metrics.segment_mode_metrics`).
 
+Builder config `one_mode`: K = 1, the image a function of its layout (up to
+the texture), what a dataset of one photo per layout is to a network that fits
+it. There pix2pix given a noise channel ignores it (the failure
+diversity_loss_yang_liu_cai §I cites from Isola et al.), where on the K-modal
+data the GAN uses the noise to pick a mode (configs/diversity.py).
+
 Registered datasets (see the bottom of this file):
   toy_scenes:              x = one-hot layout [H, W, 6], y = image in [0, 1].
   toy_scenes_colorization: x = grey image [H, W, 1],     y = image in [0, 1].
@@ -290,6 +296,10 @@ class ToyScenes(registry.LocalBuilder):
       # Each class its own mode (diversity_loss_yang_liu_cai: one noise entry per segment).
       ToyScenesConfig(name='segments', independent_classes=True,
                       description='32x64, 12 modes drawn per class.'),
+      # One mode: the image is a function of the layout (+ texture), as a dataset of one photo per
+      # layout is to a network that fits it (diversity_loss_yang_liu_cai §IV: Facades, Cityscapes).
+      ToyScenesConfig(name='one_mode', num_modes=1,
+                      description='32x64, 1 mode: no appearance left to choose.'),
       ToyScenesConfig(name='segments_tiny', independent_classes=True, num_train=64, num_test=16,
                       description='segments with 64/16 examples.'),
       # Same shapes as `default`, for tests and smoke runs (builds in ~1 s).
