@@ -121,11 +121,14 @@ appearances per layout that the GAN can only match by picking one from the
 noise, that makes pix2pix use it. But there the diversity loss cannot move
 the image either: the default (beta = 0.1) changes a segment by 0.0034 (ratio
 3.6/3.7/7.3/14.8/8.6/13.9, pairwise 0.0041); beta = 10: 0.0042 (pairwise
-0.015); beta = 50: 0.020 (5.4 times the base; ratio 3.4/2.9/5.1/12.3/5.7/21,
-pairwise 0.0078, reality 0.982 / mIoU 0.938). With one image per layout any
-noise-driven change is pure l1 error, and alpha = 100 outweighs beta L_Div
-until beta is about 100 times the segment's share of the image; L_Div stays
-near its maximum (0.83 at beta = 0.1). The paper's photos vary beyond their
+0.015). With one image per layout any noise-driven change is pure l1 error,
+and alpha = 100 outweighs beta L_Div until beta is about 100 times the
+segment's share of the image: L_Div stays near its maximum (0.83 at beta =
+0.1, 0.74 at 10, mean over the last 500 steps). At beta = 50 it is met, but
+degenerately, as by CRN without layer norm (above): L_Div ~5e-4, G(l, 0) the
+outlier that every G(l, n) differs from, while sweeping n^c moves segment c
+by 0.020 (ratio 3.4/2.9/5.1/12.3/5.7/21) and two random n differ by 0.0078
+(reality 0.982 / mIoU 0.938). The paper's photos vary beyond their
 layouts (lighting), which the l1 cannot predict; toy_scenes has either no
 such variation (`one_mode`) or 12 discrete appearances the GAN picks itself.
 `evaluate` reports the noise-linking ratio (mean change inside segment c over
