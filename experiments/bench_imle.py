@@ -276,6 +276,7 @@ def bench_update(features, num_blocks, growth, chunk, distance, x, y, dtype) -> 
   config.imle = {"selection_distance": perceptual.default_distance_config("pixel"), "num_samples": M,
                  "chunk_size": chunk, "example_blocks": 1, "updates_per_selection": 10,
                  "minibatch_size": UPDATE_BATCH, "code_channels": CODE_CHANNELS, "perturbation": 0.1,
+                 "stratified_codes": False,
                  "zero_code_steps": 0, "bilinear_from_step": -1, "calibration_examples": 4,
                  "time_steps": False, "rebalance_dataset": False, "rebalance_loss": False,
                  "rebalance_top_classes": 5}

@@ -123,8 +123,8 @@ def restore_for_inference(workdir: str, abstract_state: PyTree, step: int | None
     if not available:
       raise FileNotFoundError(f"No checkpoint in {workdir}/{CHECKPOINTS}.")
     if step is not None and step not in available:
-      raise FileNotFoundError(f"No checkpoint at step {step} in {workdir}/{CHECKPOINTS}; it has steps "
-                              f"{', '.join(map(str, sorted(available)))}.")
+      raise NoCheckpointRestoresError(f"No checkpoint at step {step} in {workdir}/{CHECKPOINTS}; it has steps "
+                                      f"{', '.join(map(str, sorted(available)))}.")
     steps = available if step is None else [step]
     failures = []
     with _restore_errors_logged():

@@ -93,12 +93,12 @@ from multimodal_jax.losses import perceptual
 from multimodal_jax.methods import base as methods_base
 
 EVAL_JSON = "eval.json"
+SUBSTITUTE_DISTANCE = "mean_abs_pixel"
 
 
 def step_json(step: int) -> str:
   """The file name of one step's evaluation (a copy of eval.json written beside it)."""
   return f"eval_{step}.json"
-SUBSTITUTE_DISTANCE = "mean_abs_pixel"
 
 
 def make_eval_distance(weights_dir: str | None = None) -> tuple[str, perceptual.Distance]:

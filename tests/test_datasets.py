@@ -183,7 +183,8 @@ def test_one_mode_data_is_a_function_of_the_layout():
     assert e['mode'] == 0
     assert np.abs(e['image'] / 255.0 - ts.render_mode(e['label'], 0, num_modes=1)).max() <= NOISE_BOUND
   # The same layouts as the default data (the mode draw comes after the layout).
-  np.testing.assert_array_equal(ts.make_example(0, 0, 3, 32, 64, 1)['label'], ts.make_example(0, 0, 3, 32, 64, 12)['label'])
+  np.testing.assert_array_equal(ts.make_example(0, 0, 3, 32, 64, 1)['label'],
+                                ts.make_example(0, 0, 3, 32, 64, 12)['label'])
 
 
 def test_segments_data_draws_each_class_its_own_mode():

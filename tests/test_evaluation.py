@@ -14,6 +14,7 @@ from PIL import Image
 import pytest
 
 from conftest import REPO
+from multimodal_jax import checkpointing
 from multimodal_jax import evaluate as evaluate_lib
 from multimodal_jax import sample as sample_lib
 from multimodal_jax import inference
@@ -400,7 +401,8 @@ def test_evaluating_an_older_step_keeps_the_newest_steps_json(regression_workdir
   read = lambda name: json.load(open(os.path.join(workdir, name)))
   assert read("eval.json") == older == read("eval_3.json")
   assert read("eval_6.json") == newest
-  with pytest.raises(FileNotFoundError, match="No checkpoint at step 4 .* it has steps 3, 6"):
+  # A WorkdirError: the evaluate / sample commands print it as one line.
+  with pytest.raises(checkpointing.NoCheckpointRestoresError, match="No checkpoint at step 4 .* it has steps 3, 6"):
     evaluate_lib.evaluate(workdir, num_inputs=2, num_samples=2, step=4)
 
 

@@ -437,6 +437,11 @@ def test_validate_rejects_inconsistent_imle_settings():
     config[section][field] = value
     with pytest.raises(ValueError, match=message):
       config_lib.validate(config)
+  config = load_config(SRIM, "runlocal")
+  with config.unlocked():
+    del config.imle["stratified_codes"]  # a config written before the key existed
+  with pytest.raises(ValueError, match=r"config.imle.stratified_codes=None is invalid: True draws"):
+    config_lib.validate(config)
 
 
 def test_srim_runlocal_trains_through_the_loop(tmp_path, data_dir):
