@@ -21,6 +21,7 @@ weights). Variants:
   :vgg            l1 on VGG-19 conv1_2 ... conv5_2, equal contribution (needs converted weights)
   :skewed         toy_scenes with rare appearances (mode k with p ~ 0.7^k), where rebalancing
                   has something to do; evaluate reports `mode_recall_rare` (the rarer half)
+  :skewed_mild    the same with p ~ 0.85^k (mode 0 17.5% of the images, mode 11 2.9%)
   :crn_best_of_k  baseline (Table 2): Chen & Koltun's CRN with k = 9 outputs and the
                   best-of-k loss (`method='regression'`, model.num_outputs = 9, no noise)
   :crn_noise_regression
@@ -70,7 +71,10 @@ take 16 angles 22.5 degrees apart and no 30-degree wedge is ever missed:
 code, the same d values at every pixel): 0.990 / 0.866 and 0.992 / 0.875, with
 9% of the samples still mixing modes across classes (the CRN's classes, not
 the encoder's cells, disagree); a 1-number code (e = 1, 12 cells on a line):
-0.977 / 0.800 and 0.982 / 0.829.
+0.977 / 0.800 and 0.982 / 0.829; a wider CRN, 48-48-32-24: 0.987 / 0.889 and
+0.984 / 0.875 (+0.01 and +0.04, still below 0.9; 958 s on one core beside
+another run, about 1.3x the default's time there, so near the 10-minute
+budget on an idle CPU).
 
 Why a vector code. The appearance of a toy scene is one choice for the whole
 image, and a sample is imprecise mostly when its classes disagree (of the
@@ -120,6 +124,17 @@ rarest mode 0.4 examples a pool), while the encoder mostly buys precision
 diversity: 0.19 / 0.17 / 0.10) with its pixel substitute, pairwise
 mean_abs_pixel over 40 pairs: 0.197 / 0.183 / 0.180 (full / :no_encoder /
 :no_rebalance): the full model again first, the ablations 0.003 apart.
+On :skewed_mild (p ~ 0.85^k, the rarest mode 2.9% of the images instead of
+0.6%; the same budget, each run on one core beside another) the paper's order
+holds. Rare-mode recall full / :no_rebalance / :no_encoder, seed 0: 0.990 /
+0.932 / 0.745 (all modes 0.992 / 0.964 / 0.716 at precision 0.904 / 0.735 /
+0.412; pairwise mean_abs_pixel 0.198 / 0.195 / 0.180, the paper's order on its
+measure too); seed 1: 0.979 / 0.854 / 0.693 (precision 0.865 / 0.751 / 0.398;
+pairwise 0.195 / 0.195 / 0.180, the first two tied). So which ablation loses
+more depends on how rare the rare modes are: the encoder's share (precision,
+and the rare modes G can reach at all) is about the same on both data, while
+rebalancing matters most where a pool of 64 holds under one example of a
+rare mode.
 Where precision was lost with independent draws (|S| = 32, L = 80): of the samples, 58% are within the
 tolerance of a mode, 30% take some classes' colours from one mode and others'
 from another (mixed), 12% have one mode's colours but sit just outside the
@@ -137,7 +152,8 @@ from multimodal_jax.losses import perceptual
 VARIANTS = ["", "runlocal", "no_encoder", "no_rebalance", "no_encoder,no_rebalance", "vgg",
             "no_encoder,runlocal", "crn_best_of_k", "crn_noise_regression", "crn_best_of_k,runlocal",
             "crn_noise_regression,runlocal", "gta5", "cityscapes", "skewed", "skewed,no_rebalance",
-            "skewed,no_encoder"]
+            "skewed,no_encoder", "skewed_mild",
+            "skewed_mild,no_rebalance", "skewed_mild,no_encoder"]
 
 # cimle_semantic_layouts_iccv2019 §3.3.1: the distance's VGG-19 layers.
 CRN_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
@@ -146,12 +162,14 @@ CRN_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, no_encoder=False, no_rebalance=False, vgg=False,
                              crn_best_of_k=False, crn_noise_regression=False, gta5=False, cityscapes=False,
-                             skewed=False)
+                             skewed=False, skewed_mild=False)
   config = config_lib.base_config()
   config.method = "imle"
   config.data.name = "toy_scenes"
   config.data.batch_size = 64  # the pool S
-  config.data.builder_config = "skewed" if arg.skewed else ""
+  if arg.skewed and arg.skewed_mild:
+    raise ValueError("configs/layout_imle.py: `skewed` (p ~ 0.7^k) and `skewed_mild` (p ~ 0.85^k); pick one.")
+  config.data.builder_config = "skewed" if arg.skewed else ("skewed_mild" if arg.skewed_mild else "")
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "crn"

@@ -325,8 +325,10 @@ def true_modes_of_batch(data_config, batch: dict[str, np.ndarray]) -> np.ndarray
                     data_config.name)
     return None
   builder_config = pipeline.get_builder(data_config).builder_config
-  return np.stack([np.asarray(spec.true_modes(label_HxW, builder_config), np.float32)
-                   for label_HxW in batch["label"]])
+  modes = [spec.true_modes(label_HxW, builder_config) for label_HxW in batch["label"]]
+  if any(m is None for m in modes):  # a variant without discrete modes (toy_scenes `lighting`)
+    return None
+  return np.stack([np.asarray(m, np.float32) for m in modes])
 
 
 def segment_labels_of(data_config, batch: dict[str, np.ndarray]) -> np.ndarray | None:

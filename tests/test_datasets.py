@@ -187,6 +187,31 @@ def test_one_mode_data_is_a_function_of_the_layout():
                                 ts.make_example(0, 0, 3, 32, 64, 12)['label'])
 
 
+def test_lighting_data_shifts_each_segment_by_its_own_offset():
+  """toy_scenes `lighting`: class c is mode 0's colour + lighting[c] (clipped) within the texture; offsets
+  uniform in [-s, s], independent across classes; the other variants' images are unchanged."""
+  config = {c.name: c for c in ts.ToyScenes.BUILDER_CONFIGS}['lighting']
+  s = config.segment_lighting
+  assert (config.num_modes, config.independent_classes, s) == (1, False, ts.SEGMENT_LIGHTING)
+  examples = [ts.make_example(0, 0, i, 32, 64, 1, segment_lighting=s) for i in range(400)]
+  for e in examples[:20]:
+    offset_HxWx1 = e['lighting'][e['label']][..., None]
+    clean = np.clip(ts.render_mode(e['label'], 0, num_modes=1) + offset_HxWx1, 0, 1)
+    assert np.abs(e['image'] / 255.0 - clean).max() <= NOISE_BOUND
+  lighting_ExC = np.stack([e['lighting'] for e in examples])
+  assert lighting_ExC.shape == (400, ts.NUM_CLASSES) and np.abs(lighting_ExC).max() <= s
+  assert np.abs(lighting_ExC.std(0) - s / np.sqrt(3)).max() < 0.02  # U[-s, s]
+  assert np.abs(np.corrcoef(lighting_ExC.T) - np.eye(ts.NUM_CLASSES)).max() < 0.2
+  plain = ts.make_example(0, 0, 3, 32, 64, 1)
+  assert 'lighting' not in plain
+  np.testing.assert_array_equal(plain['label'], examples[3]['label'])
+  # No discrete modes: evaluation gets no true modes, so reports no mode metrics.
+  spec = registry.get_dataset('toy_scenes')
+  assert spec.true_modes(plain['label'], config) is None
+  assert spec.true_modes(plain['label'], {c.name: c for c in ts.ToyScenes.BUILDER_CONFIGS}['one_mode']).shape == (
+      1, 32, 64, 3)
+
+
 def test_segments_data_draws_each_class_its_own_mode():
   """toy_scenes `segments`: class c of an image is within the noise of mode_C[c]'s colour, modes independent."""
   examples = [ts.make_example(0, 0, i, 32, 64, 12, independent_classes=True) for i in range(300)]

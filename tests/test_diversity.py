@@ -189,6 +189,17 @@ def test_the_diversity_loss_without_the_noise_input_is_a_config_error():
     methods_base.validate_method_config(config)
 
 
+@pytest.mark.parametrize("arg,message", [
+    ("segments,lighting", "segments, lighting are different toy_scenes data; pick one"),
+    ("one_mode,segments", "segments, one_mode are different toy_scenes data; pick one"),
+    ("lighting,facades", "`lighting` is a toy_scenes variant; drop it with facades/cityscapes"),
+])
+def test_toy_scenes_variants_exclude_each_other_and_the_paper_data(arg, message):
+  assert load_config(CONFIG, "lighting")[0].data.builder_config == "lighting"
+  with pytest.raises(ValueError, match=message):
+    load_config(CONFIG, arg)
+
+
 def test_a_run_recorded_before_noise_input_existed_still_loads_with_the_noise_input():
   """run_info.json of older diversity runs has no `diversity.noise_input`: evaluate/sample must rebuild them."""
   import ml_collections  # pylint: disable=g-import-not-at-top

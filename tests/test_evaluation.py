@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -313,6 +314,16 @@ def test_real_toy_scenes_images_are_precise_and_nearest_their_mode(data_dir):
   # The colourisation variant's batches carry no layout: no modes to measure.
   config.data.name = "toy_scenes_colorization"
   assert evaluate_lib.true_modes_of_batch(config.data, {"x": batch["x"], "y": batch["y"]}) is None
+
+
+def test_a_variant_without_discrete_modes_gets_no_mode_metrics(data_dir, monkeypatch):
+  """toy_scenes `lighting` (continuous brightness per segment): true_modes_of_batch gives None, not a stack."""
+  config = _tiny_regression_config(data_dir)
+  batch = pipeline.load_eval_examples(config, 2)
+  assert evaluate_lib.true_modes_of_batch(config.data, batch).shape[1] == toy_scenes.DEFAULT_NUM_MODES
+  lighting = {c.name: c for c in toy_scenes.ToyScenes.BUILDER_CONFIGS}["lighting"]
+  monkeypatch.setattr(pipeline, "get_builder", lambda data: types.SimpleNamespace(builder_config=lighting))
+  assert evaluate_lib.true_modes_of_batch(config.data, batch) is None
 
 
 def test_real_segments_images_are_precise_per_segment_and_evaluate_knows_it(data_dir):

@@ -146,6 +146,17 @@ def test_skewed_toy_scenes_draws_modes_with_the_stated_probabilities():
   assert a["mode"] == b["mode"] and np.array_equal(a["image"], b["image"])
 
 
+def test_layout_imle_skewed_variants_pick_their_data_and_exclude_each_other():
+  configs = REPO / "configs" / "layout_imle.py"
+  assert load_config(str(configs), "skewed")[0].data.builder_config == "skewed"
+  assert load_config(str(configs), "skewed_mild,no_encoder")[0].data.builder_config == "skewed_mild"
+  from multimodal_jax.data import toy_scenes  # pylint: disable=g-import-not-at-top
+  decay = {c.name: c.mode_decay for c in toy_scenes.ToyScenes.BUILDER_CONFIGS}
+  assert (decay["skewed"], decay["skewed_mild"]) == (0.7, 0.85)
+  with pytest.raises(ValueError, match="pick one"):
+    load_config(str(configs), "skewed,skewed_mild")
+
+
 def test_rare_mode_recall_counts_only_the_rare_modes():
   from multimodal_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   modes = np.zeros((1, 4, 2, 2, 3), np.float32)

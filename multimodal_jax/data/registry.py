@@ -88,7 +88,8 @@ class DatasetSpec:
       classes, which names evaluation's per-class variance (default `class{c}`).
     true_modes: (label_HxW, tfds BuilderConfig or None) -> float32
       [K, H', W', Cy], the K exactly known modes (noise-free targets) of the
-      example whose `label` is given, for datasets that know p(y | x) exactly.
+      example whose `label` is given, for datasets that know p(y | x) exactly
+      (None for a variant without discrete modes).
       Evaluation then measures mode recall and precision
       (`evaluation.metrics.mode_metrics`); it needs `label` in eval batches.
     mode_frequencies: tfds BuilderConfig -> [K], how often each true mode

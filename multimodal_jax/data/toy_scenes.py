@@ -68,6 +68,8 @@ NOISE_AMPLITUDE = 0.03
 # Lower bound on the per-class colour distance between any two modes (checked
 # by the tests); about 5x the mean |noise| of 0.015.
 MIN_MODE_COLOUR_DISTANCE = 0.07
+# Half-width of the per-segment luminance offset of the `lighting` data.
+SEGMENT_LIGHTING = 0.25
 
 # Daylight colours [palette, class, rgb]. Started from hand-picked colours and
 # nudged by a small optimisation to maximise the smallest per-class distance
@@ -226,7 +228,8 @@ def render_class_modes(label_HxW: np.ndarray, modes_C: np.ndarray,
 
 def make_example(seed: int, split_code: int, index: int, height: int,
                  width: int, num_modes: int, mode_decay: float = 1.0,
-                 independent_classes: bool = False) -> dict[str, np.ndarray]:
+                 independent_classes: bool = False,
+                 segment_lighting: float = 0.0) -> dict[str, np.ndarray]:
   """One example, a pure function of (seed, split_code, index).
 
   Layout, mode and noise come from one numpy stream, so the builder is
@@ -235,7 +238,9 @@ def make_example(seed: int, split_code: int, index: int, height: int,
   `independent_classes` every class draws its own mode ('mode' is then
   int32 [NUM_CLASSES]): the appearance of one segment says nothing about
   another's, the premise of diversity_loss_yang_liu_cai §III-C (one noise
-  entry per segment, prod_c k_c images).
+  entry per segment, prod_c k_c images). With `segment_lighting` = s > 0 every
+  class also draws a luminance offset U[-s, s] ('lighting' [NUM_CLASSES]),
+  drawn after everything else so the other variants stay byte-identical.
   """
   rng = np.random.default_rng([seed, split_code, index])
   label_HxW = sample_layout(rng, height, width)
@@ -248,6 +253,11 @@ def make_example(seed: int, split_code: int, index: int, height: int,
                             (height, width, 1)).astype(np.float32)
   clean = (render_class_modes(label_HxW, mode, num_modes) if independent_classes
            else render_mode(label_HxW, int(mode), num_modes))
+  extra = {}
+  if segment_lighting > 0:
+    lighting_C = rng.uniform(-segment_lighting, segment_lighting, NUM_CLASSES).astype(np.float32)
+    clean = clean + lighting_C[label_HxW][..., None]
+    extra['lighting'] = lighting_C
   image_HxWx3 = np.clip(np.round((clean + noise_HxWx1) * 255.0), 0, 255).astype(np.uint8)
   return {
       'label': label_HxW,
@@ -256,6 +266,7 @@ def make_example(seed: int, split_code: int, index: int, height: int,
       'mode': np.asarray(mode, np.int32),
       # Train and test draw from disjoint streams; ids are unique across both.
       'layout_id': np.int64(split_code * 2**32 + index),
+      **extra,
   }
 
 
@@ -272,6 +283,8 @@ class ToyScenesConfig(tfds.core.BuilderConfig):
   mode_decay: float = 1.0
   # Every class draws its own mode (K modes per class, K^|C| appearances per layout).
   independent_classes: bool = False
+  # > 0: every class draws a luminance offset U[-s, s] (no discrete modes then).
+  segment_lighting: float = 0.0
 
 
 _SPLIT_CODES = {'train': 0, 'test': 1}
@@ -293,6 +306,9 @@ class ToyScenes(registry.LocalBuilder):
       # from 31% (mode 0) down to 0.6% (mode 11) of the images.
       ToyScenesConfig(name='skewed', mode_decay=0.7,
                       description='32x64, 12 modes with p(k) ~ 0.7^k.'),
+      # Milder: p ~ 0.85^k, from 17.5% (mode 0) down to 2.9% (mode 11).
+      ToyScenesConfig(name='skewed_mild', mode_decay=0.85,
+                      description='32x64, 12 modes with p(k) ~ 0.85^k.'),
       # Each class its own mode (diversity_loss_yang_liu_cai: one noise entry per segment).
       ToyScenesConfig(name='segments', independent_classes=True,
                       description='32x64, 12 modes drawn per class.'),
@@ -300,6 +316,10 @@ class ToyScenes(registry.LocalBuilder):
       # layout is to a network that fits it (diversity_loss_yang_liu_cai §IV: Facades, Cityscapes).
       ToyScenesConfig(name='one_mode', num_modes=1,
                       description='32x64, 1 mode: no appearance left to choose.'),
+      # One mode, each segment's brightness drawn on its own: variation beyond the layout that the
+      # l1 median cannot predict, the paper's lighting (diversity_loss_yang_liu_cai §III-C).
+      ToyScenesConfig(name='lighting', num_modes=1, segment_lighting=SEGMENT_LIGHTING,
+                      description='32x64, 1 mode, per-segment luminance offset U[-0.25, 0.25].'),
       ToyScenesConfig(name='segments_tiny', independent_classes=True, num_train=64, num_test=16,
                       description='segments with 64/16 examples.'),
       # Same shapes as `default`, for tests and smoke runs (builds in ~1 s).
@@ -311,6 +331,8 @@ class ToyScenes(registry.LocalBuilder):
     config = self.builder_config
     _check_num_modes(config.num_modes)
     h, w = config.height, config.width
+    lighting = ({'lighting': tfds.features.Tensor(shape=(NUM_CLASSES,), dtype=np.float32)}
+                if config.segment_lighting > 0 else {})
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             'label': tfds.features.Tensor(shape=(h, w), dtype=np.uint8),
@@ -319,6 +341,7 @@ class ToyScenes(registry.LocalBuilder):
             'mode': (tfds.features.Tensor(shape=(NUM_CLASSES,), dtype=np.int32)
                      if config.independent_classes else tfds.features.Scalar(dtype=np.int32)),
             'layout_id': tfds.features.Scalar(dtype=np.int64),
+            **lighting,
         }),
         supervised_keys=('label', 'image'),
     )
@@ -336,7 +359,8 @@ class ToyScenes(registry.LocalBuilder):
     for index in range(num_examples):
       yield index, make_example(config.seed, _SPLIT_CODES[split], index,
                                 config.height, config.width, config.num_modes,
-                                config.mode_decay, config.independent_classes)
+                                config.mode_decay, config.independent_classes,
+                                config.segment_lighting)
 
 
 class LayoutToImage(grain.transforms.Map):
@@ -390,8 +414,9 @@ registry.register('toy_scenes', registry.DatasetSpec(
     make_transforms=_layout_transforms,
     input_to_rgb=one_hot_to_rgb,
     class_names=CLASS_NAMES,
-    true_modes=lambda label_HxW, builder_config: render_all_modes(
-        label_HxW, builder_config.num_modes),
+    # None on `lighting`: its brightness is continuous, there are no discrete modes.
+    true_modes=lambda label_HxW, builder_config: (
+        None if builder_config.segment_lighting > 0 else render_all_modes(label_HxW, builder_config.num_modes)),
     # Real images are within NOISE_AMPLITUDE + 0.5/255 ~= 0.032 of their mode at
     # every pixel and two modes are >= MIN_MODE_COLOUR_DISTANCE = 0.07 apart at
     # every pixel, so half that, 0.035, accepts every real image and, by the
