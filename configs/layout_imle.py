@@ -130,11 +130,12 @@ holds. Rare-mode recall full / :no_rebalance / :no_encoder, seed 0: 0.990 /
 0.932 / 0.745 (all modes 0.992 / 0.964 / 0.716 at precision 0.904 / 0.735 /
 0.412; pairwise mean_abs_pixel 0.198 / 0.195 / 0.180, the paper's order on its
 measure too); seed 1: 0.979 / 0.854 / 0.693 (precision 0.865 / 0.751 / 0.398;
-pairwise 0.195 / 0.195 / 0.180, the first two tied). So which ablation loses
-more depends on how rare the rare modes are: the encoder's share (precision,
-and the rare modes G can reach at all) is about the same on both data, while
-rebalancing matters most where a pool of 64 holds under one example of a
-rare mode.
+pairwise 0.195 / 0.195 / 0.180, the first two tied); seed 2: 0.984 / 0.932 /
+0.802 (precision 0.823 / 0.814 / 0.466; pairwise 0.198 / 0.192 / 0.185). So
+which ablation loses more depends on how rare the rare modes are: the
+encoder's share (precision, and the rare modes G can reach at all) is about
+the same on both data, while rebalancing matters most where a pool of 64
+holds under one example of a rare mode.
 Where precision was lost with independent draws (|S| = 32, L = 80): of the samples, 58% are within the
 tolerance of a mode, 30% take some classes' colours from one mode and others'
 from another (mixed), 12% have one mode's colours but sit just outside the
