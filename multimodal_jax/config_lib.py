@@ -191,9 +191,13 @@ def resolve_compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
 
 
 def require(config: ml_collections.ConfigDict, ok: bool, key: str, why: str) -> None:
-  """Raises ValueError naming `config.<key>` and its value unless `ok`."""
+  """Raises ValueError naming `config.<key>` and its value (or that it is missing) unless `ok`."""
   if not ok:
-    raise ValueError(f"config.{key}={_get(config, key)!r} is invalid: {why}")
+    try:
+      shown = f"config.{key}={_get(config, key)!r} is invalid"
+    except (KeyError, AttributeError):  # e.g. a config written before the key existed
+      shown = f"config.{key} is missing"
+    raise ValueError(f"{shown}: {why}")
 
 
 def require_whole_rounds(config: ml_collections.ConfigDict, steps_per_round: int, round_key: str) -> None:

@@ -205,6 +205,12 @@ def test_lighting_data_shifts_each_segment_by_its_own_offset():
   plain = ts.make_example(0, 0, 3, 32, 64, 1)
   assert 'lighting' not in plain
   np.testing.assert_array_equal(plain['label'], examples[3]['label'])
+  # The offsets are drawn after the texture: off the clipped pixels, lighting image = plain image + offset.
+  shift_HxWx1 = examples[3]['lighting'][plain['label']][..., None] * 255.0
+  inside = (examples[3]['image'] > 0) & (examples[3]['image'] < 255) & (plain['image'] > 0) & (plain['image'] < 255)
+  assert inside.mean() > 0.5
+  delta = examples[3]['image'].astype(np.float32) - plain['image'] - shift_HxWx1
+  assert np.abs(delta[inside]).max() <= 1.0
   # No discrete modes: evaluation gets no true modes, so reports no mode metrics.
   spec = registry.get_dataset('toy_scenes')
   assert spec.true_modes(plain['label'], config) is None

@@ -440,7 +440,11 @@ def test_validate_rejects_inconsistent_imle_settings():
   config = load_config(SRIM, "runlocal")
   with config.unlocked():
     del config.imle["stratified_codes"]  # a config written before the key existed
-  with pytest.raises(ValueError, match=r"config.imle.stratified_codes=None is invalid: True draws"):
+  with pytest.raises(ValueError, match=r"config.imle.stratified_codes is missing: True draws"):
+    config_lib.validate(config)
+  with config.unlocked():
+    config.imle.stratified_codes = 1  # not a bool
+  with pytest.raises(ValueError, match=r"config.imle.stratified_codes=1 is invalid: True draws"):
     config_lib.validate(config)
 
 

@@ -128,9 +128,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(imle.minibatch_size <= config.data.batch_size, "imle.minibatch_size",
         f"|S~| must be <= |S| = data.batch_size ({config.data.batch_size})")
   check(imle.perturbation >= 0, "imle.perturbation", "must be >= 0")
-  if not isinstance(imle.get("stratified_codes"), bool):
-    raise ValueError(f"config.imle.stratified_codes={imle.get('stratified_codes')!r} is invalid: True draws each "
-                     "input's m codes as one shifted lattice, False independently (Alg. 1); see configs/srim.py.")
+  check(isinstance(imle.get("stratified_codes"), bool), "imle.stratified_codes",
+        "True draws each input's m codes as one shifted lattice, False independently (Alg. 1); see configs/srim.py")
   check(imle.rebalance_top_classes > 0, "imle.rebalance_top_classes", "must be > 0")
   # train.num_steps counts updates and a round (one selection, then L updates) runs whole.
   config_lib.require_whole_rounds(config, imle.updates_per_selection, "imle.updates_per_selection")
