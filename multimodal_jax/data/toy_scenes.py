@@ -37,6 +37,13 @@ it. There pix2pix given a noise channel ignores it (the failure
 diversity_loss_yang_liu_cai §I cites from Isola et al.), where on the K-modal
 data the GAN uses the noise to pick a mode (configs/diversity.py).
 
+Builder config `lighting`: K = 1, and every class also draws its own
+luminance offset U[-0.25, 0.25] (stored as `lighting` [6]): variation beyond
+the layout with no discrete modes (the photos' lighting of
+diversity_loss_yang_liu_cai), so `true_modes` is None there and evaluation
+reports no mode metrics. Builder configs `skewed` / `skewed_mild` draw mode k
+with p ~ 0.7^k / 0.85^k (rare modes, what rebalancing is for).
+
 Registered datasets (see the bottom of this file):
   toy_scenes:              x = one-hot layout [H, W, 6], y = image in [0, 1].
   toy_scenes_colorization: x = grey image [H, W, 1],     y = image in [0, 1].
