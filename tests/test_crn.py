@@ -223,8 +223,8 @@ def test_an_output_gain_squashes_the_encoded_noise_by_tanh():
   x = label_map(key(1), (8, 16))
   z = 3.0 * jax.random.normal(key(2), (B, 4, 8, 3))
   variables = jax.jit(linear.init)(key(0), x, z)
-  z_lin = linear.apply(variables, x, z)
-  z_sq = crn.NoiseEncoder(features=4, out_channels=2, output_gain=4.0).apply(variables, x, z)
+  squashed = crn.NoiseEncoder(features=4, out_channels=2, output_gain=4.0)
+  z_lin, z_sq = linear.apply(variables, x, z), squashed.apply(variables, x, z)
   assert float(jnp.max(jnp.abs(z_lin))) > 1.0  # the linear output is unbounded
   assert float(jnp.max(jnp.abs(z_sq))) <= 1.0
   # tanh runs at M_0's resolution, before the bilinear upsampling.
@@ -232,9 +232,12 @@ def test_an_output_gain_squashes_the_encoded_noise_by_tanh():
   np.testing.assert_allclose(z_sq, jax.image.resize(jnp.tanh(4.0 * low), (B, 8, 16, 2), "bilinear"), atol=1e-6)
   # Far out along a ray, the squashed output stops changing; the linear one keeps growing with |z|.
   far = lambda enc, r: enc.apply(variables, x, r * z)
-  squashed = crn.NoiseEncoder(features=4, out_channels=2, output_gain=4.0)
   assert float(jnp.abs(far(squashed, 40.0) - far(squashed, 20.0)).mean()) < 0.05
   assert float(jnp.abs(far(linear, 40.0) - far(linear, 20.0)).mean()) > 1.0
+  # The config key reaches the model (configs/layout_imle.py sets 4).
+  built = registry.make_model(crn_config(noise_encoder=True, noise_encoder_output_gain=4.0),
+                              registry.ModelIO((16, 32, CLASSES), (16, 32, 3), code_shape=(4, 8, 3)))
+  assert built.noise_encoder_output_gain == 4.0
   with pytest.raises(ValueError, match="noise_encoder_output_gain must be >= 0"):
     model = crn.CRN(features=(8,), noise_channels=2, noise_encoder=True, noise_encoder_output_gain=-1.0)
     model.init(key(0), label_map(key(1), (4, 8)), jnp.zeros((B, 4, 8, 4)))

@@ -36,8 +36,8 @@ Choices where the paper is silent, or where we depart from it:
     encoder ends in a linear conv (g = 0, the default). With g > 0 we bound it,
     z_hat = tanh(g E(L, z)). Why: with a linear output, leaky ReLU, and
     layer norm over each example's features, the network is close to
-    positively homogeneous in z, so the output depends mostly on z's direction
-    only. On toy_scenes the code plane then decodes as a fan of wedges.
+    positively homogeneous in z, so the output depends mostly on z's
+    direction. On toy_scenes the code plane then decodes as a fan of wedges.
     Between each pair of wedges lies a blended band that takes the same share
     of every circle, and the same share of N(0, I) (configs/layout_imle.py:
     precision 0.85 / 0.89 / 0.88 at radius 0.3 / 1 / 2). A saturating output
