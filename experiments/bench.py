@@ -11,7 +11,7 @@ pix2pix_diversity,srim`) 8.3 min beside one. The full run has not been timed.
 For each method (its config file's default: the offline datasets toy_scenes
 and local_photos_sr, found through $MULTIMODAL_JAX_DATA_DIR or --data_dir),
 built with the training loop's own functions (bench_common.build_training:
-train.build_method with its prepared state, inference.make_mesh,
+train.build_method with its prepared state, sharding.make_mesh,
 train.CompiledSteps), one run prints and writes to experiments/results/bench.md:
   * training: after one warm-up round (compilation), at least `--rounds`
     rounds and `--min_seconds` timed as the loop runs them (next batch,
@@ -57,9 +57,11 @@ import jax.numpy as jnp
 import bench_common
 import exp_util
 from multimodal_jax import config_lib
-from multimodal_jax import inference
+from multimodal_jax import jax_workarounds
 from multimodal_jax import prepared as prepared_lib
+from multimodal_jax import sharding
 from multimodal_jax import train
+from multimodal_jax import validation
 from multimodal_jax.data import pipeline
 from multimodal_jax.losses import imle_selection
 from multimodal_jax.methods import base as methods_base
@@ -168,7 +170,7 @@ def bench_method(name: str, config, peak_flops: float, *, config_name: str = "",
   `config_name` (e.g. 'srim.py') is shown in the table; `workdir` keeps the
   method's prepared state (a temporary dir if None).
   """
-  config_lib.validate(config)
+  validation.validate(config)
   with tempfile.TemporaryDirectory(prefix="bench_") as scratch:
     training = bench_common.build_training(config, workdir or scratch, MeasuredSteps)
   method, compiled = training.method, training.compiled
@@ -204,7 +206,7 @@ def selection_scaling(m_values: list[int], repeats: int, peak_of: Callable[[str]
   prepared = prepared_lib.prepare_or_restore(config, workdir)  # as train.build_method
   pool = next(pipeline.create_train_iterator(config, prepared.get(prepared_lib.SAMPLING_WEIGHTS)))
   batch_spec = pipeline.global_batch_spec(config, pool)
-  mesh = inference.make_mesh()
+  mesh = sharding.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   batch = pipeline.to_global_array(pool, sharded)
@@ -325,4 +327,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  jax_workarounds.install()  # Faster CPU compiles, identical values (multimodal_jax/jax_workarounds.py).
   app.run(main)

@@ -25,7 +25,7 @@ above 1 means the count or the peak is wrong, so the benchmarks print both.
 
 Set-up. `build_training(config, workdir)` builds a method, its compiled steps,
 state and batches with the training loop's own functions (train.build_method,
-train.CompiledSteps, inference.make_mesh), so a benchmark times what the loop runs.
+train.CompiledSteps, sharding.make_mesh), so a benchmark times what the loop runs.
 
 Records. `write_record` writes one JSON file per run to experiments/results/
 (benchmark, machine, device kind and count, jax version, dtype, peak, the
@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from multimodal_jax import inference
+from multimodal_jax import sharding
 from multimodal_jax import train
 from multimodal_jax.data import pipeline
 from multimodal_jax.methods import base as methods_base
@@ -232,12 +232,12 @@ def build_training(config: ml_collections.ConfigDict, workdir: str,
                    compiled_steps: type[train.CompiledSteps] = train.CompiledSteps) -> Training:
   """The loop's mesh, method (with its prepared state, kept in `workdir`), compiled steps, initial state and
   global batches; `compiled_steps` may be a subclass of train.CompiledSteps that also measures."""
-  mesh = inference.make_mesh()
+  mesh = sharding.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   method, _, data_iter = train.build_method(config, workdir)
   state = jax.jit(method.init, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
-  return Training(method, compiled_steps(method.steps, replicated, sharded), state,
+  return Training(method, compiled_steps(method.steps, replicated, sharded, method.timed_steps), state,
                   pipeline.iterate_global(data_iter, sharded), replicated, sharded)
 
 

@@ -36,6 +36,7 @@ def _with(path_fn, measure):
 
 
 def main():
+  jax_workarounds.install()  # Records JAX's own path (original_random_bits) before `_with` swaps them.
   key = jax.random.PRNGKey(0)
   print(f"{'what':<32} {'jax (s)':>8} {'flat (s)':>9} {'ratio':>6}")
   for shape in SHAPES:

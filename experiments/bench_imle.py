@@ -68,6 +68,7 @@ import numpy as np
 
 import bench_common
 from multimodal_jax import config_lib
+from multimodal_jax import jax_workarounds
 from multimodal_jax.losses import imle_selection
 from multimodal_jax.losses import perceptual
 from multimodal_jax.methods import imle
@@ -272,8 +273,8 @@ def bench_update(features, num_blocks, growth, chunk, distance, x, y, dtype) -> 
   config.model.features, config.model.num_blocks = features, num_blocks
   config.model.growth, config.model.dense_conv_style = growth, "split"
   config.model.global_skip = "none"  # the paper's network, as the reference
-  config.distance = perceptual.default_distance_config("pixel")
-  config.imle = {"selection_distance": perceptual.default_distance_config("pixel"), "num_samples": M,
+  config.distance = config_lib.default_distance_config("pixel")
+  config.imle = {"selection_distance": config_lib.default_distance_config("pixel"), "num_samples": M,
                  "chunk_size": chunk, "example_blocks": 1, "updates_per_selection": 10,
                  "minibatch_size": UPDATE_BATCH, "code_channels": CODE_CHANNELS, "perturbation": 0.1,
                  "stratified_codes": False,
@@ -324,4 +325,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  jax_workarounds.install()  # Faster CPU compiles, identical values (multimodal_jax/jax_workarounds.py).
   app.run(main)

@@ -33,7 +33,8 @@ from ml_collections import config_flags
 
 import bench_common
 from multimodal_jax import config_lib
-from multimodal_jax import inference
+from multimodal_jax import jax_workarounds
+from multimodal_jax import sharding
 from multimodal_jax import train
 from multimodal_jax.data import pipeline
 
@@ -77,11 +78,11 @@ def main(argv):
   pipe_examples_per_s = n_batches * batch_size / (time.perf_counter() - t0)
 
   # 2. The loop's rounds, every step and batch waited for.
-  mesh = inference.make_mesh()
+  mesh = sharding.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   method, _, data_iter = train.build_method(config, workdir)
-  compiled = train.CompiledSteps(method.steps, replicated, sharded)
+  compiled = train.CompiledSteps(method.steps, replicated, sharded, timed=method.timed_steps)
   state = jax.jit(method.init, out_shardings=replicated)(jax.random.PRNGKey(0))
   batches = pipeline.iterate_global(data_iter, sharded)
   for _ in range(2):  # compile every step (IMLE: past the z = 0 phase too)
@@ -151,4 +152,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  jax_workarounds.install()  # Faster CPU compiles, identical values (multimodal_jax/jax_workarounds.py).
   app.run(main)

@@ -43,6 +43,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 import exp_util  # experiments/exp_util.py
 from multimodal_jax import inference  # pylint: disable=g-import-not-at-top
+from multimodal_jax import jax_workarounds
 from multimodal_jax.data import pipeline
 
 REPO = exp_util.REPO
@@ -178,4 +179,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  jax_workarounds.install()  # Faster CPU compiles, identical values (multimodal_jax/jax_workarounds.py).
   app.run(main)

@@ -6,8 +6,8 @@ import os
 
 import ml_collections
 
-from multimodal_jax import inference
 from multimodal_jax import train
+from multimodal_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +25,7 @@ def load_config(name: str, arg: str | None, seed: int, data_dir: str) -> ml_coll
 
 def check_same_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Raises if workdir holds a run of another config (nothing there is fine)."""
-  info_path = os.path.join(workdir, inference.RUN_INFO)
+  info_path = os.path.join(workdir, workdir_lib.RUN_INFO)
   if os.path.exists(info_path):
     with open(info_path) as f:
       saved = json.load(f)["config"]

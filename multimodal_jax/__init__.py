@@ -10,6 +10,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from multimodal_jax import jax_workarounds  # noqa: E402,F401  (installs the CPU compile-time workaround)
+# JAX is not patched on import: programs call `jax_workarounds.install()` (multimodal_jax/cli.py).
 
 __version__ = "0.1.0"

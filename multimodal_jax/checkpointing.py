@@ -59,10 +59,44 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree, data_iter) ->
       data_iter=grain.checkpoint.CheckpointSave(data_iter)), force=True)
 
 
-def has_checkpoint(workdir: str) -> bool:
-  """Whether `workdir` holds a committed checkpoint (orbax's temporary folders are not digits)."""
+def committed_steps(workdir: str) -> list[int]:
+  """The steps of `workdir`'s committed checkpoints, read from the directory (no orbax manager, read-only).
+
+  Orbax names a committed checkpoint by its step; one still being written (a
+  temporary folder) has a suffix, so it is not all digits.
+  """
   directory = os.path.join(workdir, CHECKPOINTS)
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a committed checkpoint."""
+  return bool(committed_steps(workdir))
+
+
+def finished_read_only_step(workdir: str, num_steps: int) -> int | None:
+  """The newest checkpoint's step when `workdir` cannot be written and holds a run finished at `num_steps`.
+
+  The loop writes run_info.json, TensorBoard files and checkpoints before it
+  finds nothing to do; a finished run on a read-only filesystem (an archive, a
+  colleague's directory) must not fail. None: the workdir (or, if it has one,
+  its checkpoint directory) is writable, or does not exist, so train it.
+
+  Raises:
+    workdir.WorkdirError: it cannot be written and the run is unfinished.
+  """
+  checkpoints = os.path.join(workdir, CHECKPOINTS)
+  dirs = [d for d in (workdir, checkpoints) if os.path.isdir(d)]
+  if not dirs or all(os.access(d, os.W_OK) for d in dirs):
+    return None
+  newest = max(committed_steps(workdir), default=0)
+  if newest < num_steps:
+    raise workdir_lib.WorkdirError(
+        f"--workdir={workdir} is not writable and its newest checkpoint (step {newest}) is short of "
+        f"train.num_steps={num_steps}: make it writable or pass another --workdir.")
+  return newest
 
 
 def restore_or_init(manager: ocp.CheckpointManager, init_fn: Callable[[], PyTree], abstract_state: PyTree,

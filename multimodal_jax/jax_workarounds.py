@@ -1,4 +1,10 @@
-"""Workarounds for problems of the JAX/XLA versions we run on; installed when the package is imported.
+"""Workarounds for problems of the JAX/XLA versions we run on, installed explicitly by `install()`.
+
+Importing `multimodal_jax` patches nothing: a process-wide change to a
+dependency is the program's decision. The command-line programs (`cli.run`),
+the experiment scripts and the test suite (tests/conftest.py) call `install()`
+first; a library user who wants the faster CPU compiles calls it once, before
+compiling anything.
 
 Flat random bits on CPU (`install_flat_random_bits`)
 ----------------------------------------------------
@@ -46,6 +52,11 @@ def flat_random_bits(key, bit_width, shape):
   return _original(key, bit_width, shape)
 
 
+def install() -> None:
+  """Installs every workaround of this module (today `install_flat_random_bits`); idempotent."""
+  install_flat_random_bits()
+
+
 def install_flat_random_bits() -> bool:
   """Routes threefry's partitionable random bits through `flat_random_bits`; True when installed."""
   global _original
@@ -65,6 +76,3 @@ def install_flat_random_bits() -> bool:
 def original_random_bits(key, bit_width, shape):
   """JAX's own partitionable bits (for the parity test and the benchmark)."""
   return (_original or _threefry_module()._threefry_random_bits_partitionable)(key, bit_width, shape)  # pylint: disable=protected-access
-
-
-install_flat_random_bits()

@@ -33,9 +33,10 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from multimodal_jax import config_lib
-from multimodal_jax import plugins
+from multimodal_jax import checkpointing
+from multimodal_jax import cli
 from multimodal_jax import train
+from multimodal_jax import validation
 from multimodal_jax import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
@@ -50,7 +51,7 @@ _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this m
                                     "(0: JAX's default, one). Only affects the CPU backend.")
 _PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 0, "Trace this many steps after the first round "
                                       "with jax.profiler into WORKDIR/profile (TensorBoard's profile tab); 0: off.")
-plugins.define_import_flag()
+cli.define_import_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -97,27 +98,24 @@ def parse_flags(argv: list[str]) -> list[str]:
   and orbax INFO lines would bury the progress lines (>95% of a run's output).
   """
   try:
-    return plugins.parse_cli_flags(argv)  # A flags error ("flag --config=...: ..." and the cause): one line.
+    return cli.parse_cli_flags(argv)  # A flags error ("flag --config=...: ..." and the cause): one line.
   except (AttributeError, KeyError) as e:  # Only ml_collections' key lookups raise these here.
-    plugins.fail(_unknown_key(e, argv))
+    cli.fail(_unknown_key(e, argv))
 
 
 def finished_read_only(config, workdir: str) -> bool:
   """True, after saying so, if `workdir` holds a finished run and cannot be written.
 
-  The loop writes run_info.json, TensorBoard files and checkpoints before it
-  finds nothing to do; a finished run on a read-only filesystem (an archive, a
-  colleague's directory) must not fail. An unfinished one is a one-line error.
+  A finished run on a read-only filesystem (an archive, a colleague's
+  directory) must not fail (`checkpointing.finished_read_only_step`). An
+  unfinished one is a one-line error.
   """
-  checkpoints = os.path.join(workdir, "checkpoints")
-  dirs = [d for d in (workdir, checkpoints) if os.path.isdir(d)]
-  if not dirs or all(os.access(d, os.W_OK) for d in dirs):
+  try:
+    newest = checkpointing.finished_read_only_step(workdir, config.train.num_steps)
+  except workdir_lib.WorkdirError as e:
+    cli.fail(str(e))
+  if newest is None:
     return False
-  # Orbax names a finished checkpoint by its step; one still being written has a suffix.
-  newest = max((int(n) for n in os.listdir(checkpoints) if n.isdigit()), default=0) if checkpoints in dirs else 0
-  if newest < config.train.num_steps:
-    plugins.fail(f"--workdir={workdir} is not writable and its newest checkpoint (step {newest}) is short of "
-                 f"train.num_steps={config.train.num_steps}: make it writable or pass another --workdir.")
   print(f"Nothing to do: the checkpoint is already at step {newest} >= train.num_steps (read-only workdir).",
         flush=True)
   return True
@@ -130,21 +128,21 @@ def main(argv):
   initialize_distributed()
   logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
   # After JAX is set up (a module may touch devices), before the config is validated.
-  plugins.import_modules(flags.FLAGS[plugins.IMPORT_FLAG].value)
+  cli.import_flagged_modules()
   try:
     config = flags.FLAGS.config
-    config_lib.validate(config)
+    validation.validate(config)
   except OSError as e:  # config_flags defers a config file that failed to load to its first use.
-    plugins.fail(f"--config: {str(e).strip().splitlines()[-1].strip()}")
+    cli.fail(f"--config: {str(e).strip().splitlines()[-1].strip()}")
   except ValueError as e:
-    plugins.fail(str(e))
+    cli.fail(str(e))
   if finished_read_only(config, _WORKDIR.value):
     return
   try:
     train.train_and_evaluate(config, _WORKDIR.value, profile_steps=_PROFILE_STEPS.value)
   except workdir_lib.WorkdirError as e:  # Locked, another config, no checkpoint restores: one line.
-    plugins.fail(str(e))
+    cli.fail(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, flags_parser=parse_flags)

@@ -1,18 +1,18 @@
-"""Evaluation during training: `train.eval_every` (big_vision's periodic evaluators, reduced to one).
+"""Evaluation during training: `train.eval_every` (big_vision's periodic evaluators).
 
 Every `train.eval_every` steps the loop draws `train.eval_samples` samples of
 each of the first `train.eval_inputs` eval examples with the method's own
-sampler and writes their PSNR / SSIM, best of N and mean over N
-(`metrics.psnr_ssim_best_and_mean`), to TensorBoard as `eval/psnr_best`, ...
-For super-resolution data it also writes, once, the bicubic upsampling's
-PSNR / SSIM on the same inputs (`eval/bicubic/psnr`, the trivial baseline) and
-at every evaluation the mean sample's gap to it (`eval/psnr_gap_to_bicubic`).
+sampler and runs the evaluators of `config.evals` marked `periodic`
+(evaluation/evaluators/): `fidelity` (PSNR / SSIM, best of N and mean over N,
+as `eval/psnr_best`, ...) and, for super-resolution data, `sr_reference` (the
+bicubic upsampling's PSNR / SSIM on the same inputs, the trivial baseline,
+and the mean sample's gap to it, `eval/psnr_gap_to_bicubic`).
 
 The batch and the sampling key are fixed, so the curve shows the model
-changing, not the inputs or the noise. Sampling and metrics are one compiled
-function; the host reads its four scalars only on evaluation steps, so other
-steps keep their single host sync (the log flush). `multimodal_jax.evaluate`
-remains the full protocol (diversity, FWV, modes, ...) on a saved checkpoint.
+changing, not the inputs or the noise. Only evaluation steps read the
+samples back to the host, so other steps keep their single host sync (the
+log flush). `multimodal_jax.evaluate` remains the full protocol (diversity,
+FWV, LPIPS, modes, ...) on a saved checkpoint.
 """
 
 from __future__ import annotations
@@ -20,43 +20,36 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from multimodal_jax import config_lib
 from multimodal_jax.data import pipeline
+from multimodal_jax.evaluation import evaluators
 from multimodal_jax.evaluation import metrics
 from multimodal_jax.methods import base as methods_base
 
 
 class PeriodicEvaluator:
-  """The eval batch, its compiled sampler + metrics, and the reference row, built once."""
+  """The eval batch and its compiled sampler, built once; the periodic evaluators of `config.evals`."""
 
   def __init__(self, config: ml_collections.ConfigDict, method: methods_base.Method, replicated):
     t = config.train
+    self.config, self.method = config, method
+    self.names = list(config.get("evals") or config_lib.DEFAULT_EVALS)
     self.num_samples = t.eval_samples
-    batch = pipeline.load_eval_examples(config, t.eval_inputs, allow_fewer=True)
-    self.num_inputs = batch["x"].shape[0]
-    self.x = jax.device_put(batch["x"], replicated)
-    self.y = jax.device_put(batch["y"], replicated)
+    self.batch = pipeline.load_eval_examples(config, t.eval_inputs, allow_fewer=True)
+    self.num_inputs = self.batch["x"].shape[0]
+    self.x = jax.device_put(self.batch["x"], replicated)
     self.rng = jax.random.PRNGKey(config.seed + 2)
-    self.reference: dict[str, float] = {}
-    if metrics.is_super_resolution(batch["x"], batch["y"]):
-      self.reference = metrics.reference_upsampling_metrics(batch["x"], batch["y"])
-
-    def evaluate(state, x, y, rng):
-      samples = method.sample(state, x, rng, self.num_samples)
-      return metrics.psnr_ssim_best_and_mean(samples.astype(jnp.float32), y)
-
-    self._evaluate = jax.jit(evaluate, out_shardings=replicated)
+    self._sample = jax.jit(lambda state, x, rng: method.sample(state, x, rng, self.num_samples),
+                           out_shardings=replicated)
 
   def __call__(self, state) -> dict[str, float]:
     """The scalars of one evaluation (host floats; names without the `eval/` prefix)."""
-    out = {k: float(v) for k, v in jax.device_get(self._evaluate(state, self.x, self.y, self.rng)).items()}
-    if self.reference:
-      ref = metrics.REFERENCE_UPSAMPLING
-      out.update(self.reference)
-      out[f"psnr_gap_to_{ref}"] = self.reference[f"{ref}/psnr"] - out["psnr_mean"]
-    return out
+    samples = np.asarray(jax.device_get(self._sample(state, self.x, self.rng)), np.float32)
+    ctx = evaluators.Context(self.config, self.method, state, "", self.batch, samples)
+    return dict(evaluators.run(self.names, ctx, periodic_only=True))
 
   def describe(self, scalars: dict[str, Any]) -> str:
     """One console line."""

@@ -7,30 +7,18 @@ package, and registers it on import:
   base.register_method("my_method", "my_pkg.my_method")          # multimodal_jax.methods.base
 
 `main`, `evaluate` and `sample` import the `--import` modules before the config
-is validated or the run is loaded (docs/extending.md). The names imported are
-kept (`imported()`) and written to the run's run_info.json, so that `evaluate`
-and `sample` import them again on that workdir without repeating the flag.
+is validated or the run is loaded (docs/extending.md; the flag itself is
+defined in multimodal_jax/cli.py). The names imported are kept (`imported()`)
+and written to the run's run_info.json, so that `evaluate` and `sample` import
+them again on that workdir without repeating the flag.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-from typing import Iterable, NoReturn
-
-from absl import flags
-
-IMPORT_FLAG = "import"  # A Python keyword: read it as flags.FLAGS["import"].value.
+from typing import Iterable
 
 _imported: list[str] = []
-
-
-def define_import_flag() -> None:
-  """Defines the repeatable `--import=MODULE` flag (once, whichever CLI asks first)."""
-  if IMPORT_FLAG not in flags.FLAGS:
-    flags.DEFINE_multi_string(
-        IMPORT_FLAG, [], "A Python module to import first (repeatable), e.g. one that registers a "
-        "dataset or a method; it must be importable (its directory on PYTHONPATH or the current one).")
 
 
 def import_modules(names: Iterable[str], origin: str = "--import") -> None:
@@ -64,26 +52,3 @@ def import_modules(names: Iterable[str], origin: str = "--import") -> None:
 def imported() -> list[str]:
   """The modules imported so far through `import_modules`, in order (recorded in run_info.json)."""
   return list(_imported)
-
-
-def fail(message: str) -> NoReturn:
-  """A config, usage or workdir error of a CLI (`main`, `evaluate`, `sample`): one `error:` line, exit 2."""
-  sys.stderr.write(f"error: {message}\n")
-  sys.exit(2)
-
-
-def parse_cli_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing for the CLIs: a flag error is one `error:` line (exit 2), logging is at WARNING.
-
-  absl turns INFO logging on after parsing unless --verbosity was given, and
-  absl/orbax/JAX INFO lines would bury the CLI's own output (`--verbosity=0`
-  brings them back). `main.parse_flags` adds its config-key errors.
-  """
-  try:
-    rest = flags.FLAGS(argv)
-  except flags.Error as e:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    fail(" ".join(dict.fromkeys(lines[:1] + lines[-1:])))
-  if flags.FLAGS["verbosity"].using_default_value:
-    flags.FLAGS.verbosity = -1  # absl's WARNING; marks the flag as set, so absl keeps it.
-  return rest

@@ -62,59 +62,14 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from multimodal_jax import cli
 from multimodal_jax import inference
-from multimodal_jax import plugins
 from multimodal_jax import workdir as workdir_lib
 from multimodal_jax.data import pipeline
 from multimodal_jax.data import registry as data_registry
+from multimodal_jax.evaluation import grids
 from multimodal_jax.evaluation import metrics
 from multimodal_jax.models import registry as models_registry
-
-
-def _rgb(images: np.ndarray) -> np.ndarray:
-  return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images[..., :3]
-
-
-def difference_grid(inputs_SxHxWx3: np.ndarray, rows_SxLxHxWxC: np.ndarray, pad: int = 2,
-                    diff_gain: float = 1.0, reference_SxHxWx3: np.ndarray | None = None) -> np.ndarray:
-  """Rows of `input | [reference |] image_1 ... image_L`, each above its adjacent differences.
-
-  Args:
-    inputs_SxHxWx3: the input of each row, as RGB at the images' size.
-    rows_SxLxHxWxC: S rows of L images in [0, 1] (samples, or iterates).
-    pad: white border between tiles.
-    diff_gain: the differences are shown multiplied by this (then clipped).
-    reference_SxHxWx3: an optional column after the inputs (super-resolution:
-      the bicubic upsampling of the input).
-
-  Returns:
-    float32 [2 S (H + pad) + pad, (L + 1 + r) (W + pad) + pad, 3] in [0, 1], r = 1
-    with a reference column: the second row of each pair holds
-    diff_gain |image_k - image_{k-1}| under image_k; the tiles under the input,
-    the reference and image_1 stay white.
-  """
-  s, l, h, w, _ = rows_SxLxHxWxC.shape
-  rows = _rgb(np.asarray(rows_SxLxHxWxC, np.float32))
-  diffs_SxL1xHxWx3 = diff_gain * np.abs(rows[:, 1:] - rows[:, :-1])
-  if reference_SxHxWx3 is not None:
-    inputs_SxHxWx3 = np.stack([inputs_SxHxWx3, reference_SxHxWx3], axis=1)
-  else:
-    inputs_SxHxWx3 = np.asarray(inputs_SxHxWx3)[:, None]
-  first = inputs_SxHxWx3.shape[1]  # Columns before image_1.
-  grid = np.ones((2 * s * (h + pad) + pad, (l + first) * (w + pad) + pad, 3), np.float32)
-
-  def put(row: int, col: int, tile: np.ndarray):
-    top, left = pad + row * (h + pad), pad + col * (w + pad)
-    grid[top:top + h, left:left + w] = tile
-
-  for i in range(s):
-    for j in range(first):
-      put(2 * i, j, inputs_SxHxWx3[i, j])
-    for k in range(l):
-      put(2 * i, k + first, rows[i, k])
-    for k in range(1, l):
-      put(2 * i + 1, k + first, diffs_SxL1xHxWx3[i, k - 1])
-  return np.clip(grid, 0.0, 1.0)
 
 
 class InputError(ValueError):
@@ -277,7 +232,7 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
   if metrics.is_super_resolution(x_BxHxWxC, rows[:, 0]):
     reference = np.repeat(np.asarray(models_registry.upsample_reference(
         x_BxHxWxC, h // x_BxHxWxC.shape[1])), per_input, axis=0)
-  grid = difference_grid(np.repeat(inputs_rgb, per_input, axis=0), rows, diff_gain=diff_gain,
+  grid = grids.difference_grid(np.repeat(inputs_rgb, per_input, axis=0), rows, diff_gain=diff_gain,
                          reference_SxHxWx3=reference)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   Image.fromarray(np.round(grid * 255.0).astype(np.uint8)).save(out)
@@ -304,22 +259,22 @@ def _define_flags() -> None:
   flags.DEFINE_float("diff_gain", 4.0, "Difference rows show gain x |sample_k - sample_{k-1}|.")
   flags.DEFINE_bool("same_code", False, "Give every input the same random codes (one rng, a batch of "
                     "one per input): style consistency, cimle_semantic_layouts_iccv2019 Fig. 5.")
-  plugins.define_import_flag()
+  cli.define_import_flag()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  plugins.import_modules(f[plugins.IMPORT_FLAG].value)
+  cli.import_flagged_modules()
   try:
     sample_to_png(f.workdir, f.out, input_path=f.input, num_samples=f.num_samples,
                   num_inputs=f.num_inputs, extra=f.extra, step=f.step, seed=f.seed, diff_gain=f.diff_gain,
                   same_code=f.same_code)
   except (InputError, workdir_lib.WorkdirError) as e:  # Also: not a run, no checkpoint restores.
-    plugins.fail(str(e))
+    cli.fail(str(e))
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, flags_parser=plugins.parse_cli_flags)
+  cli.run(main)

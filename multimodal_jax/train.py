@@ -33,18 +33,21 @@ from clu import metric_writers
 from clu import metrics as clu_metrics
 from clu import periodic_actions
 import jax
+from jax.experimental import io_callback
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from multimodal_jax import checkpointing
 from multimodal_jax import config_lib
-from multimodal_jax import inference
 from multimodal_jax import periodic_eval
 from multimodal_jax import prepared as prepared_lib
+from multimodal_jax import sharding
+from multimodal_jax import validation
 from multimodal_jax import workdir as workdir_lib
 from multimodal_jax.data import pipeline
 from multimodal_jax.data import registry as data_registry
+from multimodal_jax.evaluation import grids
 from multimodal_jax.methods import base as methods_base
 
 PyTree = Any
@@ -77,20 +80,57 @@ class CompiledSteps:
 
   `compiled(name, state, batch)` runs one step and merges its metrics into
   the accumulator of that step name; `flush()` fetches and resets them (the
-  only host sync of the loop, every `log_every` steps).
+  only host sync of the loop, every `log_every` steps). With `timed`
+  (`Method.timed_steps`), every step also reports `seconds`, its run time
+  on the device (`timed_step`).
   """
 
-  def __init__(self, steps: Mapping[str, methods_base.StepFn], replicated, batch_sharding):
+  def __init__(self, steps: Mapping[str, methods_base.StepFn], replicated, batch_sharding,
+               timed: bool = False):
     self._raw = dict(steps)
     self._replicated = replicated
     self._batch_sharding = batch_sharding
+    self._timed = timed
     self._jitted: dict[str, Callable] = {}
     self._acc: dict[str, Any] = {}
+
+  @staticmethod
+  def timed_step(step_fn: methods_base.StepFn, name: str) -> methods_base.StepFn:
+    """Adds metrics['seconds'], the step's run time, read by two host callbacks.
+
+    The first callback runs before any of the step's work (its result joins
+    the inputs through an optimization barrier), the second after all of it.
+    Only the device's executor calls back; the training loop never waits.
+    """
+    clock = {}
+
+    def start(_):
+      clock[name] = time.perf_counter()
+      return np.zeros((), np.float32)
+
+    def stop(_):
+      return np.asarray(time.perf_counter() - clock.get(name, time.perf_counter()), np.float32)
+
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+
+    def step(state, batch):
+      t0 = io_callback(start, scalar, state.step)
+      state, batch, _ = jax.lax.optimization_barrier((state, batch, t0))
+      state, metrics = step_fn(state, batch)
+      state, metrics = jax.lax.optimization_barrier((state, metrics))
+      # A scalar that depends on every leaf orders the stop-clock callback after all the work.
+      marker = sum(jnp.sum(leaf.ravel()[:1].astype(jnp.float32)) for leaf in jax.tree.leaves((state, metrics))
+                   if jnp.issubdtype(leaf.dtype, jnp.number))
+      metrics = dict(metrics, seconds=io_callback(stop, scalar, marker))
+      return state, metrics
+
+    step.__name__ = step.__qualname__ = f"timed_{name}_step"
+    return step
 
   def _compile(self, name: str, state, batch):
     # The metric accumulators' structure comes from tracing the step once;
     # the nested jit below reuses that trace, so the step is traced once.
-    step_fn = jax.jit(self._raw[name])
+    step_fn = jax.jit(self.timed_step(self._raw[name], name) if self._timed else self._raw[name])
     _, metric_shapes = step_fn.eval_shape(state, batch)
 
     def wrapped(state, batch, acc):
@@ -252,14 +292,13 @@ class TrainingClock:
     return rate
 
 
-def _flatten_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      out.update(_flatten_config(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-  return out
+def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as TensorBoard hparams: dotted keys, values that are not scalars as text.
+
+  An empty section (`config_lib.flatten` keeps it as {}) has no value to show.
+  """
+  return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+          for key, value in config_lib.flatten(config).items() if not isinstance(value, dict)}
 
 
 def _format_eta(seconds: float) -> str:
@@ -316,7 +355,7 @@ class _Outputs:
   def write_samples(self, state, at_step: int) -> None:
     rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + 1), at_step)
     samples = jax.device_get(self.sample_jit(state, self.grid_x, rng, self.config.train.num_grid_samples))
-    grid = inference.sample_grid(self.spec.input_to_rgb(self.grid_batch["x"]), samples, self.grid_batch["y"])
+    grid = grids.sample_grid(self.spec.input_to_rgb(self.grid_batch["x"]), samples, self.grid_batch["y"])
     self.writer.write_images(at_step, {"samples": grid[None]})
 
   def flush_metrics(self, at_step: int, clock: TrainingClock, manager, workdir: str) -> None:
@@ -350,7 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, profile_
   `<workdir>/profile` (`_StepProfile`). Returns the final train state
   (replicated global arrays).
   """
-  config_lib.validate(config)
+  validation.validate(config)
   workdir = os.path.abspath(workdir)
   # Process 0 locks for the run: its other processes share the workdir by design.
   with workdir_lib.lock(workdir, enabled=jax.process_index() == 0):
@@ -362,9 +401,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, profile_
 
 def _train(config: ml_collections.ConfigDict, workdir: str, profile_steps: int) -> PyTree:
   """`train_and_evaluate` in a locked, checked workdir."""
-  mesh = inference.make_mesh()
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  mesh = sharding.make_mesh()
+  replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   logging.info("Devices: %d (%d per process, %d processes), platform %s.", jax.device_count(),
                jax.local_device_count(), jax.process_count(), jax.default_backend())
   compute_dtype = config_lib.resolve_compute_dtype(config)
@@ -374,17 +412,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, profile_steps: int) 
   config_lib.require_whole_rounds(config, method.steps_per_round, "the method's steps_per_round")
   base_rng = jax.random.PRNGKey(config.seed)
   init_jit = jax.jit(method.init, out_shardings=replicated)
-  abstract_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                                jax.eval_shape(method.init, base_rng))
+  abstract_state = sharding.abstract_state(method.init, base_rng, replicated)
   manager = checkpointing.make_manager(workdir, config)
   state, step = checkpointing.restore_or_init(manager, lambda: init_jit(base_rng), abstract_state, data_iter)
 
   if jax.process_index() == 0:
-    inference.write_run_info(workdir, config, batch_spec)
-  compiled = CompiledSteps(method.steps, replicated, batch_sharding)
+    workdir_lib.write_run_info(workdir, config, batch_spec)
+  compiled = CompiledSteps(method.steps, replicated, batch_sharding, timed=method.timed_steps)
   outputs = _Outputs(config, workdir, method, compiled, replicated)
   if step == 0:
-    outputs.writer.write_hparams(dict(_flatten_config(config), resolved_compute_dtype=compute_dtype.name))
+    outputs.writer.write_hparams(dict(_hparams(config), resolved_compute_dtype=compute_dtype.name))
   logging.info("Method %s: %s. Dataset %s, global batch %d.", config.method, method.description,
                config.data.name, config.data.batch_size)
   print(f"Training {config.method} ({method.description}) on {config.data.name}: steps {step} -> "

@@ -1,4 +1,8 @@
-"""A training workdir holds one run: a lock against a second run, and a config check before resuming.
+"""A training workdir holds one run: its record (run_info.json), a lock against a second run, and a config check.
+
+The record: `<workdir>/run_info.json` (`write_run_info`, `read_run_info`)
+holds the run's config, global batch shapes and `--import` modules, so that
+`evaluate` and `sample` can rebuild the method (inference.load_trained).
 
 The lock: `<workdir>/.lock`, created atomically (O_CREAT | O_EXCL) by process 0
 of a run (the other processes of a multi-process run share the workdir by
@@ -10,7 +14,7 @@ saying so; a lock from another host cannot be checked from here, and the
 error says how to remove it.
 
 The config check: a workdir's checkpoints only make sense with the config
-that wrote them (`run_info.json`, written by `inference.write_run_info`).
+that wrote them (`run_info.json`, written by `write_run_info`).
 Resuming with other values of keys that shape the train state or its data
 would fail deep inside orbax or grain ("Sampler in checkpoint does not match",
 a tree mismatch) or, worse, continue a different experiment; it fails first,
@@ -27,9 +31,13 @@ import os
 import socket
 import time
 import uuid
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import ml_collections
+import numpy as np
+
+from multimodal_jax import config_lib
+from multimodal_jax import plugins
 
 LOCK_FILE = ".lock"
 
@@ -52,13 +60,14 @@ RESUMABLE_KEYS = (
     "train.async_checkpointing",
     "data.num_workers",
     "data.data_dir",
+    "evals",  # what evaluate and train.eval_every measure, not what is trained
 )
 
 _TAKEOVER_SUFFIX = ".takeover"
 _held_tokens: set[str] = set()  # Tokens of the locks this process holds.
 
 
-RUN_INFO = "run_info.json"  # The config and batch spec of the run (inference.write_run_info).
+RUN_INFO = "run_info.json"  # The config and batch spec of the run (write_run_info).
 
 
 class WorkdirError(RuntimeError):
@@ -71,6 +80,38 @@ class WorkdirLockedError(WorkdirError):
 
 class ConfigMismatchError(WorkdirError, ValueError):
   """The workdir holds a run of another config."""
+
+
+def write_run_info(workdir: str, config: ml_collections.ConfigDict, batch_spec,
+                   imports: Sequence[str] | None = None) -> None:
+  """Saves the config, the global batch shapes and the user modules, so CLIs can rebuild the method.
+
+  Args:
+    workdir: the run's directory.
+    config: the run's config.
+    batch_spec: the global batch, {key: ShapeDtypeStruct}.
+    imports: the `--import` modules the run needs (they register its dataset or
+      method); None = those imported so far, `plugins.imported()`.
+  """
+  imports = plugins.imported() if imports is None else list(imports)
+  info = {"config": json.loads(config.to_json_best_effort()),
+          "batch_spec": {k: [list(v.shape), np.dtype(v.dtype).name] for k, v in batch_spec.items()},
+          "imports": imports}
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, RUN_INFO)
+  with open(path + ".tmp", "w") as f:
+    json.dump(info, f, indent=1)
+  os.replace(path + ".tmp", path)  # Atomic: a run killed mid-write leaves the previous file whole.
+
+
+def read_run_info(workdir: str) -> dict[str, Any]:
+  """The record `write_run_info` wrote: {"config", "batch_spec", "imports"} as JSON values.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no run_info.json.
+  """
+  with open(os.path.join(workdir, RUN_INFO)) as f:
+    return json.load(f)
 
 
 @contextlib.contextmanager
@@ -202,15 +243,14 @@ def check_config_unchanged(workdir: str, config: ml_collections.ConfigDict) -> N
   """
   path = os.path.join(workdir, RUN_INFO)
   try:
-    with open(path) as f:
-      stored = json.load(f)["config"]
+    stored = read_run_info(workdir)["config"]
   except FileNotFoundError:
     return
   except (OSError, ValueError, KeyError, TypeError) as e:
     print(f"Cannot compare the config with {path} ({type(e).__name__}: {e}); resuming without the check.",
           flush=True)
     return
-  old, new = _flatten(stored), _flatten(json.loads(config.to_json_best_effort()))
+  old, new = config_lib.flatten(stored), config_lib.flatten(json.loads(config.to_json_best_effort()))
   differ = [k for k in sorted(old) if old[k] != new.get(k, _ABSENT) and k not in RESUMABLE_KEYS]
   if differ:
     changes = ", ".join(f"{k}: {_show(old[k])} -> {_show(new.get(k, _ABSENT))}" for k in differ)
@@ -220,15 +260,6 @@ def check_config_unchanged(workdir: str, config: ml_collections.ConfigDict) -> N
 
 
 _ABSENT = object()
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if not isinstance(tree, dict):
-    return {prefix[:-1]: tree}
-  out = {}
-  for key, value in tree.items():
-    out.update(_flatten(value, f"{prefix}{key}."))
-  return out or {prefix[:-1]: {}}
 
 
 def _show(value: Any) -> str:

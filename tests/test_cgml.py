@@ -11,12 +11,16 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from multimodal_jax import config_lib
 from multimodal_jax import inference
+from multimodal_jax import sharding
 from multimodal_jax import train
+from multimodal_jax import validation
 from multimodal_jax import workdir as workdir_lib
 from multimodal_jax.data import toy3d
+from multimodal_jax.losses import colour
+from multimodal_jax.losses import latent_geometry
 from multimodal_jax.methods import cgml
+from multimodal_jax.methods import cgml_tasks
 from multimodal_jax.models import cgml_nets
 from multimodal_jax.models import registry as models
 
@@ -86,8 +90,8 @@ def assert_trees_differ(a, b):
 
 def test_projection_and_sampling_keep_unit_norm():
   z = jax.random.normal(jax.random.PRNGKey(0), (5, 7)) * 3.0
-  np.testing.assert_allclose(np.linalg.norm(cgml.project_to_sphere(z), axis=-1), 1.0, rtol=1e-6)
-  s = cgml.sample_sphere(jax.random.PRNGKey(1), (4, 3, 16))
+  np.testing.assert_allclose(np.linalg.norm(latent_geometry.project_to_sphere(z), axis=-1), 1.0, rtol=1e-6)
+  s = latent_geometry.sample_sphere(jax.random.PRNGKey(1), (4, 3, 16))
   np.testing.assert_allclose(np.linalg.norm(s, axis=-1), 1.0, rtol=1e-6)
 
 
@@ -96,11 +100,12 @@ def test_move_cosine_compares_z_s_direction_with_the_training_move():
   z_next = jnp.array([[1.0, 0.0], [2.0, 1.0], [0.0, 3.0], [1.0, 1.0]])
   # Per row: the same direction (scaled), the opposite one, orthogonal, no predicted move.
   z_hat = jnp.array([[5.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 0.0]])
-  np.testing.assert_allclose(cgml.move_cosine(z_t[:1], z_hat[:1], z_next[:1]), 1.0, rtol=1e-6)
-  np.testing.assert_allclose(cgml.move_cosine(z_t[1:2], z_hat[1:2], z_next[1:2]), -1.0, rtol=1e-6)
-  np.testing.assert_allclose(cgml.move_cosine(z_t, z_hat, z_next), (1.0 - 1.0 + 0.0 + 0.0) / 4, atol=1e-7)
+  np.testing.assert_allclose(latent_geometry.move_cosine(z_t[:1], z_hat[:1], z_next[:1]), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(latent_geometry.move_cosine(z_t[1:2], z_hat[1:2], z_next[1:2]), -1.0, rtol=1e-6)
+  np.testing.assert_allclose(latent_geometry.move_cosine(z_t, z_hat, z_next), (1.0 - 1.0 + 0.0 + 0.0) / 4, atol=1e-7)
   z_hat = z_hat.at[3].set([3.0, 4.0])  # cos((3, 4), (1, 1)) = 7 / (5 sqrt 2)
-  np.testing.assert_allclose(cgml.move_cosine(z_t[3:], z_hat[3:], z_next[3:]), 7 / (5 * np.sqrt(2)), rtol=1e-6)
+  np.testing.assert_allclose(latent_geometry.move_cosine(z_t[3:], z_hat[3:], z_next[3:]), 7 / (5 * np.sqrt(2)),
+                             rtol=1e-6)
 
 
 def test_step_gain_is_the_least_squares_fit_of_eq4_s_steps_to_the_training_moves():
@@ -108,29 +113,29 @@ def test_step_gain_is_the_least_squares_fit_of_eq4_s_steps_to_the_training_moves
   z_next = jnp.array([[3.0, 4.0], [0.0, 2.0]])  # the training moves m: ||m||^2 = 25, 4
   z_hat = jnp.array([[1.0, 0.0], [0.0, -7.0]])  # u = (1, 0) and (0, -1)
   rho_hat = jnp.array([2.0, 1.0])  # s = (2, 0): s . m = 6; s = (0, -1): -2
-  stats_3 = cgml.step_against_move(z_t, z_hat, rho_hat, z_next)
+  stats_3 = latent_geometry.step_against_move(z_t, z_hat, rho_hat, z_next)
   np.testing.assert_allclose(stats_3, [(6.0 - 2.0) / 2, (4.0 + 1.0) / 2, (25.0 + 4.0) / 2], rtol=1e-6)
   # Moving averages at iteration t only, weight 1 - decay on the new value.
-  stats_3xL = cgml.update_step_gain(jnp.array([[0.0, 0.2], [0.0, 0.4], [0.0, 1.0]]), 1, stats_3, 0.9)
+  stats_3xL = latent_geometry.update_step_gain(jnp.array([[0.0, 0.2], [0.0, 0.4], [0.0, 1.0]]), 1, stats_3, 0.9)
   np.testing.assert_allclose(stats_3xL, [[0.0, 0.9 * 0.2 + 0.1 * 2.0], [0.0, 0.9 * 0.4 + 0.1 * 2.5],
                                          [0.0, 0.9 * 1.0 + 0.1 * 14.5]], rtol=1e-6)
   # The ratio, clipped to [0, 1]; 0 where nothing was measured yet.
-  np.testing.assert_allclose(cgml.step_gains(stats_3xL), [0.0, 0.38 / 0.61], rtol=1e-6)
-  np.testing.assert_allclose(cgml.step_gains(jnp.array([[-0.1, 0.5, 0.3], [1.0, 0.25, 0.6], [1.0, 1.0, 1.0]])),
-                             [0.0, 1.0, 0.5], rtol=1e-6)
+  np.testing.assert_allclose(latent_geometry.step_gains(stats_3xL), [0.0, 0.38 / 0.61], rtol=1e-6)
+  stats_3x3 = jnp.array([[-0.1, 0.5, 0.3], [1.0, 0.25, 0.6], [1.0, 1.0, 1.0]])
+  np.testing.assert_allclose(latent_geometry.step_gains(stats_3x3), [0.0, 1.0, 0.5], rtol=1e-6)
   # Steps equal to the moves: gain 1 (Eq. 4 as the paper writes it), all of the moves explained.
   rho_exact = jnp.linalg.norm(z_next, axis=-1)
-  exact_3 = cgml.step_against_move(z_t, 2 * z_next, rho_exact, z_next)
+  exact_3 = latent_geometry.step_against_move(z_t, 2 * z_next, rho_exact, z_next)
   np.testing.assert_allclose(exact_3[0] / exact_3[1], 1.0, rtol=1e-6)
-  np.testing.assert_allclose(cgml.explained_move(exact_3[:, None]), [1.0], rtol=1e-6)
+  np.testing.assert_allclose(latent_geometry.explained_move(exact_3[:, None]), [1.0], rtol=1e-6)
   # The gain minimises E||g s - m||^2, and the share explained is the error it removes.
   num, den, move = np.asarray(stats_3)
   s_BxD = np.asarray(rho_hat)[:, None] * np.array([[1.0, 0.0], [0.0, -1.0]])
   errors = [np.mean(np.sum((g * s_BxD - np.asarray(z_next))**2, -1)) for g in (num / den - 0.01, num / den,
                                                                                num / den + 0.01, 0.0)]
   assert errors[1] < errors[0] and errors[1] < errors[2], errors
-  np.testing.assert_allclose(cgml.explained_move(stats_3[:, None]), [1 - errors[1] / errors[3]], rtol=1e-5)
-  np.testing.assert_allclose(cgml.explained_move(stats_3[:, None]), [4.0 / (2.5 * 14.5)], rtol=1e-6)
+  np.testing.assert_allclose(latent_geometry.explained_move(stats_3[:, None]), [1 - errors[1] / errors[3]], rtol=1e-5)
+  np.testing.assert_allclose(latent_geometry.explained_move(stats_3[:, None]), [4.0 / (2.5 * 14.5)], rtol=1e-6)
 
 
 def test_a_step_that_explains_too_little_of_the_moves_gets_no_gain():
@@ -138,10 +143,10 @@ def test_a_step_that_explains_too_little_of_the_moves_gets_no_gain():
   # Columns: explained 4 / (2.5 * 14.5) = 0.110; 0.01^2 / (1 * 1) = 1e-4 (a gain of 0.01, |cos| ~0.01);
   # a step pointing away from the moves; nothing measured.
   stats_3xL = jnp.array([[2.0, 0.01, -0.5, 0.0], [2.5, 1.0, 1.0, 0.0], [14.5, 1.0, 1.0, 0.0]])
-  np.testing.assert_allclose(cgml.explained_move(stats_3xL), [4.0 / 36.25, 1e-4, 0.0, 0.0], rtol=1e-5)
-  np.testing.assert_allclose(cgml.step_gains(stats_3xL, 0.0), [0.8, 0.01, 0.0, 0.0], rtol=1e-6)
-  np.testing.assert_allclose(cgml.step_gains(stats_3xL, 0.01), [0.8, 0.0, 0.0, 0.0], rtol=1e-6)
-  np.testing.assert_allclose(cgml.step_gains(stats_3xL, 0.2), [0.0, 0.0, 0.0, 0.0])
+  np.testing.assert_allclose(latent_geometry.explained_move(stats_3xL), [4.0 / 36.25, 1e-4, 0.0, 0.0], rtol=1e-5)
+  np.testing.assert_allclose(latent_geometry.step_gains(stats_3xL, 0.0), [0.8, 0.01, 0.0, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(latent_geometry.step_gains(stats_3xL, 0.01), [0.8, 0.0, 0.0, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(latent_geometry.step_gains(stats_3xL, 0.2), [0.0, 0.0, 0.0, 0.0])
 
 
 def test_momentum_update_is_eq4_exactly():
@@ -149,17 +154,17 @@ def test_momentum_update_is_eq4_exactly():
   z_hat = jnp.array([[1.0, 2.0]])
   rho = jnp.array([0.5])
   # z + 0.5 * (0, 2) / 2 = (1, 0.5), projected.
-  np.testing.assert_allclose(cgml.momentum_update(z, z_hat, rho), [[1 / np.sqrt(1.25), 0.5 / np.sqrt(1.25)]],
+  np.testing.assert_allclose(latent_geometry.momentum_update(z, z_hat, rho), [[1 / np.sqrt(1.25), 0.5 / np.sqrt(1.25)]],
                              rtol=1e-6)
   # Without momentum: z_hat, projected.
-  np.testing.assert_allclose(cgml.momentum_update(z, z_hat, rho, use_momentum=False),
+  np.testing.assert_allclose(latent_geometry.momentum_update(z, z_hat, rho, use_momentum=False),
                              [[1 / np.sqrt(5), 2 / np.sqrt(5)]], rtol=1e-6)
 
 
 def test_one_inference_iteration_equals_eq4_by_hand():
   config, method, state, batch = make("toy3d")
   h = jax.random.normal(jax.random.PRNGKey(2), (2, config.model.h_dim))
-  z = cgml.sample_sphere(jax.random.PRNGKey(3), (2, config.cgml.z_dim))
+  z = latent_geometry.sample_sphere(jax.random.PRNGKey(3), (2, config.cgml.z_dim))
   znet = cgml_nets.ZNetwork(hidden=config.model.znet_hidden, num_layers=config.model.znet_layers,
                             power_iterations=config.model.power_iterations,
                             lipschitz_scale=config.model.znet_lipschitz_scale,
@@ -245,14 +250,14 @@ def test_z_step_is_a_projected_gradient_step_on_the_per_example_energy():
     return jnp.mean(jnp.abs(g - batch["y"][:1]))
 
   grad = jax.grad(energy_of_first)(z_t[0])
-  expected = cgml.project_to_sphere(z_t[0] - config.cgml.z_step_size * grad)
+  expected = latent_geometry.project_to_sphere(z_t[0] - config.cgml.z_step_size * grad)
   np.testing.assert_allclose(after.z_BxD[0], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_each_compiled_step_traces_once():
   config, method, state, batch = make("toy3d")
   traced = {name: chex.assert_max_traces(fn, n=1) for name, fn in method.steps.items()}
-  mesh = inference.make_mesh()
+  mesh = sharding.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   compiled = train.CompiledSteps(traced, replicated, sharded)
@@ -286,16 +291,16 @@ def test_sample_and_trajectory_shapes_and_agreement():
 
 def test_colorization_outputs_rgb_from_the_input_lightness_and_predicted_ab():
   config = load_config("colorization,runlocal")
-  task = cgml.make_task(config.cgml, (1, 2, 2, 1), (1, 2, 2, 3))
+  task = cgml_tasks.make_task(config.cgml, (1, 2, 2, 1), (1, 2, 2, 3))
   rgb = jnp.array([[[[0.8, 0.2, 0.1], [0.1, 0.6, 0.3]], [[0.2, 0.3, 0.9], [0.5, 0.5, 0.5]]]])
-  lab = cgml.rgb_to_lab(rgb)
-  ab01 = (lab[..., 1:] + cgml.AB_RANGE) / (2 * cgml.AB_RANGE)
-  grey_like = cgml.lab_to_rgb(jnp.concatenate([lab[..., :1], jnp.zeros_like(lab[..., 1:])], -1))[..., :1]
+  lab = colour.rgb_to_lab(rgb)
+  ab01 = (lab[..., 1:] + colour.AB_RANGE) / (2 * colour.AB_RANGE)
+  grey_like = colour.lab_to_rgb(jnp.concatenate([lab[..., :1], jnp.zeros_like(lab[..., 1:])], -1))[..., :1]
   # With the exact lightness and (a, b), the image is recovered.
   np.testing.assert_allclose(task.to_image(grey_like, ab01), rgb, atol=2e-3)
   # The energy at the ground truth is the KL term alone.
   energy = task.energy(grey_like, ab01, rgb)
-  kl = sum(cgml.kl_to_uniform(cgml.soft_histogram(ab01[..., i].reshape(1, -1), 32)) for i in range(2))
+  kl = sum(colour.kl_to_uniform(colour.soft_histogram(ab01[..., i].reshape(1, -1), 32)) for i in range(2))
   np.testing.assert_allclose(energy, config.cgml.kl_weight * kl, rtol=1e-5)
 
 
@@ -381,8 +386,8 @@ def test_generator_is_lipschitz_in_z():
   encoder, generator = nets["encoder"], nets["generator"]
   params = state.params
   h, skips = encoder.apply({"params": params["encoder"]}, batch["x"])
-  z1 = cgml.sample_sphere(jax.random.PRNGKey(1), (2, config.cgml.z_dim))
-  z2 = cgml.sample_sphere(jax.random.PRNGKey(2), (2, config.cgml.z_dim))
+  z1 = latent_geometry.sample_sphere(jax.random.PRNGKey(1), (2, config.cgml.z_dim))
+  z2 = latent_geometry.sample_sphere(jax.random.PRNGKey(2), (2, config.cgml.z_dim))
   g1 = generator.apply({"params": params["generator"]}, h, skips, z1).reshape(2, -1)
   g2 = generator.apply({"params": params["generator"]}, h, skips, z2).reshape(2, -1)
   ratio = np.linalg.norm(g1 - g2, axis=-1) / np.linalg.norm(z1 - z2, axis=-1)
@@ -390,31 +395,31 @@ def test_generator_is_lipschitz_in_z():
 
 
 def test_lab_conversion_known_values_and_round_trip():
-  lab = np.asarray(cgml.rgb_to_lab(jnp.array([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])))
+  lab = np.asarray(colour.rgb_to_lab(jnp.array([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])))
   np.testing.assert_allclose(lab[0], [100.0, 0.0, 0.0], atol=0.05)
   np.testing.assert_allclose(lab[1], [53.24, 80.09, 67.20], atol=0.1)
   np.testing.assert_allclose(lab[2], [0.0, 0.0, 0.0], atol=0.05)
   rgb = jax.random.uniform(jax.random.PRNGKey(0), (64, 3))
-  np.testing.assert_allclose(cgml.lab_to_rgb(cgml.rgb_to_lab(rgb)), rgb, atol=1e-4)
+  np.testing.assert_allclose(colour.lab_to_rgb(colour.rgb_to_lab(rgb)), rgb, atol=1e-4)
   grey = jnp.linspace(0, 1, 5)[:, None]
-  np.testing.assert_allclose(cgml.grey_to_lightness(grey)[:, 0],
-                             cgml.rgb_to_lab(jnp.repeat(grey, 3, axis=-1))[:, 0], atol=1e-3)
+  np.testing.assert_allclose(colour.grey_to_lightness(grey)[:, 0],
+                             colour.rgb_to_lab(jnp.repeat(grey, 3, axis=-1))[:, 0], atol=1e-3)
 
 
 def test_soft_histogram_and_kl_to_uniform():
   values = jnp.array([[0.1, 0.1, 0.1, 0.1], [0.125, 0.375, 0.625, 0.875]])
-  hist = cgml.soft_histogram(values, num_bins=4)
+  hist = colour.soft_histogram(values, num_bins=4)
   np.testing.assert_allclose(hist.sum(-1), 1.0, rtol=1e-6)
-  kl = cgml.kl_to_uniform(hist)
+  kl = colour.kl_to_uniform(hist)
   assert float(kl[0]) > float(kl[1]) > 0.0  # Peaked >> spread out.
-  np.testing.assert_allclose(cgml.kl_to_uniform(jnp.full((1, 8), 1 / 8)), [0.0], atol=1e-6)
-  grad = jax.grad(lambda v: cgml.kl_to_uniform(cgml.soft_histogram(v, 4)).sum())(values)
+  np.testing.assert_allclose(colour.kl_to_uniform(jnp.full((1, 8), 1 / 8)), [0.0], atol=1e-6)
+  grad = jax.grad(lambda v: colour.kl_to_uniform(colour.soft_histogram(v, 4)).sum())(values)
   assert np.all(np.isfinite(grad)) and float(jnp.abs(grad[0]).sum()) > 0
 
 
 def test_completion_pastes_the_output_into_the_hole_only():
   config = load_config("completion,runlocal")
-  task = cgml.make_task(config.cgml, (1, 4, 4, 2), (1, 4, 4, 1))
+  task = cgml_tasks.make_task(config.cgml, (1, 4, 4, 2), (1, 4, 4, 1))
   y = jnp.arange(16, dtype=jnp.float32).reshape(1, 4, 4, 1) / 16
   mask = jnp.zeros((1, 4, 4, 1)).at[:, :2].set(1.0)
   x = jnp.concatenate([y * (1 - mask), mask], axis=-1)
@@ -428,11 +433,11 @@ def test_validate_names_bad_cgml_keys():
   config = load_config("toy3d")
   config.cgml.task = "inpainting"
   with pytest.raises(ValueError, match=r"cgml.task='inpainting' is invalid: valid: \['direct'"):
-    config_lib.validate(config)
+    validation.validate(config)
   config = load_config("toy3d")
   config.train.num_steps = config.cgml.inner_steps * 3 + 1
   with pytest.raises(ValueError, match="multiple of cgml.inner_steps"):
-    config_lib.validate(config)
+    validation.validate(config)
 
 
 # ---------------------------------------------------------------- toy3d data
@@ -530,10 +535,10 @@ def test_a_z_network_that_learned_no_moves_leaves_the_samples_at_z0():
                                                 "y": jax.ShapeDtypeStruct((32, 1, 1, 3), jnp.float32)})
     return np.asarray(jax.jit(variant_method.sample, static_argnums=3)(state, x, rng, 32))
 
-  gains = np.asarray(cgml.step_gains(state.gain_stats_3xL))
+  gains = np.asarray(latent_geometry.step_gains(state.gain_stats_3xL))
   assert 0 < gains.max() < 0.2, gains
-  assert np.all(np.asarray(cgml.explained_move(state.gain_stats_3xL)) < config.cgml.min_explained_move)
-  np.testing.assert_array_equal(cgml.step_gains(state.gain_stats_3xL, config.cgml.min_explained_move), 0.0)
+  assert np.all(np.asarray(latent_geometry.explained_move(state.gain_stats_3xL)) < config.cgml.min_explained_move)
+  np.testing.assert_array_equal(latent_geometry.step_gains(state.gain_stats_3xL, config.cgml.min_explained_move), 0.0)
   samples_t0 = np.asarray(method.extras["initial_sample"](state, x, rng, 32))
   samples_tT = np.asarray(jax.jit(method.sample, static_argnums=3)(state, x, rng, 32))
   recall_t0 = cube_recall(samples_t0, x_B)
@@ -549,7 +554,7 @@ def test_evaluating_a_run_recorded_before_a_config_key_existed_is_one_line(tmp_p
   config.unlock()
   del config.cgml["min_explained_move"]
   spec = {"x": np.zeros((2, 1, 1, 1), np.float32), "y": np.zeros((2, 1, 1, 3), np.float32)}
-  inference.write_run_info(str(tmp_path), config, spec, imports=())
+  workdir_lib.write_run_info(str(tmp_path), config, spec, imports=())
   with pytest.raises(inference.RunPredatesCodeError,
                      match=r"run_info\.json has no config key 'min_explained_move', which method 'cgml' reads "
                            r"now: the run was trained by an older version .*; retrain it\.$"):

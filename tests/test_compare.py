@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
 
 import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
-from multimodal_jax import config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from multimodal_jax import validation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from multimodal_jax.methods import base  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -19,7 +19,7 @@ def test_every_run_has_a_valid_config(quick):
   for run in compare.RUNS:
     config = compare.run_config(run, quick, seed=0, data_dir="")
     config.lock()
-    config_lib.validate(config)
+    validation.validate(config)
     base.validate_method_config(config)
     if quick:
       assert config.train.num_steps == run.quick_steps, run.slug

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_worker
-from multimodal_jax import inference
+from multimodal_jax import sharding
 from multimodal_jax import train
 from multimodal_jax.data import pipeline
 from multimodal_jax.methods import base as methods_base
@@ -83,7 +83,7 @@ def test_steps_trace_once_metrics_finite_and_samples_in_range(method_name, data_
   config = smoke_config(method_name, data_dir)
   method, batch_spec, data_iter = train.build_method(config, str(tmp_path))
   assert "index" in batch_spec, "batches carry each example's index"
-  mesh = inference.make_mesh()
+  mesh = sharding.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   chex.clear_trace_counter()

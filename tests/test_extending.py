@@ -20,10 +20,12 @@ import pytest
 from conftest import REPO
 from multimodal_jax import inference
 from multimodal_jax import plugins
+from multimodal_jax import workdir as workdir_lib
 
 EXAMPLE_MODULE = "user_data_example"
 EXAMPLE_DATASET = "two_colour_blocks"
 METHOD_MODULE = "user_method_example"
+EVALUATOR_MODULE = "user_evaluator_example"
 
 
 def run_cli(tool: str, *args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
@@ -52,11 +54,13 @@ def test_a_user_dataset_and_method_train_evaluate_and_sample_through_the_clis(tm
   assert "Training best_of_k (best of 2 hypotheses" in train_out and EXAMPLE_DATASET in train_out
   assert "best_of_k sampling weights: 16/16 examples" in train_out  # its prepare() ran, with progress
   assert (workdir / "prepared.npz").exists()
-  with open(workdir / inference.RUN_INFO) as f:
+  with open(workdir / workdir_lib.RUN_INFO) as f:
     assert json.load(f)["imports"] == [EXAMPLE_MODULE, METHOD_MODULE]
 
   # No --import: the modules recorded in run_info.json are imported.
+  # A user's evaluator, added to the list with --evals (docs/extending.md).
   eval_out = _check_ok(run_cli("evaluate", f"--workdir={workdir}", "--num_inputs=4", "--num_samples=4",
+                               f"--import={EVALUATOR_MODULE}", "--evals=fidelity,diversity,best_mse",
                                cwd=tmp_path))
   with open(workdir / "eval.json") as f:
     result = json.load(f)
@@ -64,6 +68,8 @@ def test_a_user_dataset_and_method_train_evaluate_and_sample_through_the_clis(tm
   assert result["method"] == "best_of_k"
   assert result["metrics"]["diversity_mean_abs_pixel"] > 0.0  # Two hypotheses: samples differ.
   assert "mode_recall" not in result["metrics"]  # The example gives no true_modes.
+  assert 0.0 < result["metrics"]["best_mse"] and "best-of-4 MSE" in eval_out
+  assert result["evals"] == ["fidelity", "diversity", "best_mse"]
 
   # Repeating the flag is harmless.
   sample_out = _check_ok(run_cli("sample", f"--workdir={workdir}", f"--out={png}", "--num_inputs=2",
@@ -78,16 +84,16 @@ def test_an_unknown_import_fails_in_one_line(tmp_path):
   last_line = proc.stderr.strip().splitlines()[-1]
   assert last_line == ("ImportError: Could not import 'no_such_module' (--import): ModuleNotFoundError: "
                        "No module named 'no_such_module'; is its directory on PYTHONPATH?")
-  assert not (tmp_path / "run" / inference.RUN_INFO).exists()
+  assert not (tmp_path / "run" / workdir_lib.RUN_INFO).exists()
 
 
-@pytest.mark.parametrize("module", [EXAMPLE_MODULE, METHOD_MODULE])
+@pytest.mark.parametrize("module", [EXAMPLE_MODULE, METHOD_MODULE, EVALUATOR_MODULE])
 def test_docs_show_the_tested_examples(module):
   # docs/extending.md shows tests/user_*_example.py without their docstrings.
   example = (REPO / "tests" / f"{module}.py").read_text()
   code = example.split('"""\n\n', 1)[1]
   assert code in (REPO / "docs" / "extending.md").read_text()
-  assert len(code.splitlines()) < 60
+  assert len(code.splitlines()) < (30 if module == EVALUATOR_MODULE else 60)
 
 
 # ---------------------------------------------------------------- plugins and run_info.json
@@ -126,11 +132,11 @@ def test_run_info_records_imports_and_load_trained_imports_them(fresh_imports):
   config = ml_collections.ConfigDict({"method": "regression", "seed": 0})
   batch_spec = {"x": np.zeros((2, 4, 4, 1), np.float32)}
   plugins.import_modules(["json"])
-  inference.write_run_info(str(fresh_imports), config, batch_spec)
-  info = json.loads((fresh_imports / inference.RUN_INFO).read_text())
+  workdir_lib.write_run_info(str(fresh_imports), config, batch_spec)
+  info = json.loads((fresh_imports / workdir_lib.RUN_INFO).read_text())
   assert info["imports"] == ["json"]
-  inference.write_run_info(str(fresh_imports), config, batch_spec, imports=("mmj_not_installed",))
-  info = json.loads((fresh_imports / inference.RUN_INFO).read_text())
+  workdir_lib.write_run_info(str(fresh_imports), config, batch_spec, imports=("mmj_not_installed",))
+  info = json.loads((fresh_imports / workdir_lib.RUN_INFO).read_text())
   assert info["imports"] == ["mmj_not_installed"]
   # The run's modules are imported before anything else is read.
   with pytest.raises(ImportError, match=r"^Could not import 'mmj_not_installed' \(recorded in .*run_info\.json\)"

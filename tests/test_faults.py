@@ -23,9 +23,9 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from multimodal_jax import config_lib
 from multimodal_jax import evaluate as evaluate_lib
 from multimodal_jax import sample as sample_lib
+from multimodal_jax import validation
 from multimodal_jax.data import pipeline
 from multimodal_jax.models import registry as models_registry
 from multimodal_jax.models import vgg as vgg_lib
@@ -89,7 +89,7 @@ def test_helpfull_prints_the_docstring_unformatted():
                                   "diversity.py"])
 def test_every_model_size_must_be_positive(name):
   config = load_config(name)
-  config_lib.validate(config)
+  validation.validate(config)
   sections = [s for s in ("model", "discriminator") if s in config and config[s].get("name")]
   checked = 0
   for section in sections:
@@ -101,7 +101,7 @@ def test_every_model_size_must_be_positive(name):
         value = broken[section][key]
         broken[section][key] = tuple([bad] * len(value)) if isinstance(value, tuple) else bad
         with pytest.raises(ValueError, match=rf"^config\.{section}\.{key}=.* must be a positive int"):
-          config_lib.validate(broken)
+          validation.validate(broken)
       checked += 1
   assert checked >= 2  # Every config's model has at least a width and a depth.
 
@@ -117,9 +117,9 @@ def test_num_steps_must_be_whole_rounds(name, arg, steps, nearest):
   config.train.num_steps = steps
   with pytest.raises(ValueError, match=rf"^config\.train\.num_steps={steps} is invalid: must be a multiple of "
                                        rf".*; nearest valid: {nearest}$"):
-    config_lib.validate(config)
+    validation.validate(config)
   config.train.num_steps = int(nearest.split()[-1])
-  config_lib.validate(config)
+  validation.validate(config)
 
 
 # ---------------------------------------------------------------- item 5: orphaned grain workers

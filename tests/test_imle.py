@@ -16,8 +16,10 @@ from scipy import stats as scipy_stats
 import tensorflow_datasets as tfds
 
 from conftest import REPO
-from multimodal_jax import inference
+from multimodal_jax import config_lib
+from multimodal_jax import sharding
 from multimodal_jax import train
+from multimodal_jax import validation
 from multimodal_jax.data import pipeline
 from multimodal_jax.losses import imle_selection
 from multimodal_jax.losses import perceptual
@@ -48,7 +50,7 @@ def toy_generate(x_Bx2x2x3, z_Bx2x2x1):
 
 
 def pixel_l2():
-  return perceptual.make_distance(perceptual.default_distance_config("pixel", pixel_norm="l2"))
+  return perceptual.make_distance(config_lib.default_distance_config("pixel", pixel_norm="l2"))
 
 
 def random_vgg_distance():
@@ -205,8 +207,8 @@ def test_selection_sharded_over_four_devices_matches_one_and_communicates_nothin
       from test_imle import toy_generate, toy_batch, pixel_l2, LATENT
       from multimodal_jax.losses import imle_selection
       assert jax.device_count() == 4
-      from multimodal_jax import inference
-      mesh = inference.make_mesh()  # the loop's mesh (Auto axis)
+      from multimodal_jax import sharding
+      mesh = sharding.make_mesh()  # the loop's mesh (Auto axis)
       shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
       x, y, _ = toy_batch(b=8, seed=4)
       d = pixel_l2()
@@ -315,8 +317,8 @@ def mixture_batch(rng, n):
 def mixture_config(**imle_overrides):
   config = load_config(SRIM, "runlocal")
   config.data.batch_size = 64  # |S|
-  config.distance = perceptual.default_distance_config("pixel", pixel_norm="l2")
-  config.imle.selection_distance = perceptual.default_distance_config("pixel", pixel_norm="l2")
+  config.distance = config_lib.default_distance_config("pixel", pixel_norm="l2")
+  config.imle.selection_distance = config_lib.default_distance_config("pixel", pixel_norm="l2")
   config.imle.num_samples = 16
   config.imle.chunk_size = 8
   config.imle.updates_per_selection = 20
@@ -332,12 +334,12 @@ def mixture_config(**imle_overrides):
 
 
 def train_rounds(method, config, num_rounds, seed=0):
-  mesh = inference.make_mesh()
+  mesh = sharding.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   chex.clear_trace_counter()  # each call compiles afresh; within it, each step traces once
   steps = {k: chex.assert_max_traces(fn, n=1) for k, fn in method.steps.items()}
-  compiled = train.CompiledSteps(steps, replicated, sharded)
+  compiled = train.CompiledSteps(steps, replicated, sharded, timed=method.timed_steps)  # imle.time_steps
   state = jax.jit(method.init, out_shardings=replicated)(jax.random.PRNGKey(seed))
   rng = np.random.default_rng(seed)
   history = []
@@ -380,7 +382,7 @@ def test_imle_covers_both_modes_where_regression_collapses_to_the_mean():
   reg_config.model.features, reg_config.model.num_blocks = 32, 2
   reg_config.optimizer.learning_rate = 3e-3
   reg = methods_base.make_method(reg_config, spec)
-  mesh = inference.make_mesh()
+  mesh = sharding.make_mesh()
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   compiled = train.CompiledSteps(reg.steps, replicated, sharded)
@@ -428,7 +430,6 @@ def test_zero_code_phase_sampling_and_interpolation():
 
 
 def test_validate_rejects_inconsistent_imle_settings():
-  from multimodal_jax import config_lib  # pylint: disable=g-import-not-at-top
   for key, value, message in [("imle.minibatch_size", 64, "must be <= |S|"),
                               ("imle.zero_code_steps", 3, "multiple of imle.updates_per_selection"),
                               ("imle.chunk_size", 9, "must be <= imle.num_samples")]:
@@ -436,16 +437,16 @@ def test_validate_rejects_inconsistent_imle_settings():
     section, _, field = key.rpartition(".")
     config[section][field] = value
     with pytest.raises(ValueError, match=message):
-      config_lib.validate(config)
+      validation.validate(config)
   config = load_config(SRIM, "runlocal")
   with config.unlocked():
     del config.imle["stratified_codes"]  # a config written before the key existed
   with pytest.raises(ValueError, match=r"config.imle.stratified_codes is missing: True draws"):
-    config_lib.validate(config)
+    validation.validate(config)
   with config.unlocked():
     config.imle.stratified_codes = 1  # not a bool
   with pytest.raises(ValueError, match=r"config.imle.stratified_codes=1 is invalid: True draws"):
-    config_lib.validate(config)
+    validation.validate(config)
 
 
 def test_srim_runlocal_trains_through_the_loop(tmp_path, data_dir):

@@ -1,17 +1,64 @@
-"""The CPU random-bits workaround (multimodal_jax/jax_workarounds.py) changes compile time, never values."""
+"""The CPU random-bits workaround (multimodal_jax/jax_workarounds.py) changes compile time, never values.
+
+It is installed by the programs (`cli.run`) and by this suite (conftest.py),
+never by importing the package.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import REPO
 from multimodal_jax import jax_workarounds
 
 
-def test_the_workaround_is_installed_when_the_package_is_imported():
+def test_the_suite_runs_with_the_workaround_installed():
   from jax._src.random import threefry2x32  # pylint: disable=g-import-not-at-top
   assert threefry2x32._threefry_random_bits_partitionable is jax_workarounds.flat_random_bits  # pylint: disable=protected-access
   assert jax.config.jax_threefry_partitionable  # the mode it applies to (JAX's default)
+
+
+# In a fresh Python: importing the package, the loop and every method leaves JAX as
+# it is; each program's entry (absl's app.run stubbed out) installs the workaround
+# first. Between programs JAX's own function is put back and their flags removed.
+_IMPORT_THEN_ENTER = textwrap.dedent("""\
+    import importlib, runpy, sys
+    from absl import app, flags
+    from jax._src.random import threefry2x32
+    jax_own = threefry2x32._threefry_random_bits_partitionable
+    import multimodal_jax
+    from multimodal_jax import jax_workarounds, train
+    from multimodal_jax.methods import base
+    for module in base.METHODS.values():
+      importlib.import_module(module)
+    assert threefry2x32._threefry_random_bits_partitionable is jax_own, "patched on import"
+    entered = []
+    app.run = lambda main, **kwargs: entered.append(main)
+    flags_before = set(flags.FLAGS)
+    for program in sys.argv[1:]:
+      threefry2x32._threefry_random_bits_partitionable = jax_own
+      runpy.run_module(program, run_name="__main__")
+      assert entered.pop(), program + " did not reach app.run"
+      assert threefry2x32._threefry_random_bits_partitionable is jax_workarounds.flat_random_bits, program
+      for name in set(flags.FLAGS) - flags_before:
+        delattr(flags.FLAGS, name)
+      print(program, "OK")
+    """)
+PROGRAMS = ["multimodal_jax.main", "multimodal_jax.evaluate", "multimodal_jax.sample"]
+
+
+def test_importing_the_package_patches_nothing_and_each_program_installs_the_workaround():
+  env = {k: v for k, v in os.environ.items() if k != jax_workarounds.ENV_FLAG}
+  proc = subprocess.run([sys.executable, "-c", _IMPORT_THEN_ENTER, *PROGRAMS], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+  assert proc.stdout.split() == [word for program in PROGRAMS for word in (program, "OK")]
 
 
 # Shapes that compile fast on JAX's own path too (the slow ones, e.g. (3, 3, 8, 10), take ~18 s).

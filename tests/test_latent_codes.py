@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from multimodal_jax import config_lib
 from multimodal_jax.losses import neighbours
 from multimodal_jax.losses import multiple_choice
 from multimodal_jax.losses import perceptual
@@ -220,7 +221,7 @@ def test_shared_sampling_uses_training_codes_first_then_new_ones_and_interpolate
 
 
 def test_pairwise_distances_match_a_loop():
-  distance = perceptual.make_distance(perceptual.default_distance_config("pixel", pixel_norm="l1"))
+  distance = perceptual.make_distance(config_lib.default_distance_config("pixel", pixel_norm="l1"))
   rng = np.random.default_rng(2)
   h = jnp.asarray(rng.uniform(size=(2, 3, 4, 4, 3)), jnp.float32)
   t = jnp.asarray(rng.uniform(size=(2, 5, 4, 4, 3)), jnp.float32)

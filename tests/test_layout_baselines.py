@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from conftest import REPO
+from multimodal_jax import config_lib
 from multimodal_jax.losses import multiple_choice
 from multimodal_jax.losses import perceptual
 from multimodal_jax.methods import base as methods_base
@@ -14,7 +15,7 @@ LAYOUT = str(REPO / "configs" / "layout_imle.py")
 
 
 def test_best_of_k_takes_the_nearest_hypothesis_and_trains_only_it():
-  distance = perceptual.make_distance(perceptual.default_distance_config("pixel", pixel_norm="l1"))
+  distance = perceptual.make_distance(config_lib.default_distance_config("pixel", pixel_norm="l1"))
   y = jnp.zeros((2, 2, 2, 1))
   y_hat = jnp.stack([jnp.full((2, 2, 2, 1), v) for v in (0.5, 0.1, 0.3)], axis=1)  # [B=2, K=3, ...]
   y_hat = y_hat.at[1, 2].set(0.05)  # example 1's best is hypothesis 2

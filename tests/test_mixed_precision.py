@@ -18,6 +18,7 @@ import pytest
 from conftest import REPO
 from multimodal_jax import config_lib
 from multimodal_jax import train
+from multimodal_jax import validation
 from multimodal_jax.losses import imle_selection
 from multimodal_jax.losses import perceptual
 from multimodal_jax.methods import base as methods_base
@@ -74,7 +75,7 @@ def test_auto_is_float32_on_cpu_and_the_names_resolve():
   assert config_lib.resolve_compute_dtype(config) == BF16
   config.compute_dtype = "float16"
   with pytest.raises(ValueError, match=r"config.compute_dtype='float16' is invalid: valid: \['auto'"):
-    config_lib.validate(config)
+    validation.validate(config)
 
 
 def test_a_config_recorded_before_the_key_existed_computes_in_float32():
@@ -319,15 +320,15 @@ def test_auto_chunk_with_a_device_memory_size_keeps_the_largest_chunk_that_fits(
     return real(lambda c: seen["bytes"].setdefault(c, memory_at(c)), num_samples, budget_bytes)
 
   monkeypatch.setattr(imle_selection, "largest_fitting_chunk", spy)
-  monkeypatch.setattr(imle, "device_memory_bytes", lambda: 2**40)
+  monkeypatch.setattr(imle_selection, "device_memory_bytes", lambda: 2**40)
   assert "chunks of 4, auto: the largest divisor of m" in imle.make_method(config, spec).description
   full = seen["bytes"][4]  # measured by CPU memory_analysis of the compiled selection
-  limit = int((full - 1) / imle.AUTO_CHUNK_MEMORY_SHARE)
-  monkeypatch.setattr(imle, "device_memory_bytes", lambda: limit)
+  limit = int((full - 1) / imle_selection.AUTO_CHUNK_MEMORY_SHARE)
+  monkeypatch.setattr(imle_selection, "device_memory_bytes", lambda: limit)
   seen.clear()
   description = imle.make_method(config, spec).description
   chosen = int(description.split("chunks of ")[1].split(",")[0])
-  assert seen["budget"] == imle.AUTO_CHUNK_MEMORY_SHARE * limit
+  assert seen["budget"] == imle_selection.AUTO_CHUNK_MEMORY_SHARE * limit
   assert chosen < 4 and seen["bytes"][chosen] <= seen["budget"]
   assert all(b > seen["budget"] for c, b in seen["bytes"].items() if c > chosen)
   assert seen["bytes"][chosen] < full  # memory grows with the chunk

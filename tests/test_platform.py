@@ -16,7 +16,6 @@ from multimodal_jax.methods import base as methods_base
 from multimodal_jax.methods import common
 from multimodal_jax.methods import imle
 from multimodal_jax.models import registry as models
-from multimodal_jax.models import vgg as vgg_lib
 from test_train import load_config
 
 SRIM = str(REPO / "configs" / "srim.py")
@@ -149,14 +148,6 @@ def test_fingerprint_follows_data_and_the_method_section_not_where_data_live():
     section, field = key.split(".")
     changed[section][field] = value
     assert prepared_lib.fingerprint(changed) != fp, key
-
-
-@pytest.fixture(scope="module")
-def random_vgg_dir(tmp_path_factory):
-  out = tmp_path_factory.mktemp("vgg")
-  vgg_lib.save_weights_file(str(out / "vgg19.msgpack"), vgg_lib.init_vgg_params("vgg19"),
-                            {"arch": "vgg19", "input_norm": "torchvision", "source": "random"})
-  return str(out)
 
 
 def test_imle_calibrates_on_the_train_split_once_and_inference_restores_it(tmp_path, data_dir, random_vgg_dir,

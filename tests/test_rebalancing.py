@@ -7,8 +7,8 @@ import pytest
 import scipy.stats
 
 from conftest import REPO
+from multimodal_jax import config_lib
 from multimodal_jax import prepared as prepared_lib
-from multimodal_jax.losses import perceptual
 from multimodal_jax.losses import rebalancing
 from multimodal_jax.methods import base as methods_base
 from multimodal_jax.methods import imle
@@ -91,8 +91,8 @@ def test_prepare_computes_rarity_and_pool_weights_over_the_training_set(data_dir
 
 def test_loss_rebalancing_weights_the_selection_distance_by_the_rarity_mask():
   config, _ = load_config(SRIM, "runlocal")
-  config.distance = perceptual.default_distance_config("pixel", pixel_norm="l1")
-  config.imle.selection_distance = perceptual.default_distance_config("pixel", pixel_norm="l1")
+  config.distance = config_lib.default_distance_config("pixel", pixel_norm="l1")
+  config.imle.selection_distance = config_lib.default_distance_config("pixel", pixel_norm="l1")
   config.imle.zero_code_steps = 2  # the select step evaluates T(x, 0): a deterministic distance
   config.imle.rebalance_loss = True
   b, h, w = 8, 4, 4

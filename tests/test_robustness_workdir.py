@@ -21,6 +21,7 @@ import pytest
 from conftest import REPO
 from multimodal_jax import checkpointing
 from multimodal_jax import inference
+from multimodal_jax import sharding
 from multimodal_jax import train
 from multimodal_jax import workdir as workdir_lib
 from test_train import config_flags_for, tiny_config
@@ -51,7 +52,7 @@ def _restore(workdir, data_dir):
   """checkpointing.restore_or_init as the loop calls it: (state, step, data_iter, manager)."""
   config = _config(data_dir)
   method, _, data_iter = train.build_method(config, workdir)
-  replicated = jax.sharding.NamedSharding(inference.make_mesh(), jax.sharding.PartitionSpec())
+  replicated = jax.sharding.NamedSharding(sharding.make_mesh(), jax.sharding.PartitionSpec())
   abstract_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
                                 jax.eval_shape(method.init, jax.random.PRNGKey(0)))
   manager = checkpointing.make_manager(workdir, config)
@@ -269,7 +270,7 @@ def test_resuming_with_keys_that_shape_the_state_fails_naming_them(trained, tmp_
   config = _config(data_dir, num_steps=6)
   config.model.features = 16
   config.optimizer.learning_rate = 0.002
-  prepared_before = os.path.getmtime(os.path.join(workdir, inference.RUN_INFO))
+  prepared_before = os.path.getmtime(os.path.join(workdir, workdir_lib.RUN_INFO))
   with pytest.raises(workdir_lib.ConfigMismatchError) as error:
     train.train_and_evaluate(config, workdir)
   message = str(error.value)
@@ -277,7 +278,7 @@ def test_resuming_with_keys_that_shape_the_state_fails_naming_them(trained, tmp_
   assert (f"{workdir} holds a run of another config (model.features: 8 -> 16, optimizer.learning_rate: "
           "0.001 -> 0.002; recorded in") in message
   assert "use a new --workdir" in message and "num_steps" not in message
-  assert os.path.getmtime(os.path.join(workdir, inference.RUN_INFO)) == prepared_before
+  assert os.path.getmtime(os.path.join(workdir, workdir_lib.RUN_INFO)) == prepared_before
   assert not os.path.exists(os.path.join(workdir, workdir_lib.LOCK_FILE))  # Released on the error.
 
 
@@ -285,23 +286,24 @@ def test_keys_that_may_change_on_resume_pass_the_config_check(trained, data_dir)
   config = _config(data_dir)
   changed = []
   for key in workdir_lib.RESUMABLE_KEYS:
-    section, field = key.split(".")
-    if field not in config[section]:
+    *sections, field = key.split(".")
+    parent = config[sections[0]] if sections else config
+    if field not in parent:
       continue
-    value = config[section][field]
-    config[section][field] = (not value if isinstance(value, bool) else value + 1 if isinstance(value, int)
-                              else value + "_elsewhere")
+    value = parent[field]
+    parent[field] = (not value if isinstance(value, bool) else value + 1 if isinstance(value, int)
+                     else value[:1] if isinstance(value, tuple) else value + "_elsewhere")
     changed.append(key)
-  assert {"train.num_steps", "train.log_every", "data.num_workers", "data.data_dir"} <= set(changed)
+  assert {"train.num_steps", "train.log_every", "data.num_workers", "data.data_dir", "evals"} <= set(changed)
   workdir_lib.check_config_unchanged(trained, config)  # Does not raise.
   readme = (REPO / "README.md").read_text()
   for key in workdir_lib.RESUMABLE_KEYS:  # The README lists them.
-    assert key.split(".")[1] in readme[readme.index("RESUMABLE_KEYS"):], key
+    assert key.split(".")[-1] in readme[readme.index("RESUMABLE_KEYS"):], key
 
 
 def test_keys_the_recorded_run_did_not_have_are_not_compared(trained, tmp_path, data_dir):
   workdir = _copy(trained, tmp_path)
-  path = os.path.join(workdir, inference.RUN_INFO)
+  path = os.path.join(workdir, workdir_lib.RUN_INFO)
   with open(path) as f:
     info = json.load(f)
   del info["config"]["model"]["features"]  # As if the key had been added to the code since.

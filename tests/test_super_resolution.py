@@ -16,6 +16,7 @@ from multimodal_jax import sample as sample_lib
 from multimodal_jax import train
 from multimodal_jax.data import local_photos_sr
 from multimodal_jax.data import pipeline
+from multimodal_jax.evaluation import grids
 from multimodal_jax.evaluation import metrics
 from multimodal_jax.models import conv_generator
 from multimodal_jax.models import registry
@@ -161,7 +162,7 @@ def test_difference_grid_reference_column_moves_the_samples_right():
   inputs = np.zeros((1, 2, 2, 3), np.float32)
   rows = np.stack([np.full((2, 2, 3), 0.25), np.full((2, 2, 3), 0.75)])[None].astype(np.float32)
   reference = np.full((1, 2, 2, 3), 0.5, np.float32)
-  grid = sample_lib.difference_grid(inputs, rows, pad=1, reference_SxHxWx3=reference)
+  grid = grids.difference_grid(inputs, rows, pad=1, reference_SxHxWx3=reference)
   assert grid.shape == (2 * 3 + 1, 4 * 3 + 1, 3)
   assert grid[1, 4, 0] == 0.5 and grid[1, 7, 0] == 0.25 and grid[1, 10, 0] == 0.75
   assert grid[4, 10, 0] == 0.5  # |0.75 - 0.25| under sample 2

@@ -16,8 +16,10 @@ import tensorflow_datasets as tfds
 
 from conftest import REPO, run_worker
 from multimodal_jax import config_lib
-from multimodal_jax import inference
+from multimodal_jax import sharding
 from multimodal_jax import train
+from multimodal_jax import validation
+from multimodal_jax.evaluation import grids
 from multimodal_jax.methods import base as methods_base
 from multimodal_jax.methods import common
 
@@ -65,7 +67,7 @@ def all_config_variants():
 def test_every_config_and_variant_loads_and_validates(name, arg):
   config, _ = load_config(str(REPO / "configs" / name), arg or None)
   assert config.is_locked
-  config_lib.validate(config)
+  validation.validate(config)
   with pytest.raises(AttributeError):
     config.train.num_stpes = 3  # A typo never passes silently.
 
@@ -89,7 +91,7 @@ def test_validate_names_the_bad_key(key, value, message):
   section, _, field = key.rpartition(".")
   (config[section] if section else config)[field] = value
   with pytest.raises(ValueError, match=message):
-    config_lib.validate(config)
+    validation.validate(config)
 
 
 def test_validate_batch_divisible_by_devices(monkeypatch):
@@ -97,7 +99,7 @@ def test_validate_batch_divisible_by_devices(monkeypatch):
   config.data.batch_size = 6
   monkeypatch.setattr(jax, "device_count", lambda: 4)
   with pytest.raises(ValueError, match=r"data.batch_size=6 .*divisible by the number of devices \(4\)"):
-    config_lib.validate(config)
+    validation.validate(config)
 
 
 def test_typo_on_the_command_line_fails_before_compiling(tmp_path):
@@ -168,7 +170,7 @@ def test_compiled_step_traces_once():
   batch = _synthetic_batch()
   method = _regression(config, batch)
   traced_step = chex.assert_max_traces(method.steps["train"], n=1)
-  mesh = inference.make_mesh()
+  mesh = sharding.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   compiled = train.CompiledSteps({"train": traced_step}, replicated, sharded)
@@ -194,7 +196,7 @@ def test_sample_grid_layout():
   x = np.zeros((2, 4, 8, 3), np.float32)
   samples = np.full((2, 3, 4, 8, 1), 0.5, np.float32)
   y = np.ones((2, 4, 8, 1), np.float32)
-  grid = inference.sample_grid(x, samples, y, pad=1)
+  grid = grids.sample_grid(x, samples, y, pad=1)
   assert grid.shape == (2 * 5 + 1, 5 * 9 + 1, 3)
   np.testing.assert_allclose(grid[1:5, 1:9], 0.0)  # input
   np.testing.assert_allclose(grid[1:5, 10:18], 0.5)  # first sample, grey -> RGB

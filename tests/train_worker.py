@@ -16,6 +16,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from multimodal_jax import cli
 from multimodal_jax import main as mmj_main  # Defines --config, --workdir and the distributed flags.
 from multimodal_jax import train
 from multimodal_jax.data import pipeline
@@ -58,4 +59,5 @@ def run(argv):
 
 
 if __name__ == "__main__":
+  cli.set_up_process()  # As `python -m multimodal_jax.main` does (cli.run).
   app.run(run)

@@ -53,9 +53,9 @@ def _transforms_with_default_size(default_size: int):
   return make
 
 
-registry.register('stl10_colorization', registry.DatasetSpec(
+STL10_COLORIZATION = registry.DatasetSpec(
     tfds_name='stl10', builder_cls=None, train_split='train', eval_split='test',
-    make_transforms=_transforms_with_default_size(96), input_to_rgb=toy_scenes.grey_to_rgb))
-registry.register('imagenet_colorization', registry.DatasetSpec(
+    make_transforms=_transforms_with_default_size(96), input_to_rgb=toy_scenes.grey_to_rgb)
+IMAGENET_COLORIZATION = registry.DatasetSpec(
     tfds_name='imagenet2012', builder_cls=None, train_split='train', eval_split='validation',
-    make_transforms=_transforms_with_default_size(128), input_to_rgb=toy_scenes.grey_to_rgb))
+    make_transforms=_transforms_with_default_size(128), input_to_rgb=toy_scenes.grey_to_rgb)

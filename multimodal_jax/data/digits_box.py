@@ -94,11 +94,11 @@ def make_transforms(data_config: ml_collections.ConfigDict, train: bool):
   return [BoxAndMask(rate)] if train else [FixedMaskBothModes()]
 
 
-registry.register('digits_completion_box', registry.DatasetSpec(
+DIGITS_COMPLETION_BOX = registry.DatasetSpec(
     tfds_name='digits_completion',
     builder_cls=dc.DigitsCompletion,
     train_split='train',
     eval_split='test',
     make_transforms=make_transforms,
     input_to_rgb=dc.masked_to_rgb,
-))
+)

@@ -215,11 +215,11 @@ def masked_to_rgb(x_BxHxWx2: np.ndarray) -> np.ndarray:
   return rgb * (1.0 - mask) + mask * np.array([0.5, 0.0, 0.0], np.float32)
 
 
-registry.register('digits_completion', registry.DatasetSpec(
+DIGITS_COMPLETION = registry.DatasetSpec(
     tfds_name='digits_completion',
     builder_cls=DigitsCompletion,
     train_split='train',
     eval_split='test',
     make_transforms=make_transforms,
     input_to_rgb=masked_to_rgb,
-))
+)

@@ -355,7 +355,7 @@ def layout_to_rgb(x_BxHxWxC: np.ndarray) -> np.ndarray:
   return PALETTE_Cx3[np.argmax(x_BxHxWxC, axis=-1)]
 
 
-registry.register('facades', registry.DatasetSpec(
+FACADES = registry.DatasetSpec(
     tfds_name='facades',
     builder_cls=Facades,
     train_split='train',
@@ -363,4 +363,4 @@ registry.register('facades', registry.DatasetSpec(
     make_transforms=make_transforms,
     input_to_rgb=layout_to_rgb,
     class_names=CLASS_NAMES,
-))
+)

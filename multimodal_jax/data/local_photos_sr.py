@@ -223,11 +223,12 @@ def lr_to_rgb(x_BxhxWx3: np.ndarray) -> np.ndarray:
   return np.asarray(x_BxhxWx3, np.float32)
 
 
-registry.register('local_photos_sr', registry.DatasetSpec(
+LOCAL_PHOTOS_SR = registry.DatasetSpec(
     tfds_name='local_photos_sr',
     builder_cls=LocalPhotosSR,
     train_split='train',
     eval_split='test',
     make_transforms=_transforms,
     input_to_rgb=lr_to_rgb,
-))
+    degrade=bicubic_downsample,
+)

@@ -123,20 +123,23 @@ def div2k_transforms(data_config: ml_collections.ConfigDict, train: bool):
   return [Div2KRandomCrop(hr_size, augment)] if train else [Div2KCenterCrop(hr_size)]
 
 
-registry.register('imagenet_sr', registry.DatasetSpec(
+IMAGENET_SR = registry.DatasetSpec(
     tfds_name='imagenet2012',
     builder_cls=None,
     train_split=f'train[:{IMAGENET_TRAIN_IMAGES}]',
     eval_split='validation',
     make_transforms=imagenet_transforms,
     input_to_rgb=local_photos_sr.lr_to_rgb,
-))
+    degrade=local_photos_sr.bicubic_downsample,
+)
 
-registry.register('div2k_x8', registry.DatasetSpec(
+DIV2K_X8 = registry.DatasetSpec(
     tfds_name='div2k/bicubic_x8',
     builder_cls=None,
     train_split='train',
     eval_split='validation',
     make_transforms=div2k_transforms,
     input_to_rgb=local_photos_sr.lr_to_rgb,
-))
+    # DIV2K's LR images are MATLAB imresize's; PIL's antialiased bicubic is its close stand-in here.
+    degrade=local_photos_sr.bicubic_downsample,
+)

@@ -480,20 +480,20 @@ def heatmaps_to_rgb(x_BxHxWxK: np.ndarray) -> np.ndarray:
   return np.repeat(peak, 3, axis=-1)
 
 
-registry.register('pets_normals', registry.DatasetSpec(
+PETS_NORMALS = registry.DatasetSpec(
     tfds_name='pets_normals',
     builder_cls=PetsNormals,
     train_split='train',
     eval_split='test',
     make_transforms=_pets_transforms,
     input_to_rgb=normals_to_rgb,
-))
+)
 
-registry.register('lfw_landmarks', registry.DatasetSpec(
+LFW_LANDMARKS = registry.DatasetSpec(
     tfds_name='lfw_landmarks',
     builder_cls=LFWLandmarks,
     train_split='train',
     eval_split='test',
     make_transforms=_lfw_transforms,
     input_to_rgb=heatmaps_to_rgb,
-))
+)

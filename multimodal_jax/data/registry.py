@@ -7,11 +7,16 @@ Every dataset yields per-example dicts of numpy arrays with the same keys:
   plus dataset-specific extras (e.g. `mode` int32 for toy_scenes, `mask`).
 Batching, sharding and shuffling are generic (`data/pipeline.py`); a dataset
 only says how one stored record becomes one such dict.
+
+Adding a built-in dataset: define its `DatasetSpec` as a module-level constant
+in its module under `data/`, then one line in `DATASETS`. A module outside the
+package calls `register` instead (`--import=my_data`, docs/extending.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import sys
 from typing import Any, Callable, Sequence
 
@@ -102,6 +107,10 @@ class DatasetSpec:
       of the layout draws its own mode: the true modes are then all K^|C|
       combinations of the K modes' colours per class, and mode metrics are per
       segment (`evaluation.metrics.segment_mode_metrics`).
+    degrade: for super-resolution data, how an input was made from its target:
+      (uint8 HR [H, W, 3], factor) -> uint8 LR. The SR protocol's LR-PSNR
+      passes samples through it (a sample consistent with its input scores
+      high; the ground truth itself scores its quantisation error only).
   """
   tfds_name: str
   builder_cls: type | None
@@ -115,6 +124,7 @@ class DatasetSpec:
   mode_tolerance: float | None = None
   mode_frequencies: Callable[[Any], np.ndarray] | None = None
   independent_segments: Callable[[Any], bool] | None = None
+  degrade: Callable[[np.ndarray, int], np.ndarray] | None = None
 
   def __post_init__(self):
     if self.true_modes is not None and not (self.mode_tolerance or 0) > 0:
@@ -125,7 +135,30 @@ class DatasetSpec:
                       f'got {type(self.class_names).__name__}.')
 
 
-DATASETS: dict[str, DatasetSpec] = {}
+# Built-in datasets: name -> "module:SPEC", the module-level DatasetSpec that
+# defines it. Resolved on first use, so asking for one dataset imports only its
+# module (and what that module needs), not every dataset's dependencies.
+DATASETS: dict[str, str] = {
+    'cityscapes_layouts': 'multimodal_jax.data.street_layouts:CITYSCAPES_LAYOUTS',
+    'digits_completion': 'multimodal_jax.data.digits_completion:DIGITS_COMPLETION',
+    'digits_completion_box': 'multimodal_jax.data.digits_box:DIGITS_COMPLETION_BOX',
+    'div2k_x8': 'multimodal_jax.data.paper_sr:DIV2K_X8',
+    'facades': 'multimodal_jax.data.facades:FACADES',
+    'gta5_layouts': 'multimodal_jax.data.street_layouts:GTA5_LAYOUTS',
+    'imagenet_colorization': 'multimodal_jax.data.colorization_photos:IMAGENET_COLORIZATION',
+    'imagenet_sr': 'multimodal_jax.data.paper_sr:IMAGENET_SR',
+    'lfw_landmarks': 'multimodal_jax.data.pets_lfw:LFW_LANDMARKS',
+    'local_photos_sr': 'multimodal_jax.data.local_photos_sr:LOCAL_PHOTOS_SR',
+    'pets_normals': 'multimodal_jax.data.pets_lfw:PETS_NORMALS',
+    'stl10_colorization': 'multimodal_jax.data.colorization_photos:STL10_COLORIZATION',
+    'toy3d': 'multimodal_jax.data.toy3d:TOY3D',
+    'toy_scenes': 'multimodal_jax.data.toy_scenes:TOY_SCENES',
+    'toy_scenes_colorization': 'multimodal_jax.data.toy_scenes:TOY_SCENES_COLORIZATION',
+}
+
+# The specs known so far: built-in ones once resolved, and those that users'
+# modules `register`.
+_SPECS: dict[str, DatasetSpec] = {}
 
 
 def manual_dir(dl_manager, dataset: str, needs: str, builder: str) -> epath.Path:
@@ -142,25 +175,32 @@ def manual_dir(dl_manager, dataset: str, needs: str, builder: str) -> epath.Path
 
 
 def register(name: str, spec: DatasetSpec) -> None:
+  """Adds a dataset defined outside this package (a user's module, `--import=my_data`)."""
   if name in DATASETS:
+    raise ValueError(f"Dataset {name!r} is a built-in dataset ({DATASETS[name]}); register yours "
+                     "under another name.")
+  if name in _SPECS:
     raise ValueError(f"Dataset {name!r} is registered twice.")
-  DATASETS[name] = spec
+  _SPECS[name] = spec
 
 
 def get_dataset(name: str) -> DatasetSpec:
-  _import_all()
-  try:
-    return DATASETS[name]
-  except KeyError:
-    raise ValueError(
-        f"Unknown dataset {name!r}; valid names: {sorted(DATASETS)}") from None
+  """The spec of dataset `name`; a built-in one's module is imported on first use."""
+  if name not in _SPECS:
+    if name not in DATASETS:
+      raise ValueError(f"Unknown dataset {name!r}; valid names: {dataset_names()}")
+    _SPECS[name] = _resolve(name)
+  return _SPECS[name]
 
 
 def dataset_names() -> list[str]:
-  _import_all()
-  return sorted(DATASETS)
+  """Every dataset name: the built-in ones and those registered by users' modules (imports nothing)."""
+  return sorted(set(DATASETS) | set(_SPECS))
 
 
-def _import_all() -> None:
-  # Dataset modules register themselves on import.
-  from multimodal_jax.data import datasets  # pylint: disable=g-import-not-at-top,unused-import
+def _resolve(name: str) -> DatasetSpec:
+  module, _, attribute = DATASETS[name].partition(':')
+  spec = getattr(importlib.import_module(module), attribute)
+  if not isinstance(spec, DatasetSpec):
+    raise TypeError(f"DATASETS[{name!r}] = {DATASETS[name]!r} is a {type(spec).__name__}, not a DatasetSpec.")
+  return spec

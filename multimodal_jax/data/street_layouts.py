@@ -340,7 +340,7 @@ def layout_to_rgb(x_BxHxWxC: np.ndarray) -> np.ndarray:
   return PALETTE_Cx3[np.argmax(x_BxHxWxC, axis=-1)]
 
 
-registry.register('gta5_layouts', registry.DatasetSpec(
+GTA5_LAYOUTS = registry.DatasetSpec(
     tfds_name='gta5_layouts',
     builder_cls=GTA5Layouts,
     train_split='train',
@@ -348,9 +348,9 @@ registry.register('gta5_layouts', registry.DatasetSpec(
     make_transforms=_make_transforms(StoredLayoutToImage()),
     input_to_rgb=layout_to_rgb,
     class_names=CLASS_NAMES,
-))
+)
 
-registry.register('cityscapes_layouts', registry.DatasetSpec(
+CITYSCAPES_LAYOUTS = registry.DatasetSpec(
     tfds_name='cityscapes/semantic_segmentation',
     builder_cls=None,
     train_split='train',
@@ -358,4 +358,4 @@ registry.register('cityscapes_layouts', registry.DatasetSpec(
     make_transforms=_make_transforms(CityscapesToLayout()),
     input_to_rgb=layout_to_rgb,
     class_names=CLASS_NAMES,
-))
+)

@@ -136,11 +136,11 @@ def x_to_rgb(x_Bx1x1x1: np.ndarray) -> np.ndarray:
   return np.repeat((np.asarray(x_Bx1x1x1, np.float32) + 1.0) / 2.0, 3, axis=-1)
 
 
-registry.register('toy3d', registry.DatasetSpec(
+TOY3D = registry.DatasetSpec(
     tfds_name='toy3d',
     builder_cls=Toy3d,
     train_split='train',
     eval_split='test',
     make_transforms=_transforms,
     input_to_rgb=x_to_rgb,
-))
+)

@@ -35,7 +35,7 @@ Builder config `one_mode`: K = 1, the image a function of its layout (up to
 the texture), what a dataset of one photo per layout is to a network that fits
 it. There pix2pix given a noise channel ignores it (the failure
 diversity_loss_yang_liu_cai §I cites from Isola et al.), where on the K-modal
-data the GAN uses the noise to pick a mode (configs/diversity.py).
+data the GAN uses the noise to pick a mode (experiments/results/diversity.md).
 
 Builder config `lighting`: K = 1, and every class also draws its own
 luminance offset U[-0.25, 0.25] (stored as `lighting` [6]): variation beyond
@@ -44,7 +44,7 @@ diversity_loss_yang_liu_cai), so `true_modes` is None there and evaluation
 reports no mode metrics. Builder configs `skewed` / `skewed_mild` draw mode k
 with p ~ 0.7^k / 0.85^k (rare modes, what rebalancing is for).
 
-Registered datasets (see the bottom of this file):
+Datasets (the DatasetSpec constants at the bottom of this file, in registry.DATASETS):
   toy_scenes:              x = one-hot layout [H, W, 6], y = image in [0, 1].
   toy_scenes_colorization: x = grey image [H, W, 1],     y = image in [0, 1].
 """
@@ -413,7 +413,7 @@ def grey_to_rgb(x_BxHxWx1: np.ndarray) -> np.ndarray:
   return np.repeat(np.asarray(x_BxHxWx1, np.float32), 3, axis=-1)
 
 
-registry.register('toy_scenes', registry.DatasetSpec(
+TOY_SCENES = registry.DatasetSpec(
     tfds_name='toy_scenes',
     builder_cls=ToyScenes,
     train_split='train',
@@ -432,12 +432,12 @@ registry.register('toy_scenes', registry.DatasetSpec(
     mode_frequencies=lambda builder_config: mode_probabilities(
         builder_config.num_modes, builder_config.mode_decay),
     independent_segments=lambda builder_config: builder_config.independent_classes,
-))
-registry.register('toy_scenes_colorization', registry.DatasetSpec(
+)
+TOY_SCENES_COLORIZATION = registry.DatasetSpec(
     tfds_name='toy_scenes',
     builder_cls=ToyScenes,
     train_split='train',
     eval_split='test',
     make_transforms=_colorization_transforms,
     input_to_rgb=grey_to_rgb,
-))
+)

@@ -35,8 +35,8 @@ of an input as one randomly shifted rank-1 lattice mapped through the normal
 quantile (randomised quasi-Monte Carlo, `code_lattice`, `draw_latents`) keeps
 that, but spreads them evenly, so every region of probability >= ~1/m holds
 one: 12 equal wedges of the plane are missed 6.5% of the time, not 25%. The
-hedges stop paying, and on toy_scenes (configs/layout_imle.py) precision rose
-from 0.70 to 0.88 with recall 0.94 -> 0.99. Sampling after training is
+hedges stop paying, and on toy_scenes precision rose from 0.70 to 0.88 with
+recall 0.94 -> 0.99 (experiments/results/layout_imle.md). Sampling after training is
 unchanged (z ~ N(0, I)). Useful where the code is low-dimensional; in many
 dimensions a lattice of m points spreads little further than m free draws.
 
@@ -45,16 +45,18 @@ images and the distance compares float32 features, so the running minimum,
 the argmin and the codes are float32 (a bfloat16 distance would tie samples
 whose distances differ below its 8-bit mantissa).
 
-Chunk size from the device: `largest_fitting_chunk` picks the largest
-divisor of m whose compiled selection (`peak_bytes` of its
-`memory_analysis()`) fits a memory budget (methods/imle.py, `chunk_size='auto'`).
+Chunk size from the device (`auto_chunk_size`, for `imle.chunk_size='auto'`):
+`largest_fitting_chunk` picks the largest divisor of m whose compiled
+selection (`peak_bytes` of its `memory_analysis()`) fits
+AUTO_CHUNK_MEMORY_SHARE of one device's memory; where the device reports no
+memory size (CPU), CPU_CHUNK_SIZE capped at m.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from flax import struct
 import jax
@@ -67,6 +69,14 @@ from multimodal_jax.losses import perceptual
 GenerateFn = Callable[[jax.Array, jax.Array], jax.Array]
 # Lattice points are kept this far inside (0, 1), where the normal quantile is finite (|z| < 5.3).
 _UNIFORM_EPS = 1e-7
+# `auto_chunk_size`: the largest chunk whose compiled selection fits this share of one
+# device's memory; the rest is left to the state, the update step's activations and the
+# allocator's fragmentation.
+AUTO_CHUNK_MEMORY_SHARE = 0.5
+# Where the device does not say its memory size (CPU): the chunk tuned on a 2-core CPU
+# (experiments/bench_imle.py: 2 inputs x 25 codes = 50 samples per generator call keep VGG-19
+# near the matmul peak), capped at m.
+CPU_CHUNK_SIZE = 25
 
 
 @struct.dataclass
@@ -298,3 +308,43 @@ def largest_fitting_chunk(memory_at: Callable[[int], int | None], num_samples: i
     else:
       hi = mid - 1
   return candidates[best]
+
+
+def device_memory_bytes() -> int | None:
+  """One local device's memory (`memory_stats()['bytes_limit']`); None where the backend does not say (CPU)."""
+  return (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+
+
+def auto_chunk_size(select: Callable[..., Any], arg_specs: Callable[[], Sequence[Any]], num_samples: int,
+                    inputs_per_device: int) -> tuple[int, str]:
+  """The chunk size for this device, and how it was chosen (`imle.chunk_size = 'auto'`).
+
+  Compiles the selection of one device's share of the pool for candidate
+  chunks and keeps the largest whose `memory_analysis()` peak fits
+  AUTO_CHUNK_MEMORY_SHARE of the device's `bytes_limit`. Backends that report
+  no memory size (CPU) or no memory analysis get CPU_CHUNK_SIZE (capped at
+  m): deterministic on CPU, where nothing is compiled.
+
+  Args:
+    select: `select(*args, chunk_size)`, the selection (`select_nearest_latents`
+      with its generator and distance) of `inputs_per_device` inputs, as the
+      batch-sharded select step runs it on one device.
+    arg_specs: returns `select`'s args, ShapeDtypeStructs or arrays (called only where
+      the device reports its memory size).
+    num_samples: m.
+    inputs_per_device: the pool's examples per device (for the description).
+  """
+  fallback = min(CPU_CHUNK_SIZE, num_samples)
+  device = jax.local_devices()[0]
+  limit = device_memory_bytes()
+  if not limit:
+    return fallback, f"the CPU-tuned {CPU_CHUNK_SIZE} capped at m ({device.platform} reports no memory size)"
+  args = tuple(arg_specs())
+  jitted = jax.jit(select, static_argnums=len(args))
+  memory_at = lambda chunk: peak_bytes(jitted.lower(*args, chunk).compile())
+  budget = AUTO_CHUNK_MEMORY_SHARE * limit
+  chunk = largest_fitting_chunk(memory_at, num_samples, budget)
+  if chunk is None:
+    return fallback, f"the CPU-tuned {CPU_CHUNK_SIZE} capped at m (no memory analysis on {device.platform})"
+  return chunk, (f"the largest divisor of m whose selection of {inputs_per_device} inputs per device fits "
+                 f"{AUTO_CHUNK_MEMORY_SHARE:.0%} of {limit / 2**30:.1f} GiB ({device.device_kind})")

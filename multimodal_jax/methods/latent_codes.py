@@ -16,9 +16,12 @@ Reported losses are per example (the sums divided by the batch size), so
 they do not scale with the batch.
 
 l is `config.distance` (Eq. 6, "L1-based perceptual loss": the VGG-19 feature
-distance with explicit `layer_weights`, or the pixel l1 on the local default).
+distance, or the pixel l1 on the local default). Eq. 6's lambda_i are the
+config's `layer_weights`; `layer_weights=()` gets equal-contribution weights
+(IJCV §3.7) from the prepared state (`loss_distance/*`, methods/calibration.py).
+The VGG weights live in the state's `frozen` (`common.split_frozen`).
 
-Prepared state (multimodal_jax/prepared.py), for 'neighbours_enhanced' only,
+Prepared state (multimodal_jax/prepared.py), for 'neighbours_enhanced',
 computed once over the training set with progress output
 (losses/neighbours.py): `neighbours` int32 [N_train, N] (-1 = none) and
 `train_targets` uint8 [N_train, H, W, C], the training targets at 8 bits
@@ -51,10 +54,13 @@ from multimodal_jax.losses import neighbours as neighbours_lib
 from multimodal_jax.losses import multiple_choice
 from multimodal_jax.losses import perceptual
 from multimodal_jax.methods import base
+from multimodal_jax.methods import calibration
 from multimodal_jax.methods import common
 from multimodal_jax.models import registry as models
 
 LOSSES = ("best_neighbour", "neighbours_enhanced")
+# The prepared state's config sections (besides data): the neighbours, and the distance's calibration.
+PREPARE_DEPENDS_ON = ("latent_codes", "distance")
 
 
 @flax.struct.dataclass
@@ -78,10 +84,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def prepare(config: ml_collections.ConfigDict, train_source) -> dict[str, np.ndarray]:
-  """The neighbour lists and 8-bit training targets ('neighbours_enhanced'; nothing otherwise)."""
+  """The distance's equal-contribution weights, if it asks for them, and for 'neighbours_enhanced' the
+  neighbour lists and 8-bit training targets."""
+  arrays = calibration.calibration_arrays({"loss": config.distance}, train_source)
+  if config.latent_codes.loss == "neighbours_enhanced":
+    arrays.update(_neighbours(config, train_source))
+  return arrays
+
+
+def _neighbours(config: ml_collections.ConfigDict, train_source) -> dict[str, np.ndarray]:
+  """Each example's N input-space neighbours (§3.2, §4.3) and the training targets at 8 bits."""
   lc = config.latent_codes
-  if lc.loss != "neighbours_enhanced":
-    return {}
   first = train_source[0]
   n = len(train_source)
   feats, targets, hsv = None, np.zeros((n,) + first["y"].shape, np.uint8), None
@@ -112,7 +125,7 @@ class _Parts(NamedTuple):
   model: nn.Module
   code_shape: tuple[int, ...]  # one drop-out code ('shared'); () for the branched architectures
   num_branches: int
-  distance: perceptual.Distance  # l of Eq. 4-5
+  distance: common.FrozenDistance  # l of Eq. 4-5, without its network's arrays (state.frozen)
   neighbours_NxJ: jax.Array | None  # prepared (Eq. 5 only)
   targets_u8: jax.Array | None  # prepared training targets, 8 bit (Eq. 5 only)
 
@@ -146,14 +159,15 @@ def _make_train_step(parts: _Parts) -> base.StepFn:
   def train_step(state: LatentCodesState, batch):
     """Eq. 4 (best neighbour) or Eq. 5 (neighbours-enhanced) over the n outputs."""
     codes = state.train_codes if parts.code_shape else None
+    distance = common.bind(parts.distance, state.frozen)
 
     def loss_fn(params):
       y_hat = parts.apply(params, batch["x"], codes)
       if not parts.enhanced:  # Eq. 4
-        loss_B, best_B, _ = multiple_choice.best_of_k(parts.distance, y_hat, batch["y"])
+        loss_B, best_B, _ = multiple_choice.best_of_k(distance, y_hat, batch["y"])
         return jnp.mean(loss_B), (jax.nn.one_hot(best_B, y_hat.shape[1]), jnp.ones_like(loss_B))
       targets, valid = parts.targets_of(batch)  # Eq. 5
-      d_BxJxI = multiple_choice.pairwise_distances(parts.distance, y_hat, targets)
+      d_BxJxI = multiple_choice.pairwise_distances(distance, y_hat, targets)
       assigned = multiple_choice.assign_neighbours(d_BxJxI, valid)
       return jnp.sum(assigned * d_BxJxI) / d_BxJxI.shape[0], (assigned.sum(1), valid.sum(1))
 
@@ -208,10 +222,8 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
                 prepared: base.Prepared | None = None) -> base.Method:
   """The latent-codes method bound to `config`, the batch shapes and (for Eq. 5) the prepared neighbours."""
   lc, prepared = config.latent_codes, prepared or {}
-  distance = perceptual.make_distance(config.distance)
-  if distance.needs_calibration:
-    raise ValueError("latent_codes needs explicit config.distance.layer_weights (Eq. 6's lambda_i) for a "
-                     "feature distance.")
+  distance = calibration.calibrated(perceptual.make_distance(config.distance), "loss", prepared, "latent_codes")
+  frozen_distances, frozen = common.split_frozen({"loss": distance})
   x_shape = tuple(batch_spec["x"].shape[1:])
   code_shape = models.code_shape(config.model, x_shape) or ()
   model = models.make_model(config.model, models.ModelIO.of(batch_spec, code_shape=code_shape))
@@ -222,7 +234,7 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
       if key not in prepared:
         raise ValueError(f"latent_codes.loss='neighbours_enhanced' needs the prepared {key!r}: build the method "
                          "with prepared=latent_codes.prepare(config, train_source) (the training loop does).")
-  parts = _Parts(model=model, code_shape=code_shape, num_branches=num_branches, distance=distance,
+  parts = _Parts(model=model, code_shape=code_shape, num_branches=num_branches, distance=frozen_distances["loss"],
                  neighbours_NxJ=jnp.asarray(prepared["neighbours"]) if enhanced else None,
                  targets_u8=jnp.asarray(prepared["train_targets"]) if enhanced else None)
 
@@ -234,7 +246,8 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
     variables = model.init(params_rng, x, *([train_codes] if code_shape else []))
     tx = common.make_optimizer(config.optimizer, config.train.num_steps)
     return common.create_state(LatentCodesState, rng=state_rng, train_codes=train_codes,
-                               networks={"generator": common.Network.create(variables, tx)})
+                               networks={"generator": common.Network.create(variables, tx)},
+                               frozen=jax.tree.map(jnp.asarray, frozen))
 
   sample, extras = _make_sampling(parts)
   arch = config.model.get("architecture", "?")

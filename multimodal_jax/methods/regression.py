@@ -16,6 +16,10 @@ with another generator (configs/layout_imle.py):
     with the best-of-k loss min_j d(G_j(x), y) (`losses.multiple_choice`,
     Chen & Koltun's multi-output CRN); its sampler returns the k outputs in
     turn, so it never shows more than k different images.
+
+A feature distance with `layer_weights=()` gets equal-contribution weights
+(IJCV §3.7) from the prepared state (`prepare`, methods/calibration.py); its
+network's weights live in the state's `frozen` (`common.split_frozen`).
 """
 
 from __future__ import annotations
@@ -23,14 +27,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from multimodal_jax import config_lib
 from multimodal_jax.methods import base
 from multimodal_jax.losses import multiple_choice
 from multimodal_jax.losses import perceptual
+from multimodal_jax.methods import calibration
 from multimodal_jax.methods import common
 from multimodal_jax.models import registry as models
+
+# The prepared state's config section (besides data): the distance's calibration reads it.
+PREPARE_DEPENDS_ON = ("distance",)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -38,14 +47,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f"valid: {models.model_names(models.GENERATOR)}")
 
 
+def prepare(config: ml_collections.ConfigDict, train_source) -> dict[str, np.ndarray]:
+  """Equal-contribution weights of a distance with layer_weights=() (nothing otherwise; reads no example)."""
+  return calibration.calibration_arrays({"loss": config.distance}, train_source)
+
+
 def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
                 prepared: base.Prepared | None = None) -> base.Method:
-  """The regression method bound to `config` and the batch shapes (it prepares nothing)."""
-  del prepared
-  distance = perceptual.make_distance(config.distance)
-  if distance.needs_calibration:
-    raise ValueError("regression needs explicit config.distance.layer_weights for a feature "
-                     "distance (equal-contribution calibration is done by the IMLE methods).")
+  """The regression method bound to `config`, the batch shapes and the prepared calibration (if any)."""
+  distance = calibration.calibrated(perceptual.make_distance(config.distance), "loss", prepared or {},
+                                    "regression")
+  frozen_distances, frozen = common.split_frozen({"loss": distance})
   code_shape = models.code_shape(config.model, batch_spec["x"].shape[1:]) or ()
   model = models.make_model(config.model, models.ModelIO.of(batch_spec, code_shape=code_shape))
   x_shape = tuple(batch_spec["x"].shape[1:])
@@ -61,10 +73,12 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
     x = jnp.zeros((1,) + x_shape, jnp.float32)
     variables = model.init(params_rng, x, *([jnp.zeros((1,) + code_shape)] if code_shape else []))
     tx = common.make_optimizer(config.optimizer, config.train.num_steps)
-    return common.create_state(rng=state_rng, networks={"generator": common.Network.create(variables, tx)})
+    return common.create_state(rng=state_rng, networks={"generator": common.Network.create(variables, tx)},
+                               frozen=jax.tree.map(jnp.asarray, frozen))
 
   def train_step(state: common.MethodState, batch):
     rng = common.step_rngs(state.rng, state.step, "codes")["codes"]
+    distance = common.bind(frozen_distances["loss"], state.frozen)
 
     def loss_fn(params):
       y_hat = apply(params, batch["x"], rng)

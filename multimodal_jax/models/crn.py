@@ -39,7 +39,7 @@ Choices where the paper is silent, or where we depart from it:
     positively homogeneous in z, so the output depends mostly on z's
     direction. On toy_scenes the code plane then decodes as a fan of wedges.
     Between each pair of wedges lies a blended band that takes the same share
-    of every circle, and the same share of N(0, I) (configs/layout_imle.py:
+    of every circle, and the same share of N(0, I) (experiments/results/layout_imle.md:
     precision 0.85 / 0.89 / 0.88 at radius 0.3 / 1 / 2). A saturating output
     makes the encoded noise nearly constant wherever every channel is
     saturated, so each cell is flat. A transition is then a strip about

