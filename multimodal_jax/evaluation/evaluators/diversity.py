@@ -29,10 +29,10 @@ def _pair_distances(distance, samples_BxNxHxWxC: jax.Array, first_BxP: jax.Array
                     second_BxP: jax.Array) -> jax.Array:
   """`metrics.distance_of_pairs` [B, P], one input at a time (bounded memory)."""
 
-  def one_input(args):
+  def one_input(args):  # `metrics.distance_of_pairs`, from the features of each sample once
     samples_NxHxWxC, first_P, second_P = args
-    return metrics.distance_of_pairs(base.to_rgb(samples_NxHxWxC[None]), first_P[None], second_P[None],
-                                     distance)[0]
+    features = distance.features(base.to_rgb(samples_NxHxWxC))
+    return distance.from_features(base.tree_take(features, first_P), base.tree_take(features, second_P))
 
   return jax.lax.map(one_input, (samples_BxNxHxWxC, first_BxP, second_BxP))
 
