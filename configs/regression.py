@@ -10,6 +10,8 @@ layouts, one washed-out appearance (mode recall 0, nearest-mode recall 1/K). Var
   :runlocal            a few tiny steps on the `tiny` data (smoke test, seconds)
   :data=NAME           any registered dataset: toy_scenes, toy_scenes_colorization,
                        local_photos_sr, digits_completion
+  :conditional         toy_scenes_conditional (each layout its own 1-16 modes): recall 1 expected
+                       on the one-mode layouts only (evaluate's `mode_sets`)
 
 `:data=local_photos_sr` (x8 super-resolution) adds the network's output to the
 bicubic upsampling of the input (`model.global_skip='auto'`), trains with
@@ -17,6 +19,10 @@ random flips and 90° turns, 8 residual blocks at the 8x8 input and a cosine
 learning-rate decay, and evaluates PSNR/SSIM every 250 steps (`eval/*`):
 28.78 dB against bicubic's 28.26 dB on the 16 test inputs `evaluate` uses,
 about 5.5 minutes on a 2-core CPU.
+
+`:srim_net` is the SR baseline at SRIM's cost: configs/srim.py's RRDB, minibatch
+and number of updates on local_photos_sr; `,vgg16` trains it with SRIM's VGG-16
+distance as the loss, `,cem` projects its outputs onto the LR-consistent images.
 
 Measurements: experiments/results/regression.md
 """
@@ -27,15 +33,28 @@ from multimodal_jax import config_lib
 
 # Every argument this file is meant to be run with (tests load each one).
 VARIANTS = ["", "runlocal", "data=toy_scenes_colorization", "data=local_photos_sr",
-            "data=digits_completion", "runlocal,data=digits_completion"]
+            "data=digits_completion", "runlocal,data=digits_completion", "conditional", "conditional,runlocal",
+            "srim_net", "srim_net,vgg16", "srim_net,cem", "srim_net,vgg16,cem", "srim_net,runlocal"]
+
+# configs/srim.py's default generator and budget: its regression baselines at the same cost
+# (tests/test_super_resolution.py checks that the two stay equal).
+SRIM_NET = {"name": "rrdb", "features": 32, "num_blocks": 4, "growth": 32, "dense_conv_style": "split"}
+SRIM_UPDATES, SRIM_MINIBATCH = 1200, 8
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, data="toy_scenes")
+  arg = config_lib.parse_arg(arg, runlocal=False, data="toy_scenes", conditional=False, srim_net=False,
+                             vgg16=False, cem=False)
+  if arg.conditional and arg.data != "toy_scenes":
+    raise ValueError(f"configs/regression.py: `conditional` is the data toy_scenes_conditional; got data={arg.data}.")
+  if arg.srim_net:
+    arg.data = "local_photos_sr"
+  elif arg.vgg16 or arg.cem:
+    raise ValueError("configs/regression.py: `vgg16` and `cem` are options of the SR baselines `srim_net`.")
   config = config_lib.base_config()
   config.evals = config_lib.DEFAULT_EVALS  # evaluation/evaluators: each runs where it applies
   config.method = "regression"
-  config.data.name = arg.data
+  config.data.name = "toy_scenes_conditional" if arg.conditional else arg.data
   config.data.batch_size = 16
   config.model.features = 32
   config.model.num_blocks = 2
@@ -48,6 +67,14 @@ def get_config(arg=None):
     config.train.eval_every = 250
   config.optimizer.learning_rate = 1e-3
   config.train.num_steps = 1000
+  if arg.srim_net:  # SRIM's generator, |S~| and number of updates; the loss alone differs
+    config.model = ml_collections.ConfigDict({**config.model.to_dict(), **SRIM_NET})
+    config.model.consistency = "bicubic" if arg.cem else "none"
+    config.data.batch_size = SRIM_MINIBATCH
+    config.train.num_steps = SRIM_UPDATES
+    if arg.vgg16:  # SRIM's :vgg16 distance as the loss: l2 pixels + l2 VGG-16 relu5_3, equal contribution
+      config.distance = config_lib.default_distance_config("vgg16", pixel_norm="l2", pixel_weight=1.0,
+                                                           layers=("relu5_3",), feature_norm="l2")
   config.train.log_every = 50
   config.train.checkpoint_every = 250
   config.train.sample_every = 250

@@ -86,6 +86,9 @@ def get_config(arg=None):
   config.imle.rebalance_dataset = False
   config.imle.rebalance_loss = False
   config.imle.rebalance_top_classes = 5
+  # R_p(k) over class p's mean (losses/rebalancing.py), so a class of one colour stays in the mask;
+  # 'paper': the raw 1 / D_p of §3.4.
+  config.imle.rebalance_scale = "class_mean"
 
   config.optimizer.learning_rate = 1e-3
   config.optimizer.schedule = "cosine"

@@ -56,8 +56,8 @@ import jax.numpy as jnp
 
 import bench_common
 import exp_util
+from multimodal_jax import cli
 from multimodal_jax import config_lib
-from multimodal_jax import jax_workarounds
 from multimodal_jax import prepared as prepared_lib
 from multimodal_jax import sharding
 from multimodal_jax import train
@@ -327,5 +327,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  jax_workarounds.install()  # Faster CPU compiles, identical values (multimodal_jax/jax_workarounds.py).
-  app.run(main)
+  cli.run(main)  # The JAX workarounds (faster CPU compiles, identical values); user errors in one line.

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from multimodal_jax import cli
 from multimodal_jax import jax_workarounds
 from jax._src.random import threefry2x32  # pylint: disable=g-bad-import-order
 
@@ -52,4 +53,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  with cli.user_errors():  # Errors a user can fix in one line (multimodal_jax/cli.py).
+    main()

@@ -60,15 +60,14 @@ import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import bench_common
+from multimodal_jax import cli
 from multimodal_jax import config_lib
-from multimodal_jax import jax_workarounds
 from multimodal_jax.losses import imle_selection
 from multimodal_jax.losses import perceptual
 from multimodal_jax.methods import imle
@@ -325,5 +324,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  jax_workarounds.install()  # Faster CPU compiles, identical values (multimodal_jax/jax_workarounds.py).
-  app.run(main)
+  cli.run(main)  # The JAX workarounds (faster CPU compiles, identical values); user errors in one line.

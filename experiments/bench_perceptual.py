@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 
 import bench_common
+from multimodal_jax import cli
 from multimodal_jax import config_lib
-from multimodal_jax import jax_workarounds
 from multimodal_jax.losses import perceptual
 from multimodal_jax.models import vgg as vgg_lib
 
@@ -176,5 +176,6 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  jax_workarounds.install()  # Faster CPU compiles, identical values (multimodal_jax/jax_workarounds.py).
-  main()
+  cli.set_up_process()  # Faster CPU compiles, identical values (multimodal_jax/jax_workarounds.py).
+  with cli.user_errors():  # Errors a user can fix in one line (multimodal_jax/cli.py).
+    main()

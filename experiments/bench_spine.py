@@ -26,14 +26,13 @@ import collections
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
 
 import bench_common
+from multimodal_jax import cli
 from multimodal_jax import config_lib
-from multimodal_jax import jax_workarounds
 from multimodal_jax import sharding
 from multimodal_jax import train
 from multimodal_jax.data import pipeline
@@ -152,5 +151,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  jax_workarounds.install()  # Faster CPU compiles, identical values (multimodal_jax/jax_workarounds.py).
-  app.run(main)
+  cli.run(main)  # The JAX workarounds (faster CPU compiles, identical values); user errors in one line.

@@ -49,15 +49,14 @@ import time
 import traceback
 from typing import Any
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 
 import bench_common
 import exp_util
+from multimodal_jax import cli
 from multimodal_jax import evaluate
-from multimodal_jax import jax_workarounds
 from multimodal_jax.data import toy_scenes
 from multimodal_jax.evaluation import metrics
 from multimodal_jax.evaluation.evaluators import base as evaluator_base
@@ -408,7 +407,7 @@ def main(argv):
   runs = [r for r in RUNS if not fl.only or r.slug in fl.only]
   unknown = set(fl.only) - {r.slug for r in RUNS}
   if unknown:
-    sys.exit(f"error: unknown --only runs {sorted(unknown)}; valid: {[r.slug for r in RUNS]}")
+    cli.fail(f"unknown --only runs {sorted(unknown)}; valid: {[r.slug for r in RUNS]}")
   start = time.time()
   rows = run_all(runs, {"workdir": fl.workdir, "quick": fl.quick, "seed": fl.seed,
                         "data_dir": fl.data_dir})
@@ -435,6 +434,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  jax_workarounds.install()  # Faster CPU compiles, identical values (multimodal_jax/jax_workarounds.py).
+  # The JAX workarounds (faster CPU compiles, identical values), then errors a user can fix as one line.
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -14,16 +14,26 @@ orbax never lists it (nor saves over it) again, and kept for a post-mortem,
 never deleted. When *no* checkpoint restores nothing is moved: a failure that
 every checkpoint shares (code that changed the state's structure) is not
 corruption, and the error lists what was tried.
+
+A full disk: `workdir.check_free_space` refuses to start a run whose filesystem has
+less room than its newest checkpoint takes (the next save needs as much), and
+a save that finds the disk full raises `DiskFullError` (one line: how much the
+next checkpoint needs, where, what is kept). Orbax writes a checkpoint into a
+temporary folder and renames it only once complete, so every earlier
+checkpoint stays whole and a rerun resumes from the newest; the manager
+removes the incomplete folder when the next run starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging as std_logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -38,7 +48,7 @@ import orbax.checkpoint as ocp
 from multimodal_jax import workdir as workdir_lib
 
 PyTree = Any
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = workdir_lib.CHECKPOINTS
 CORRUPT_CHECKPOINTS = "checkpoints_corrupt"
 
 
@@ -46,57 +56,93 @@ class NoCheckpointRestoresError(workdir_lib.WorkdirError):
   """The workdir has checkpoints and none of them restores."""
 
 
+DiskFullError = workdir_lib.DiskFullError
+
+
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.train.max_checkpoints_to_keep, create=True,
-      enable_async_checkpointing=config.train.async_checkpointing)
+      enable_async_checkpointing=config.train.async_checkpointing,
+      cleanup_tmp_directories=True)  # A save cut short (a full disk, a kill) leaves one; it only takes room.
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: PyTree, data_iter) -> None:
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data_iter=grain.checkpoint.CheckpointSave(data_iter)), force=True)
+  """Saves checkpoint `step` (asynchronously if the manager is); raises DiskFullError on a full disk.
 
-
-def committed_steps(workdir: str) -> list[int]:
-  """The steps of `workdir`'s committed checkpoints, read from the directory (no orbax manager, read-only).
-
-  Orbax names a committed checkpoint by its step; one still being written (a
-  temporary folder) has a suffix, so it is not all digits.
+  The previous save is waited for first (orbax would too), so that its failure is reported as its own.
   """
-  directory = os.path.join(workdir, CHECKPOINTS)
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+  wait_until_finished(manager)
+  with _disk_full_as_error(manager, f"the checkpoint at step {step}"):
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data_iter=grain.checkpoint.CheckpointSave(data_iter)), force=True)
+
+
+def wait_until_finished(manager: ocp.CheckpointManager) -> None:
+  """Waits for an asynchronous save to commit; raises DiskFullError if it found the disk full."""
+  with _disk_full_as_error(manager, "the checkpoint being written"):
+    manager.wait_until_finished()
+
+
+def close_after_failure(manager: ocp.CheckpointManager) -> None:
+  """Closes the manager of a run stopped by an error, so that only that error is reported.
+
+  A save still in flight is waited for; its own failure (the same full disk)
+  and the tracebacks of orbax's writer threads are logged at INFO only.
+  """
+  with _stray_errors_logged("After the run stopped"), _native_stderr_logged("After the run stopped"):
+    try:
+      manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.info("The save in flight failed too: %s", _one_line(e))
+    try:
+      manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.info("Closing the checkpoint manager: %s", _one_line(e))
+    # Let tensorstore's writes that were still in flight report (within ~30 ms), here.
+    time.sleep(0.2)
+    gc.collect()
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+  """Whether `error` or an error it was raised from is a full disk (tensorstore reports it as text)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left on device" in str(error) or "os_error_code='28'" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+@contextlib.contextmanager
+def _disk_full_as_error(manager: ocp.CheckpointManager, what: str):
+  """Turns an orbax/tensorstore error caused by a full disk into one `DiskFullError` line."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    if not _is_disk_full(e):
+      raise
+    directory = str(manager.directory)
+    newest, size, free = workdir_lib.checkpoint_room(os.path.dirname(directory))
+    kept = f"every earlier checkpoint is kept (the newest: step {newest})" if newest is not None else (
+        "no checkpoint was written yet")
+    needs = f"about {workdir_lib.format_bytes(size)}, as the newest, " if newest is not None else ""
+    raise DiskFullError(
+        f"No space left on the device while saving {what} in {directory}: it needs {needs}and "
+        f"{workdir_lib.format_bytes(free)} is free. The run stopped; {kept}. Free some space and rerun the "
+        "same command to resume.") from e
+
+
+committed_steps = workdir_lib.committed_steps
 
 
 def has_checkpoint(workdir: str) -> bool:
   """Whether `workdir` holds a committed checkpoint."""
   return bool(committed_steps(workdir))
-
-
-def finished_read_only_step(workdir: str, num_steps: int) -> int | None:
-  """The newest checkpoint's step when `workdir` cannot be written and holds a run finished at `num_steps`.
-
-  The loop writes run_info.json, TensorBoard files and checkpoints before it
-  finds nothing to do; a finished run on a read-only filesystem (an archive, a
-  colleague's directory) must not fail. None: the workdir (or, if it has one,
-  its checkpoint directory) is writable, or does not exist, so train it.
-
-  Raises:
-    workdir.WorkdirError: it cannot be written and the run is unfinished.
-  """
-  checkpoints = os.path.join(workdir, CHECKPOINTS)
-  dirs = [d for d in (workdir, checkpoints) if os.path.isdir(d)]
-  if not dirs or all(os.access(d, os.W_OK) for d in dirs):
-    return None
-  newest = max(committed_steps(workdir), default=0)
-  if newest < num_steps:
-    raise workdir_lib.WorkdirError(
-        f"--workdir={workdir} is not writable and its newest checkpoint (step {newest}) is short of "
-        f"train.num_steps={num_steps}: make it writable or pass another --workdir.")
-  return newest
 
 
 def restore_or_init(manager: ocp.CheckpointManager, init_fn: Callable[[], PyTree], abstract_state: PyTree,
@@ -213,11 +259,49 @@ def _restore_errors_logged():
   `asyncio` logger when collected. Dozens of tracebacks that would bury the
   one line saying which checkpoint was skipped and why.
   """
+  with _stray_errors_logged("During a checkpoint restore"):
+    yield
+
+
+@contextlib.contextmanager
+def _native_stderr_logged(during: str):
+  """Logs at INFO what native code prints to stderr in the block (tensorstore's failed callbacks).
+
+  When orbax has closed its asyncio loop after a failed save, each tensorstore
+  write still in flight calls back into it, and the RuntimeError('Event loop
+  is closed') is printed from C++, past `sys.unraisablehook`.
+  """
+  sys.stderr.flush()
+  try:
+    captured_file = tempfile.TemporaryFile(mode="w+b")
+  except OSError:  # The temporary directory is on the full disk too: drop it instead.
+    captured_file = open(os.devnull, "w+b")  # pylint: disable=consider-using-with
+  saved = os.dup(2)
+  with captured_file as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      text = captured.read().decode(errors="replace").strip()
+      if text:
+        logging.info("%s, stderr: %s", during, text[-4000:])
+
+
+@contextlib.contextmanager
+def _stray_errors_logged(during: str):
+  """Logs at INFO, instead of printing, the errors that orbax's background writes and reads report late.
+
+  They reach `sys.unraisablehook` and the `asyncio` logger (see `_restore_errors_logged`).
+  """
   previous_hook = sys.unraisablehook
-  sys.unraisablehook = lambda u: logging.info("During a checkpoint restore: %s", _one_line(u.exc_value))
+  sys.unraisablehook = lambda u: logging.info("%s: %s", during, _one_line(u.exc_value))
 
   def log_instead(record: std_logging.LogRecord) -> bool:
-    logging.info("During a checkpoint restore: asyncio: %s", record.getMessage().split("\n")[0][:200])
+    logging.info("%s: asyncio: %s", during, record.getMessage().split("\n")[0][:200])
     return False
 
   asyncio_logger = std_logging.getLogger("asyncio")

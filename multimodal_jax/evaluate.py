@@ -1,17 +1,23 @@
 r"""Evaluates a trained run: `python -m multimodal_jax.evaluate --workdir=DIR`.
 
   python -m multimodal_jax.evaluate --workdir=DIR [--num_inputs=16 --num_samples=16 --step=S --evals=a,b]
+  python -m multimodal_jax.evaluate --workdir=DIR --out=results.json     # a read-only DIR
 
 Restores the newest (or `--step`) checkpoint of DIR, draws `num_samples`
 samples for each of the first `num_inputs` eval examples once, runs the
 evaluators the run's config lists (`config.evals`; evaluation/evaluators/,
-docs/evaluation.md), prints their summaries, then writes DIR/eval.json, a copy
-DIR/eval_<step>.json, and the scalars to TensorBoard as `eval/*`. Modules given
-with `--import` (and those the run was trained with) are imported first.
+docs/evaluation.md), prints their summaries, then writes DIR/eval.json and a
+copy DIR/eval_<step>.json (or only `--out=FILE`), and the scalars to
+TensorBoard as `eval/*`. The numbers are printed before anything is written:
+a workdir that cannot be written (an archive, a colleague's run) skips
+TensorBoard with a line, and eval.json fails in one line naming `--out`.
+Modules given with `--import` (and those the run was trained with) are
+imported first.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -25,8 +31,8 @@ import numpy as np
 
 from multimodal_jax import cli
 from multimodal_jax import config_lib
+from multimodal_jax import errors
 from multimodal_jax import inference
-from multimodal_jax import workdir as workdir_lib
 from multimodal_jax.data import pipeline
 from multimodal_jax.evaluation import evaluators
 from multimodal_jax.evaluation.evaluators import modes
@@ -35,8 +41,12 @@ EVAL_JSON = "eval.json"
 REALITY_CHOICES = ("auto", "on", "off")
 
 
-class ArgumentError(ValueError):
+class ArgumentError(errors.UserError, ValueError):
   """A bad argument of `evaluate` (the command prints it as one line)."""
+
+
+class NotWritableError(errors.UserError):
+  """eval.json cannot be written into the workdir: `--out` names another file."""
 
 
 def step_json(step: int) -> str:
@@ -60,12 +70,13 @@ def evaluator_names(config, evals: str | None = None, reality_mode: str = "auto"
 
 def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: int | None = None,
              seed: int = 0, weights_dir: str | None = None, mode_samples: int = 64, evals: str | None = None,
-             reality_mode: str = "auto", return_samples: bool = False) -> dict[str, Any]:
+             reality_mode: str = "auto", return_samples: bool = False, out: str | None = None) -> dict[str, Any]:
   """Evaluates the run in `workdir`; prints, writes eval.json and TensorBoard scalars; returns the json dict.
 
   `mode_samples`: samples per input for the mode metrics (a second draw with the
   same seed; the same samples when equal to `num_samples`). `return_samples`:
   also return the drawn arrays under "arrays" (samples, mode_samples, true_modes, label).
+  `out`: write the json there instead of `workdir`'s eval.json and eval_<step>.json.
   """
   if num_samples < 2:
     raise ArgumentError(f"--num_samples must be >= 2 to measure diversity; got {num_samples}.")
@@ -86,7 +97,7 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
             "metrics": ctx.scalars, "skipped": ctx.skipped}
   print(summary(result, time.time() - start), flush=True)
   if jax.process_index() == 0:
-    _write(workdir, result)
+    _write(workdir, result, out)
   if return_samples:
     has_modes = ctx.true_modes() is not None
     result["arrays"] = {"samples": ctx.samples, "true_modes": ctx.true_modes(), "label": batch.get("label"),
@@ -94,15 +105,55 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
   return result
 
 
-def _write(workdir: str, result: dict[str, Any]) -> None:
-  """eval.json (the latest evaluation), eval_<step>.json (kept per step), and eval/* scalars in TensorBoard."""
-  for name in (EVAL_JSON, step_json(result["step"])):
-    with open(os.path.join(workdir, name), "w") as f:
-      json.dump(result, f, indent=1)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _write(workdir: str, result: dict[str, Any], out: str | None = None) -> None:
+  """eval.json (the latest evaluation) and eval_<step>.json (kept per step), or `out`; eval/* in TensorBoard.
+
+  Each file written is named in a line. TensorBoard is skipped, with a line,
+  when the workdir cannot be written; the json then needs `out`.
+  """
+  tensorboard = _write_tensorboard(workdir, result)
+  paths = [out] if out else [os.path.join(workdir, name) for name in (EVAL_JSON, step_json(result["step"]))]
+  for path in paths:
+    try:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    except OSError as e:
+      if e.errno not in _NOT_WRITABLE:
+        raise
+      hint = "pass --out=FILE to write it elsewhere" if not out else "give --out a writable path"
+      raise NotWritableError(f"{path} cannot be written ({e.strerror}): the numbers are above; {hint}.") from e
+  print(f"  written to {paths[0]}" + (f" (and {os.path.basename(paths[1])})" if len(paths) > 1 else "")
+        + (" and TensorBoard (eval/*)." if tensorboard else "."), flush=True)
+
+
+def _write_tensorboard(workdir: str, result: dict[str, Any]) -> bool:
+  """The eval/* scalars into the workdir's TensorBoard logs; False, after a line, if it cannot be written."""
+  if not _writable_directory(workdir):
+    print(f"  TensorBoard skipped: {workdir} cannot be written.", flush=True)
+    return False
   writer = metric_writers.create_default_writer(workdir, asynchronous=False)
   writer.write_scalars(result["step"], {f"eval/{k}": v for k, v in result["metrics"].items() if np.isfinite(v)})
   writer.flush()
   writer.close()
+  return True
+
+
+def _writable_directory(directory: str) -> bool:
+  """Whether a file can be created in `directory` (tried: `os.access` says yes to root on a read-only mount)."""
+  probe = os.path.join(directory, f".evaluate_write_test.{os.getpid()}")
+  try:
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+    return True
+  except OSError as e:
+    if e.errno in _NOT_WRITABLE:
+      return False
+    raise
 
 
 def summary(result: dict[str, Any], seconds: float) -> str:
@@ -110,9 +161,10 @@ def summary(result: dict[str, Any], seconds: float) -> str:
   lines = [f"Evaluated {result['method']} on {result['dataset']} at step {result['step']}: "
            f"{result['num_inputs']} inputs x {result['num_samples']} samples ({seconds:.1f}s)."]
   lines += evaluators.summary_lines(result["evals"], result["metrics"], result)
-  lines += [f"  skipped {name}: {why}" for name, why in result.get("skipped", {}).items()]
-  lines.append(f"  written to {os.path.join(result['workdir'], EVAL_JSON)} (and {step_json(result['step'])}) and "
-               f"TensorBoard (eval/*).")
+  by_reason: dict[str, list[str]] = {}  # One line per reason (missing LPIPS weights skip three evaluators).
+  for name, why in result.get("skipped", {}).items():
+    by_reason.setdefault(why, []).append(name)
+  lines += [f"  skipped {', '.join(names)}: {why}" for why, names in by_reason.items()]
   return "\n".join(lines)
 
 
@@ -120,6 +172,8 @@ def _define_flags() -> None:
   # Defined only when run as a program, so tests can import this module next to
   # main.py and sample.py, whose flags share names.
   flags.DEFINE_string("workdir", None, "The --workdir of a training run.", required=True)
+  flags.DEFINE_string("out", None, "Write the results (json) here instead of WORKDIR/eval.json and "
+                      "eval_<step>.json, e.g. for a read-only workdir.")
   flags.DEFINE_integer("num_inputs", 16, "The first this many eval examples.")
   flags.DEFINE_integer("num_samples", 16, "Samples per input.")
   flags.DEFINE_integer("mode_samples", 64, "Samples per input for mode recall / precision (datasets "
@@ -138,11 +192,11 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   cli.import_flagged_modules()
-  try:
-    evaluate(f.workdir, num_inputs=f.num_inputs, num_samples=f.num_samples, step=f.step, seed=f.seed,
-             weights_dir=f.weights_dir, mode_samples=f.mode_samples, evals=f.evals, reality_mode=f.reality)
-  except (workdir_lib.WorkdirError, ArgumentError) as e:  # Not a run, no checkpoint restores, bad --evals: one line.
-    cli.fail(str(e))
+  # Not a run, no checkpoint restores, a bad --evals, a workdir that cannot be written: one line
+  # (errors.UserError, cli.user_errors).
+  evaluate(f.workdir, num_inputs=f.num_inputs, num_samples=f.num_samples, step=f.step, seed=f.seed,
+           weights_dir=f.weights_dir, mode_samples=f.mode_samples, evals=f.evals, reality_mode=f.reality,
+           out=f.out)
 
 
 if __name__ == "__main__":

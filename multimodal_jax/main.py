@@ -1,9 +1,14 @@
 r"""Entry point: `python -m multimodal_jax.main --config=configs/srim.py --workdir=DIR`.
 
-Flags `--config.x.y=...` override any config field. On a multi-host system
-(TPU pod, SLURM) pass `--distributed`, or give the coordinator explicitly
-(`--coordinator_address`, `--num_processes`, `--process_id`), e.g. for several
-CPU processes on one machine.
+`--list` prints what can be run: the configs with their variants, the
+methods, models and datasets, each with a one-line description.
+
+Flags `--config.x.y=...` override any config field. A `--config` path that is
+not found from the working directory is looked up in the project's checkout
+(`configs/srim.py` works from anywhere), with a line saying which file. On a
+multi-host system (TPU pod, SLURM) pass `--distributed`, or give the
+coordinator explicitly (`--coordinator_address`, `--num_processes`,
+`--process_id`), e.g. for several CPU processes on one machine.
 
 `--import=MODULE` (repeatable) imports a user module first, e.g. one that
 registers a dataset or a method (docs/extending.md); the run records it so
@@ -19,10 +24,14 @@ poorly, so one device per core speeds up convolution-heavy forward passes
 round, which compiles) to `WORKDIR/profile`, for TensorBoard's profile tab.
 
 Logging shows warnings and errors only, so that the progress lines stand out;
-`--verbosity=0` (absl's flag) adds the INFO lines of absl, orbax and JAX. A
-config error (an unknown key, a bad value) is one line, `error: ...`, exit
-status 2, before anything compiles. A finished run's read-only workdir has
-nothing to do and says so.
+`--verbosity=0` (absl's flag) adds the INFO lines of absl, orbax and JAX. An
+error the user can fix (an unknown config key, a bad value, a config file or
+an --import module that raises, a busy or full or read-only workdir) is one
+line, `error: ...`, exit status 2, before anything compiles where it can be
+known then; `--verbosity=0` or MULTIMODAL_JAX_TRACEBACK=1 shows its traceback
+(multimodal_jax/cli.py). A second run on a busy workdir is refused before JAX
+starts. A finished run's read-only workdir has nothing to do and says so. The
+run ends with a summary and the commands to evaluate and sample it.
 """
 
 import os
@@ -30,18 +39,17 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
-from multimodal_jax import checkpointing
 from multimodal_jax import cli
-from multimodal_jax import train
-from multimodal_jax import validation
+from multimodal_jax import errors
 from multimodal_jax import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
-config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally with :arg.",
+config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally with :arg (--list shows them).",
                                 lock_config=True)
+_LIST = flags.DEFINE_bool("list", False, "Print the configs with their variants, the methods, models and "
+                          "datasets, and exit.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() with auto-detection (TPU pods, SLURM).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
@@ -52,11 +60,11 @@ _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this m
 _PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 0, "Trace this many steps after the first round "
                                       "with jax.profiler into WORKDIR/profile (TensorBoard's profile tab); 0: off.")
 cli.define_import_flag()
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def initialize_distributed() -> None:
   """Joins the other processes, if this run has any."""
+  import jax  # pylint: disable=g-import-not-at-top  # See `main`: JAX loads after the workdir's lock.
   if _COORDINATOR.value:
     if jax.config.jax_platforms in (None, "", "cpu"):
       # Cross-process collectives on CPU need an explicit implementation.
@@ -75,6 +83,7 @@ def set_cpu_devices(n: int) -> None:
     raise app.UsageError("Pass either --cpu_devices or XLA_FLAGS=--xla_force_host_platform_device_count, "
                          "not both.")
   if n:
+    import jax  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_num_cpu_devices", n)
 
 
@@ -96,24 +105,29 @@ def parse_flags(argv: list[str]) -> list[str]:
   wraps a config file's traceback in a flags error: dozens of lines either way.
   absl turns INFO logging on after parsing unless --verbosity was given; absl
   and orbax INFO lines would bury the progress lines (>95% of a run's output).
+  A `--config` path missing from the working directory is taken from the
+  project's checkout (`cli.resolve_config_argv`).
   """
+  argv = cli.resolve_config_argv(argv)
   try:
     return cli.parse_cli_flags(argv)  # A flags error ("flag --config=...: ..." and the cause): one line.
-  except (AttributeError, KeyError) as e:  # Only ml_collections' key lookups raise these here.
-    cli.fail(_unknown_key(e, argv))
+  except (AttributeError, KeyError) as e:  # ml_collections' lookup of a key the config lacks, or not.
+    frame = errors.innermost_user_frame(e)  # In the config file's own code.
+    if frame is not None and not (isinstance(e, KeyError) or (e.args and isinstance(e.args[0], LookupError))):
+      raise  # Another error of the config file: `cli.user_errors` names its line.
+    message = _unknown_key(e, argv)
+    cli.fail(f"{frame.filename}:{frame.lineno} (in {frame.name}): {message.partition(': ')[2]}" if frame
+             else message)
 
 
 def finished_read_only(config, workdir: str) -> bool:
   """True, after saying so, if `workdir` holds a finished run and cannot be written.
 
   A finished run on a read-only filesystem (an archive, a colleague's
-  directory) must not fail (`checkpointing.finished_read_only_step`). An
+  directory) must not fail (`workdir_lib.finished_read_only_step`). An
   unfinished one is a one-line error.
   """
-  try:
-    newest = checkpointing.finished_read_only_step(workdir, config.train.num_steps)
-  except workdir_lib.WorkdirError as e:
-    cli.fail(str(e))
+  newest = workdir_lib.finished_read_only_step(workdir, config.train.num_steps)
   if newest is None:
     return False
   print(f"Nothing to do: the checkpoint is already at step {newest} >= train.num_steps (read-only workdir).",
@@ -121,28 +135,61 @@ def finished_read_only(config, workdir: str) -> bool:
   return True
 
 
+def _loaded_config():
+  """The --config, or one line on what is wrong with it."""
+  try:
+    return flags.FLAGS.config
+  except OSError as e:  # config_flags defers a config file that failed to load to its first use.
+    cli.fail(f"--config: {str(e).strip().splitlines()[-1].strip()}")
+
+
+def _locks_early(workdir: str) -> bool:
+  """Whether `main` takes the workdir's lock itself, before JAX starts.
+
+  Only process 0 of a run locks, and a process learns its index from JAX
+  unless the flags give it; a workdir that does not exist yet is locked by
+  the loop once it has created it (no other run can be using it).
+  """
+  single_or_first = not _DISTRIBUTED.value and (not _COORDINATOR.value or _PROCESS_ID.value == 0)
+  return single_or_first and os.path.isdir(workdir)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  set_cpu_devices(_CPU_DEVICES.value)
-  initialize_distributed()
-  logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
-  # After JAX is set up (a module may touch devices), before the config is validated.
-  cli.import_flagged_modules()
-  try:
-    config = flags.FLAGS.config
-    validation.validate(config)
-  except OSError as e:  # config_flags defers a config file that failed to load to its first use.
-    cli.fail(f"--config: {str(e).strip().splitlines()[-1].strip()}")
-  except ValueError as e:
-    cli.fail(str(e))
-  if finished_read_only(config, _WORKDIR.value):
+  if _LIST.value:
+    cli.set_up_process()
+    cli.import_flagged_modules()  # Their datasets and methods are listed too.
+    from multimodal_jax import catalog  # pylint: disable=g-import-not-at-top  # The registries: JAX, tfds.
+    print(catalog.describe(), flush=True)
     return
-  try:
-    train.train_and_evaluate(config, _WORKDIR.value, profile_steps=_PROFILE_STEPS.value)
-  except workdir_lib.WorkdirError as e:  # Locked, another config, no checkpoint restores: one line.
-    cli.fail(str(e))
+  if flags.FLAGS["config"].value is None or not _WORKDIR.value:
+    cli.fail("--config=FILE and --workdir=DIR are required, e.g. --config=configs/regression.py "
+             "--workdir=/tmp/regression (--list shows the configs).")
+  config = _loaded_config()
+  workdir = os.path.abspath(_WORKDIR.value)
+  if finished_read_only(config, workdir):
+    return
+  workdir_lib.check_free_space(workdir)  # A full disk, before the minutes of start-up (train checks again).
+  # A second run on a busy workdir is refused here, in a second or so: JAX, TensorFlow, the data and
+  # the compilation come after the lock, hence the imports inside this function.
+  locked = _locks_early(workdir)
+  with workdir_lib.lock(workdir, enabled=locked):
+    cli.set_up_process()
+    set_cpu_devices(_CPU_DEVICES.value)
+    initialize_distributed()
+    import jax  # pylint: disable=g-import-not-at-top
+    from multimodal_jax import train  # pylint: disable=g-import-not-at-top
+    from multimodal_jax import validation  # pylint: disable=g-import-not-at-top
+    logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
+    # After JAX is set up (a module may touch devices), before the config is validated.
+    cli.import_flagged_modules()
+    try:
+      validation.validate(config)
+    except ValueError as e:
+      cli.fail(str(e))
+    train.train_and_evaluate(config, workdir, profile_steps=_PROFILE_STEPS.value, lock_workdir=not locked)
 
 
 if __name__ == "__main__":
-  cli.run(main, flags_parser=parse_flags)
+  cli.run(main, flags_parser=parse_flags, set_up=False)

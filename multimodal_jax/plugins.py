@@ -18,7 +18,13 @@ from __future__ import annotations
 import importlib
 from typing import Iterable
 
+from multimodal_jax import errors
+
 _imported: list[str] = []
+
+
+class PluginImportError(errors.UserError, ImportError):
+  """A module named by `--import` (or recorded in run_info.json) does not import; the message is one line."""
 
 
 def import_modules(names: Iterable[str], origin: str = "--import") -> None:
@@ -29,12 +35,13 @@ def import_modules(names: Iterable[str], origin: str = "--import") -> None:
     origin: where the names come from, for the error message.
 
   Raises:
-    ImportError: one line naming the module that failed, chained to the original error.
+    PluginImportError: one line naming the module that failed (and where, when its own code
+      raised), chained to the original error.
   """
   for name in names:
     if name.endswith(".py") or "/" in name:
-      raise ImportError(f"{origin}={name}: give a module name (e.g. my_data or my_pkg.my_data), not a file "
-                        "path; put its directory on PYTHONPATH.")
+      raise PluginImportError(f"{origin}={name}: give a module name (e.g. my_data or my_pkg.my_data), not a "
+                              "file path; put its directory on PYTHONPATH.")
     try:
       importlib.import_module(name)
     except Exception as e:  # pylint: disable=broad-except
@@ -44,7 +51,11 @@ def import_modules(names: Iterable[str], origin: str = "--import") -> None:
       # The module itself (or its package) is missing, not one of its dependencies.
       is_missing = bool(missing) and (name == missing or name.startswith(missing + "."))
       hint = "; is its directory on PYTHONPATH?" if is_missing else ""
-      raise ImportError(f"Could not import {name!r} ({origin}): {type(e).__name__}: {reason}{hint}") from e
+      # The line of the user's code that raised (none when the module itself is missing).
+      frame = errors.innermost_user_frame(e)
+      where = f" ({frame.filename}:{frame.lineno})" if frame else ""
+      raise PluginImportError(
+          f"Could not import {name!r} ({origin}): {type(e).__name__}: {reason}{where}{hint}") from e
     if name not in _imported:
       _imported.append(name)
 

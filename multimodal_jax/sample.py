@@ -1,6 +1,7 @@
 r"""Draws samples from a trained run into a PNG grid: `python -m multimodal_jax.sample`.
 
   python -m multimodal_jax.sample --workdir=DIR --num_samples=16 --out=grid.png
+  python -m multimodal_jax.sample --workdir=SR_DIR --out=sr.png                      # 10 samples, std map
   python -m multimodal_jax.sample --workdir=DIR --input=lr.png --out=grid.png
   python -m multimodal_jax.sample --workdir=DIR --out=lerp.png --extra=interpolate   # a method extra
   python -m multimodal_jax.sample --workdir=DIR --out=traj.png --extra=trajectory
@@ -20,11 +21,29 @@ PNG is the conditioning input of one example:
 over PIL's decompression-bomb limit, or an `--out` whose extension PIL cannot
 write fails in one line before the run is restored.
 
-The grid shows, for every input, a row `input | sample_1 ... sample_N` (for
-super-resolution `input | bicubic | sample_1 ...`: the trivial baseline) and under
-it the absolute differences |sample_k - sample_{k-1}| (under sample_k), as in
-cimle_srim_ijcv Fig. 1 / Fig. 5, multiplied by `--diff_gain` (default 4, clipped
-to [0, 1]) so that small differences are visible; the gain is printed.
+The grid shows, for every input, a row `input | sample_1 ... sample_N | truth`
+(for super-resolution `input | bicubic | sample_1 ... | truth`: bicubic is the
+trivial baseline; the truth column only when the inputs come from the dataset)
+and under it the absolute differences |sample_k - sample_{k-1}| (under
+sample_k), as in cimle_srim_ijcv Fig. 1 / Fig. 5, multiplied by `--diff_gain`
+(default 4, clipped to [0, 1]) so that small differences are visible; the gain
+is printed. Column titles (input, bicubic, 1..N, truth) run above the grid and
+row titles (the eval example's index, or the --input file) on its left;
+`--nolabels` leaves them out.
+
+Super-resolution runs draw 10 samples per input by default (the NTIRE 2021
+"Learning the Super-Resolution Space" protocol; other runs 16), and their grid
+gets a `std` column after the samples: each pixel's standard deviation across
+exactly the N samples shown (divisor N, averaged over the colour channels),
+i.e. where the method treats the input as ambiguous, as a grey map from black
+(0) to white (the largest std over the whole grid, one scale for every row).
+That scale is the column's title (`std 0.031`) and is printed. Each input's
+row pair is then (blank tiles are white)
+  input | bicubic | sample_1 | sample_2 ... sample_N | std | truth
+        |         |          |   d_2    ...   d_N    |     |
+with d_k = diff_gain |sample_k - sample_{k-1}|. `--nostd_map` leaves the column
+out; `--std_map` adds it to any grid of samples (or of an extra drawn like
+samples).
 
 `--extra=NAME` draws the method's inference function `method.extras[NAME]`
 (same arguments as `method.sample`) instead of independent samples, e.g.
@@ -63,8 +82,8 @@ import numpy as np
 from PIL import Image
 
 from multimodal_jax import cli
+from multimodal_jax import errors
 from multimodal_jax import inference
-from multimodal_jax import workdir as workdir_lib
 from multimodal_jax.data import pipeline
 from multimodal_jax.data import registry as data_registry
 from multimodal_jax.evaluation import grids
@@ -72,8 +91,12 @@ from multimodal_jax.evaluation import metrics
 from multimodal_jax.models import registry as models_registry
 
 
-class InputError(ValueError):
-  """A bad --input, --out, --extra or --diff_gain: `main` prints it as one line, without a traceback."""
+class InputError(errors.UserError, ValueError):
+  """A bad --input, --out, --extra, --diff_gain or --std_map: `main` prints it as one line, without a traceback."""
+
+
+# Samples per input when --num_samples is not given: the NTIRE 2021 SR protocol's 10 for super-resolution.
+SUPER_RESOLUTION_SAMPLES, DEFAULT_SAMPLES = 10, 16
 
 
 # Greyscale modes PIL gives 16-bit images (a 16-bit PNG is 'I;16'; older PIL: 'I').
@@ -184,12 +207,19 @@ def draw_outputs(fn, state, x_BxHxWxC: np.ndarray, rng: jax.Array, num_samples: 
       for i in range(x_BxHxWxC.shape[0])], axis=0)
 
 
-def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_samples: int = 16,
+def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_samples: int | None = None,
                   num_inputs: int = 4, extra: str | None = None, step: int | None = None, seed: int = 0,
-                  diff_gain: float = 1.0, same_code: bool = False) -> np.ndarray:
+                  diff_gain: float = 1.0, same_code: bool = False, labels: bool = True,
+                  std_map: bool | None = None) -> np.ndarray:
   """Draws samples (or the outputs of `method.extras[extra]`) of the run in `workdir` into a PNG grid.
 
   With `same_code` every input gets the same random codes (`draw_outputs`).
+  Inputs from the dataset get their ground truth as the last column; `labels`
+  titles the columns and rows (`grids.with_labels`). `num_samples` None draws
+  10 per input on super-resolution runs, 16 on others. `std_map` adds the
+  per-pixel standard deviation across the drawn samples as a column
+  (`grids.std_map`, scaled by its maximum); None: on for the samples of
+  super-resolution runs, off otherwise.
 
   Returns:
     The grid, float32 [rows, cols, 3] in [0, 1], as written to `out`.
@@ -208,10 +238,17 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
     raise InputError(f"--extra={extra}: method {config.method!r} has no such extra; its extras: "
                      f"{sorted(method.extras) or 'none'}.")
   spec = data_registry.get_dataset(config.data.name)
+  if num_samples is None:
+    num_samples = (SUPER_RESOLUTION_SAMPLES if metrics.is_super_resolution(batch_spec["x"], batch_spec["y"])
+                   else DEFAULT_SAMPLES)
+  y_BxHxWxC = None
   if input_path:
     x_BxHxWxC = load_input_png(input_path, batch_spec["x"].shape, batch_spec["y"].shape, config.data.name)
+    input_names = [os.path.basename(input_path)[:16]]
   else:
-    x_BxHxWxC = pipeline.load_eval_examples(config, num_inputs, allow_fewer=True)["x"]
+    batch = pipeline.load_eval_examples(config, num_inputs, allow_fewer=True)
+    x_BxHxWxC, y_BxHxWxC = batch["x"], batch.get("y")
+    input_names = [f"eval {int(i)}" for i in batch.get("index", range(len(x_BxHxWxC)))]
   outputs = draw_outputs(fn, state, x_BxHxWxC, jax.random.PRNGKey(seed), num_samples, same_code)
 
   b = x_BxHxWxC.shape[0]
@@ -232,16 +269,35 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
   if metrics.is_super_resolution(x_BxHxWxC, rows[:, 0]):
     reference = np.repeat(np.asarray(models_registry.upsample_reference(
         x_BxHxWxC, h // x_BxHxWxC.shape[1])), per_input, axis=0)
+  truth = None
+  if y_BxHxWxC is not None and tuple(y_BxHxWxC.shape[1:]) == tuple(rows.shape[2:]):
+    truth = np.repeat(np.asarray(y_BxHxWxC, np.float32), per_input, axis=0)
+  if std_map and outputs.ndim == 6:
+    raise InputError(f"--std_map is across samples, but {name} drew iterates {outputs.shape} "
+                     "([B, N, T+1, H, W, C]); leave --std_map out.")
+  if std_map is None:
+    std_map = reference is not None and extra is None
+  # One scale for every row, from exactly the samples drawn in the grid.
+  std_scale = float(grids.std_map(rows).max()) if std_map else None
   grid = grids.difference_grid(np.repeat(inputs_rgb, per_input, axis=0), rows, diff_gain=diff_gain,
-                         reference_SxHxWx3=reference)
+                               reference_SxHxWx3=reference, truth_SxHxWxC=truth, std_scale=std_scale)
+  columns = (["input"] + (["bicubic"] if reference is not None else []) + [str(k + 1) for k in range(rows.shape[1])]
+             + ([f"std {std_scale:.2g}"] if std_map else []) + (["truth"] if truth is not None else []))
+  if labels:
+    row_names = [name if per_input == 1 else f"{name} #{j + 1}" for name in input_names for j in range(per_input)]
+    grid = grids.with_labels(grid, columns, row_names, (h, w), rows_per_label=2)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   Image.fromarray(np.round(grid * 255.0).astype(np.uint8)).save(out)
   print(f"Wrote {out} ({grid.shape[1]}x{grid.shape[0]}): {config.method} on {config.data.name}, "
         f"{extra or 'samples'}, {b} input(s) x {outputs.shape[1]}"
         + (f" x {outputs.shape[2]} iterates" if outputs.ndim == 6 else "")
         + ("; the same codes for every input" if same_code else "")
-        + (f"; column 2 is {metrics.REFERENCE_UPSAMPLING} upsampling" if reference is not None else "")
-        + f"; difference rows x{diff_gain:g}.", flush=True)
+        + f"; columns: {' | '.join(columns[:2 if reference is not None else 1])} | 1..{rows.shape[1]}"
+        + (" | std" if std_map else "") + (" | truth (the dataset's target)" if truth is not None else "")
+        + (f"; bicubic is {metrics.REFERENCE_UPSAMPLING} upsampling" if reference is not None else "")
+        + f"; difference rows x{diff_gain:g}"
+        + (f"; std: each pixel's standard deviation across the {rows.shape[1]} samples (mean over channels), "
+           f"black 0 to white {std_scale:.4g}" if std_map else "") + ".", flush=True)
   return grid
 
 
@@ -250,7 +306,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The --workdir of a training run.", required=True)
   flags.DEFINE_string("out", None, "Where to write the PNG grid.", required=True)
   flags.DEFINE_string("input", None, "A PNG input; default: the first eval examples.")
-  flags.DEFINE_integer("num_samples", 16, "Samples (or interpolation points) per input.")
+  flags.DEFINE_integer("num_samples", None, "Samples (or interpolation points) per input; default "
+                       f"{SUPER_RESOLUTION_SAMPLES} for super-resolution runs, {DEFAULT_SAMPLES} otherwise.")
   flags.DEFINE_integer("num_inputs", 4, "Eval examples to use when --input is not given.")
   flags.DEFINE_string("extra", None, "Draw the method's extras[NAME] instead of samples, e.g. "
                       "interpolate (IMLE) or trajectory (cGML).")
@@ -259,6 +316,9 @@ def _define_flags() -> None:
   flags.DEFINE_float("diff_gain", 4.0, "Difference rows show gain x |sample_k - sample_{k-1}|.")
   flags.DEFINE_bool("same_code", False, "Give every input the same random codes (one rng, a batch of "
                     "one per input): style consistency, cimle_semantic_layouts_iccv2019 Fig. 5.")
+  flags.DEFINE_bool("labels", True, "Title the grid's columns (input, bicubic, 1..N, std, truth) and rows.")
+  flags.DEFINE_bool("std_map", None, "A column of each pixel's standard deviation across the samples, scaled "
+                    "by its maximum (the column's title); default: on for super-resolution samples.")
   cli.define_import_flag()
 
 
@@ -267,12 +327,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   cli.import_flagged_modules()
-  try:
-    sample_to_png(f.workdir, f.out, input_path=f.input, num_samples=f.num_samples,
-                  num_inputs=f.num_inputs, extra=f.extra, step=f.step, seed=f.seed, diff_gain=f.diff_gain,
-                  same_code=f.same_code)
-  except (InputError, workdir_lib.WorkdirError) as e:  # Also: not a run, no checkpoint restores.
-    cli.fail(str(e))
+  # A bad input or out, not a run, no checkpoint restores: one line (errors.UserError, cli.user_errors).
+  sample_to_png(f.workdir, f.out, input_path=f.input, num_samples=f.num_samples,
+                num_inputs=f.num_inputs, extra=f.extra, step=f.step, seed=f.seed, diff_gain=f.diff_gain,
+                same_code=f.same_code, labels=f.labels, std_map=f.std_map)
 
 
 if __name__ == "__main__":

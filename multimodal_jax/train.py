@@ -14,10 +14,17 @@ Every method runs through `train_and_evaluate`. The loop
   * resumes from the newest checkpoint in `workdir` that restores (train
     state *and* the grain iterator position; a corrupt one is moved aside,
     multimodal_jax/checkpointing.py), else initialises from scratch;
+  * checks before it starts that the disk has room for another checkpoint
+    as large as the newest, and stops at once, with one line, when a save
+    finds the disk full (every earlier checkpoint kept, the run resumable);
   * saves every `train.checkpoint_every` steps, at the end, and on SIGTERM,
-    Ctrl-C or a TPU preemption notice, then exits cleanly;
+    Ctrl-C or a TPU preemption notice, then exits cleanly; a second Ctrl-C
+    stops at once, leaving the checkpoint being written uncommitted;
   * writes scalars, hparams and sample grids (input | samples | ground truth)
-    to TensorBoard from process 0 only.
+    to TensorBoard from process 0 only;
+  * ends with a summary: steps, wall time, final losses, the newest
+    checkpoint and the commands to run next (`evaluate`, `sample`,
+    `tensorboard`).
 """
 
 from __future__ import annotations
@@ -345,6 +352,7 @@ class _Outputs:
                                                            writer=self.writer, every_secs=30.0)
     self.evaluator = (periodic_eval.PeriodicEvaluator(config, method, replicated)
                       if config.train.eval_every else None)
+    self.last_scalars: dict[str, float] = {}  # The latest logged averages, for the summary.
 
   def evaluate(self, state, at_step: int) -> None:
     """`train.eval_every`: PSNR/SSIM of the samples of a fixed eval batch, as eval/* (periodic_eval.py)."""
@@ -364,12 +372,13 @@ class _Outputs:
     scalars, first_bad = self.compiled.flush()
     steps_per_sec = clock.steps_per_sec(at_step)  # After the sync: the steps are done.
     if first_bad is not None:
-      manager.wait_until_finished()  # Commit the last good checkpoint, if one is in flight.
+      checkpointing.wait_until_finished(manager)  # Commit the last good checkpoint, if one is in flight.
       raise FloatingPointError(
           f"Non-finite loss or metric at step {first_bad} (run {config.method} on {config.data.name}). "
           f"The last good checkpoint is step {manager.latest_step()} in {workdir}; nothing later "
           "was saved.")
     shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
+    self.last_scalars = dict(scalars)
     scalars.update(_learning_rate_scalars(self.method, at_step), train_steps_per_sec=steps_per_sec)
     self.writer.write_scalars(at_step, scalars)
     eta = (num_steps - at_step) / steps_per_sec if steps_per_sec > 0 else 0.0
@@ -382,25 +391,29 @@ class _Outputs:
     self.writer.close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, profile_steps: int = 0) -> PyTree:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, profile_steps: int = 0,
+                       lock_workdir: bool = True) -> PyTree:
   """Trains `config.method` on `config.data` and writes everything under `workdir`.
 
   `profile_steps` > 0 traces that many steps after the first round into
-  `<workdir>/profile` (`_StepProfile`). Returns the final train state
-  (replicated global arrays).
+  `<workdir>/profile` (`_StepProfile`). `lock_workdir=False`: the caller
+  holds the workdir's lock already (`main` takes it before JAX starts).
+  Returns the final train state (replicated global arrays).
   """
   validation.validate(config)
   workdir = os.path.abspath(workdir)
   # Process 0 locks for the run: its other processes share the workdir by design.
-  with workdir_lib.lock(workdir, enabled=jax.process_index() == 0):
+  with workdir_lib.lock(workdir, enabled=lock_workdir and jax.process_index() == 0):
     if checkpointing.has_checkpoint(workdir):
       # Before build_method, which would recompute prepared.npz for another config.
       workdir_lib.check_config_unchanged(workdir, config)
+    workdir_lib.check_free_space(workdir)
     return _train(config, workdir, profile_steps)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, profile_steps: int) -> PyTree:
   """`train_and_evaluate` in a locked, checked workdir."""
+  start_time = time.monotonic()
   mesh = sharding.make_mesh()
   replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   logging.info("Devices: %d (%d per process, %d processes), platform %s.", jax.device_count(),
@@ -428,18 +441,74 @@ def _train(config: ml_collections.ConfigDict, workdir: str, profile_steps: int) 
         f"{config.train.num_steps}, global batch {config.data.batch_size}, {jax.device_count()} device(s), "
         f"computing in {compute_dtype.name} (config.compute_dtype={config.compute_dtype!r}; parameters, "
         "losses and distances float32).", flush=True)
+  start_step = step
   try:
-    return _run_loop(config, workdir, method, compiled, outputs, manager, state, step,
-                     pipeline.iterate_global(data_iter, batch_sharding), data_iter, profile_steps)
-  finally:
-    manager.wait_until_finished()
-    outputs.close()
-    manager.close()
+    state, step, completed = _run_loop(config, workdir, method, compiled, outputs, manager, state, step,
+                                       pipeline.iterate_global(data_iter, batch_sharding), data_iter,
+                                       profile_steps)
+    checkpointing.wait_until_finished(manager)  # The last save commits, or reports a full disk.
+  except KeyboardInterrupt:
+    # A second Ctrl-C: stop now, without waiting for the checkpoint being written (never committed:
+    # the next run removes it, checkpointing.py) nor anything else.
+    raise
+  except BaseException:
+    # The error that stopped the run is the one to report, not what closing after it finds.
+    checkpointing.close_after_failure(manager)
+    try:
+      outputs.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.info("Closing the metric writer after the run stopped: %s", e)
+    raise
+  outputs.close()
+  manager.close()
+  if completed and jax.process_index() == 0:
+    print(_summary(config, workdir, step - start_step, time.monotonic() - start_time, outputs.last_scalars),
+          flush=True)
+    if config.train.get("final_evals"):
+      final_evaluation(workdir, tuple(config.train.final_evals))
+  return state
+
+
+def final_evaluation(workdir: str, evals: tuple[str, ...]) -> None:
+  """`train.final_evals`: the finished run's evaluation (with its baselines) and sample grid, printed."""
+  # Imported here: most runs never use them, and `evaluate` imports every evaluator.
+  from multimodal_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from multimodal_jax import sample  # pylint: disable=g-import-not-at-top
+  print(f"Final evaluation ({', '.join(evals)}; `python -m multimodal_jax.evaluate --workdir={workdir}` runs "
+        "every evaluator):", flush=True)
+  evaluate.evaluate(workdir, evals=",".join(evals))
+  grid_path = os.path.join(workdir, "samples.png")
+  sample.sample_to_png(workdir, grid_path, num_samples=8, num_inputs=4)
+  print(f"Sample grid (4 test inputs x 8 samples, the ground truth last): {grid_path}", flush=True)
+
+
+def next_commands(workdir: str) -> list[str]:
+  """The commands that use a trained workdir: evaluate it, draw a sample grid, look at its TensorBoard logs."""
+  return [f"python -m multimodal_jax.evaluate --workdir={workdir}",
+          f"python -m multimodal_jax.sample --workdir={workdir} --out={os.path.join(workdir, 'samples.png')}",
+          f"tensorboard --logdir={workdir}"]
+
+
+def _summary(config: ml_collections.ConfigDict, workdir: str, steps_trained: int, seconds: float,
+             scalars: Mapping[str, float]) -> str:
+  """What a finished run did and what to run next, printed at its end."""
+  newest = max(checkpointing.committed_steps(workdir), default=None)
+  losses = " ".join(f"{k}={v:.4g}" for k, v in scalars.items() if "loss" in k) or "(none logged)"
+  lines = [f"Done: {config.method} on {config.data.name}, {steps_trained} steps this run "
+           f"(train.num_steps={config.train.num_steps}) in {_format_eta(seconds)} wall time; "
+           + (f"final {losses}." if steps_trained else "nothing left to train."),
+           f"  newest checkpoint: " + (os.path.join(workdir, checkpointing.CHECKPOINTS, str(newest))
+                                       if newest is not None else "none"),
+           "  next:"]
+  return "\n".join(lines + [f"    {command}" for command in next_commands(workdir)])
 
 
 def _run_loop(config, workdir, method, compiled, outputs: _Outputs, manager, state, step, global_batches,
-              data_iter, profile_steps: int = 0) -> PyTree:
-  """Rounds until `train.num_steps`: metrics, grids, checkpoints on their schedules; SIGTERM, Ctrl-C save."""
+              data_iter, profile_steps: int = 0) -> tuple[PyTree, int, bool]:
+  """Rounds until `train.num_steps`: metrics, grids, checkpoints on their schedules; SIGTERM, Ctrl-C save.
+
+  Returns (state, step, whether train.num_steps was reached: False when a signal stopped it).
+  """
   num_steps, t = config.train.num_steps, config.train
   start_step = step
   clock = TrainingClock(step)
@@ -467,9 +536,9 @@ def _run_loop(config, workdir, method, compiled, outputs: _Outputs, manager, sta
       if preempted:
         print(f"{preemption.reason}: saved the checkpoint at step {step}; rerun the same command to resume.",
               flush=True)
-        return state
+        return state, step, False
   if step > start_step:
     outputs.write_samples(state, step)
   else:
     print(f"Nothing to do: the checkpoint is already at step {step} >= train.num_steps.", flush=True)
-  return state
+  return state, step, True

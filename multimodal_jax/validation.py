@@ -18,11 +18,13 @@ from multimodal_jax.data import registry as data_registry
 from multimodal_jax.evaluation import evaluators
 from multimodal_jax.methods import base as methods_base
 from multimodal_jax.methods import common
+from multimodal_jax.models import consistency
 from multimodal_jax.models import registry as models_registry
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the key of the first invalid value."""
+  """Raises ValueError naming the first unknown key (`config_lib.check_known_keys`) or invalid value."""
+  config_lib.check_known_keys(config)  # An unlocked config's typo, before any value is read.
   check = functools.partial(config_lib.require, config)
 
   t = config.train
@@ -50,6 +52,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if "evals" in config:  # a config written before the key: evaluate uses the default list
     why = evaluators.check_names(config.evals)
     check(why is None, "evals", str(why))
+  if config.train.get("final_evals"):
+    why = evaluators.check_names(tuple(config.train.final_evals))
+    check(why is None, "train.final_evals", str(why))
   _validate_model_sections(config)
   methods_base.validate_method_config(config)
 
@@ -69,3 +74,6 @@ def _validate_model_sections(config: ml_collections.ConfigDict) -> None:
   if "global_skip" in config.model:
     check(config.model.global_skip in models_registry.GLOBAL_SKIPS, "model.global_skip",
           f"valid: {list(models_registry.GLOBAL_SKIPS)}")
+  if "consistency" in config.model:
+    check(config.model.consistency in consistency.CONSISTENCIES, "model.consistency",
+          f"valid: {list(consistency.CONSISTENCIES)}")

@@ -13,6 +13,16 @@ left by a killed run (same host, its pid no longer running) is taken over,
 saying so; a lock from another host cannot be checked from here, and the
 error says how to remove it.
 
+Read-only: a finished run's workdir may be read-only (an archive, a
+colleague's directory): `finished_read_only_step` says whether there is
+nothing to train, reading the checkpoint folder's names only
+(`committed_steps`), before anything is imported or written.
+
+Disk space: `check_free_space` refuses a run (`DiskFullError`, one line)
+whose filesystem has less room than its newest checkpoint takes, before the
+run starts: the next save would need as much (multimodal_jax/checkpointing.py
+turns a save that finds the disk full into the same error).
+
 The config check: a workdir's checkpoints only make sense with the config
 that wrote them (`run_info.json`, written by `write_run_info`).
 Resuming with other values of keys that shape the train state or its data
@@ -28,6 +38,7 @@ import datetime
 import errno
 import json
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -37,9 +48,11 @@ import ml_collections
 import numpy as np
 
 from multimodal_jax import config_lib
+from multimodal_jax import errors
 from multimodal_jax import plugins
 
 LOCK_FILE = ".lock"
+CHECKPOINTS = "checkpoints"  # The orbax checkpoints of the run (multimodal_jax/checkpointing.py).
 
 # Keys that may differ from run_info.json when a run resumes: when to stop,
 # what to log and how often, where and how fast to read the data. Everything
@@ -65,12 +78,13 @@ RESUMABLE_KEYS = (
 
 _TAKEOVER_SUFFIX = ".takeover"
 _held_tokens: set[str] = set()  # Tokens of the locks this process holds.
+_held_paths: dict[str, str] = {}  # token -> lock file, for `release_held_locks`.
 
 
 RUN_INFO = "run_info.json"  # The config and batch spec of the run (write_run_info).
 
 
-class WorkdirError(RuntimeError):
+class WorkdirError(errors.UserError, RuntimeError):
   """A workdir the run cannot use as it is; the message (one line) says what to do."""
 
 
@@ -80,6 +94,10 @@ class WorkdirLockedError(WorkdirError):
 
 class ConfigMismatchError(WorkdirError, ValueError):
   """The workdir holds a run of another config."""
+
+
+class DiskFullError(WorkdirError):
+  """No room on the disk for the next checkpoint; every earlier one is kept."""
 
 
 def write_run_info(workdir: str, config: ml_collections.ConfigDict, batch_spec,
@@ -138,12 +156,24 @@ def lock(workdir: str, enabled: bool = True) -> Iterator[None]:
     yield
     return
   _held_tokens.add(mine["token"])
+  _held_paths[mine["token"]] = path
   try:
     yield
   finally:
     _held_tokens.discard(mine["token"])
+    _held_paths.pop(mine["token"], None)
     if _read(path) == mine:  # Never remove a lock that someone else has taken over.
       os.remove(path)
+
+
+def release_held_locks() -> None:
+  """Removes the locks this process holds, for a program that exits at once (Ctrl-C, `cli`), skipping `lock`'s exit."""
+  for token, path in list(_held_paths.items()):
+    holder = _read(path)
+    if isinstance(holder, dict) and holder.get("token") == token:
+      os.remove(path)
+    _held_paths.pop(token, None)
+    _held_tokens.discard(token)
 
 
 def _acquire(path: str) -> dict[str, Any]:
@@ -156,8 +186,15 @@ def _acquire(path: str) -> dict[str, Any]:
     except FileExistsError:
       holder = _read(path)
     else:
-      with os.fdopen(fd, "w") as f:
-        json.dump(mine, f)
+      try:
+        with os.fdopen(fd, "w") as f:
+          json.dump(mine, f)
+      except OSError as e:  # A full disk: an empty lock would block the next run.
+        os.remove(path)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+          raise DiskFullError(f"No space left on the device for the lock {path}: free some space on "
+                              f"{os.path.dirname(path)}'s filesystem and rerun.") from e
+        raise
       return mine
     if holder is None:
       continue  # Released between our attempt and the read.
@@ -233,6 +270,86 @@ def _read(path: str) -> Any:
     return json.loads(text)
   except json.JSONDecodeError:
     return text
+
+
+def committed_steps(workdir: str) -> list[int]:
+  """The steps of `workdir`'s committed checkpoints, read from the directory (no orbax manager, read-only).
+
+  Orbax names a committed checkpoint by its step; one still being written (a
+  temporary folder) has a suffix, so it is not all digits.
+  """
+  directory = os.path.join(workdir, CHECKPOINTS)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def _allocated_bytes(path: str) -> int:
+  """The disk space the files under `path` take (allocated blocks, not their lengths)."""
+  return sum(os.lstat(os.path.join(root, name)).st_blocks * 512
+             for root, _, files in os.walk(path) for name in files)
+
+
+def format_bytes(n: float) -> str:
+  for unit in ("bytes", "KiB", "MiB", "GiB"):
+    if n < 1024 or unit == "GiB":
+      return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+    n /= 1024
+  return f"{n:.1f} TiB"
+
+
+def checkpoint_room(workdir: str) -> tuple[int | None, int, int]:
+  """(newest committed step or None, the disk space it takes, bytes free on the checkpoints' filesystem)."""
+  directory = os.path.join(workdir, CHECKPOINTS)
+  steps = committed_steps(workdir)
+  newest = steps[-1] if steps else None
+  size = _allocated_bytes(os.path.join(directory, str(newest))) if newest is not None else 0
+  existing = directory
+  while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+    existing = os.path.dirname(existing)
+  return newest, size, shutil.disk_usage(existing).free
+
+
+def check_free_space(workdir: str) -> None:
+  """Raises DiskFullError if `workdir`'s filesystem has less room than its newest checkpoint takes.
+
+  The next save needs about as much. Incomplete saves (orbax's temporary
+  folders, which the checkpoint manager removes when it starts) count as free.
+  """
+  newest, size, free = checkpoint_room(workdir)
+  if newest is None:
+    return
+  directory = os.path.join(workdir, CHECKPOINTS)
+  incomplete = sum(_allocated_bytes(os.path.join(directory, name)) for name in os.listdir(directory)
+                   if not name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+  if free + incomplete < size:
+    raise DiskFullError(
+        f"No room for the next checkpoint in {directory}: it needs about {format_bytes(size)} (as the newest, "
+        f"step {newest}), and its filesystem has {format_bytes(free + incomplete)} free. Free some space and "
+        "rerun the same command: every checkpoint is kept, the run resumes from the newest.")
+
+
+def finished_read_only_step(workdir: str, num_steps: int) -> int | None:
+  """The newest checkpoint's step when `workdir` cannot be written and holds a run finished at `num_steps`.
+
+  The loop writes run_info.json, TensorBoard files and checkpoints before it
+  finds nothing to do; a finished run on a read-only filesystem (an archive, a
+  colleague's directory) must not fail. None: the workdir (or, if it has one,
+  its checkpoint directory) is writable, or does not exist, so train it.
+
+  Raises:
+    WorkdirError: it cannot be written and the run is unfinished.
+  """
+  checkpoints = os.path.join(workdir, CHECKPOINTS)
+  dirs = [d for d in (workdir, checkpoints) if os.path.isdir(d)]
+  if not dirs or all(os.access(d, os.W_OK) for d in dirs):
+    return None
+  newest = max(committed_steps(workdir), default=0)
+  if newest < num_steps:
+    raise WorkdirError(
+        f"--workdir={workdir} is not writable and its newest checkpoint (step {newest}) is short of "
+        f"train.num_steps={num_steps}: make it writable or pass another --workdir.")
+  return newest
 
 
 def check_config_unchanged(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -22,6 +22,8 @@ NOISE_BOUND = ts.NOISE_AMPLITUDE + 0.5 / 255 + 1e-6
 
 TOY_TINY = ts.ToyScenesConfig(name='test_tiny', height=16, width=32,
                               num_train=24, num_test=8)
+CONDITIONAL_TINY = ts.ToyScenesConfig(name='test_tiny', conditional=True, height=16, width=32,
+                                      num_train=24, num_test=8)
 SR_TINY = sr.LocalPhotosSRConfig(name='test_tiny', factor=4, patch_size=32,
                                  photo_short_side=96,
                                  train_photos=('astronaut', 'coffee'),
@@ -124,7 +126,7 @@ def test_register_adds_a_user_dataset_but_not_under_a_taken_name(monkeypatch):
     registry.get_dataset('my_dat')
 
 
-@pytest.mark.parametrize('builder_cls', [ts.ToyScenes, sr.LocalPhotosSR,
+@pytest.mark.parametrize('builder_cls', [ts.ToyScenes, ts.ToyScenesConditional, sr.LocalPhotosSR,
                                          dc.DigitsCompletion])
 def test_every_builder_has_a_tiny_config_with_default_shapes(builder_cls):
   configs = builder_cls.builder_configs
@@ -139,7 +141,7 @@ def test_every_builder_has_a_tiny_config_with_default_shapes(builder_cls):
 
 
 @pytest.mark.parametrize('builder_cls,config', [
-    (ts.ToyScenes, TOY_TINY), (sr.LocalPhotosSR, SR_TINY),
+    (ts.ToyScenes, TOY_TINY), (ts.ToyScenesConditional, CONDITIONAL_TINY), (sr.LocalPhotosSR, SR_TINY),
     (dc.DigitsCompletion, 'tiny')])
 def test_building_twice_gives_identical_records(builder_cls, config, tmp_path):
   first = build(builder_cls, tmp_path / 'a', config)
@@ -289,6 +291,145 @@ def test_segments_data_draws_each_class_its_own_mode():
       default['image'], np.clip(np.round((ts.render_mode(layout, mode) + noise) * 255.0), 0, 255).astype(np.uint8))
   with pytest.raises(ValueError, match="modes_C must be 6 modes in"):
     ts.render_class_modes(label, np.arange(5))
+
+
+# ---------------------------------------------------------------- toy_scenes_conditional
+
+
+def test_conditional_draws_are_pinned():
+  """(free classes, mode, crc32 of the image) of the first training and test examples at 32x64, seed 0."""
+  import zlib  # pylint: disable=g-import-not-at-top
+  expected = {(0, 0): ((3, 4, 5), 1, 3412310907), (0, 1): ((2, 3, 5), 5, 1935389021), (0, 2): ((), 0, 591872110),
+              (0, 3): ((), 0, 1169744187), (0, 4): ((1, 2, 5), 1, 185801010), (0, 5): ((3, 5), 1, 2887503875),
+              (1, 0): ((2,), 0, 3478182322)}
+  for (split_code, index), (free, mode, crc) in expected.items():
+    e = ts.make_conditional_example(0, split_code, index, 32, 64)
+    assert (tuple(ts.free_classes(e['label'])), int(e['mode']), zlib.crc32(e['image'].tobytes())) == (
+        free, mode, crc), (split_code, index)
+    # The default data's layout, with the free classes' ids moved up by FREE_CLASS_OFFSET.
+    np.testing.assert_array_equal(e['label'] % ts.FREE_CLASS_OFFSET,
+                                  ts.make_example(0, split_code, index, 32, 64, 12)['label'])
+    assert e['layout_id'] == split_code * 2**32 + index
+
+
+def test_conditional_records_are_the_pure_draws_with_disjoint_splits(tmp_path):
+  builder = build(ts.ToyScenesConditional, tmp_path, CONDITIONAL_TINY)
+  by_id = {}
+  for split, code in (('train', 0), ('test', 1)):
+    for record in records(builder, split):
+      index = int(record['layout_id']) - code * 2**32
+      e = ts.make_conditional_example(0, code, index, 16, 32)
+      for key in ('label', 'image', 'grey', 'mode'):
+        np.testing.assert_array_equal(record[key], e[key], err_msg=key)
+      by_id[int(record['layout_id'])] = record['label'].tobytes()
+  assert len(by_id) == 24 + 8 and len(set(by_id.values())) == 32
+  assert builder.info.features['label'].shape == (16, 32) and builder.info.features['mode'].shape == ()
+  # The tiny and default configs share the shapes (`runlocal` keeps the model's input).
+  configs = ts.ToyScenesConditional.builder_configs
+  assert configs['default'].conditional and configs['tiny'].conditional
+  assert (configs['tiny'].num_train, configs['tiny'].num_test) == (64, 16)
+
+
+def test_conditional_colours_are_two_tolerances_apart_per_class():
+  colours = ts.mode_colours(ts.MAX_MODES)
+  fixed, (free_a, free_b) = colours[ts.FIXED_CLASS_MODE], (colours[m] for m in ts.FREE_CLASS_MODES)
+  for a, b in ((fixed, free_a), (fixed, free_b), (free_a, free_b)):
+    assert np.abs(a - b).mean(-1).min() >= 2 * ts.MIN_MODE_COLOUR_DISTANCE
+  assert ts.CONDITIONAL_CLASS_NAMES[ts.FREE_CLASS_OFFSET + ts.CAR] == 'free_car'
+  assert ts.CONDITIONAL_CLASS_NAMES[ts.SKY] == 'fixed_sky' and ts.NUM_CONDITIONAL_CLASSES == 12
+
+
+def test_each_conditional_image_is_one_of_its_own_modes_which_vary_the_free_classes_only():
+  spec = registry.get_dataset('toy_scenes_conditional')
+  config = ts.ToyScenesConditional.builder_configs['default']
+  colours = ts.mode_colours(ts.MAX_MODES)
+  for i in range(40):
+    e = ts.make_conditional_example(0, 0, i, 32, 64)
+    label, free = e['label'], ts.free_classes(e['label'])
+    modes = spec.true_modes(label, config)
+    assert modes.shape == (2**len(free), 32, 64, 3) and modes.dtype == np.float32
+    np.testing.assert_array_equal(modes[e['mode']], ts.render_conditional_mode(label, int(e['mode'])))
+    assert np.abs(e['image'] / 255.0 - modes[e['mode']]).max() <= NOISE_BOUND
+    fixed_pixels = label < ts.FREE_CLASS_OFFSET
+    # Fixed classes: their temperate colour in every mode; free class b: desert or autumn by bit b.
+    np.testing.assert_array_equal(modes[:, fixed_pixels], np.broadcast_to(
+        colours[ts.FIXED_CLASS_MODE][label[fixed_pixels]], modes[:, fixed_pixels].shape))
+    for k in range(len(modes)):
+      for b, c in enumerate(free):
+        expected = colours[ts.FREE_CLASS_MODES[(k >> b) & 1], c]
+        np.testing.assert_array_equal(modes[k][label == ts.FREE_CLASS_OFFSET + c], np.broadcast_to(
+            expected, ((label == ts.FREE_CLASS_OFFSET + c).sum(), 3)))
+  assert spec.modes_depend_on_input(config) and spec.mode_tolerance == ts.MIN_MODE_COLOUR_DISTANCE / 2
+  assert not registry.get_dataset('toy_scenes').modes_depend_on_input
+  with pytest.raises(ValueError, match=r'mode must be in \[0, 1\)'):
+    ts.render_conditional_mode(ts.make_conditional_example(0, 0, 2, 32, 64)['label'], 1)
+
+
+def test_conditional_mode_counts_are_uniform_from_1_to_16():
+  examples = [ts.make_conditional_example(0, 0, i, 32, 64) for i in range(1000)]
+  num_free = np.array([len(ts.free_classes(e['label'])) for e in examples])
+  counts = np.bincount(num_free, minlength=ts.MAX_FREE_CLASSES + 1)
+  assert len(counts) == ts.MAX_FREE_CLASSES + 1
+  assert counts.min() > 150 and counts.max() < 250, counts  # 200 each expected (4 sd: +-51)
+  # The mode is uniform within the input's own set: each free class takes either colour half the time.
+  bits = np.concatenate([[(int(e['mode']) >> b) & 1 for b in range(f)] for e, f in zip(examples, num_free)])
+  assert abs(bits.mean() - 0.5) < 0.04, bits.mean()
+  assert all(0 <= e['mode'] < 2**f for e, f in zip(examples, num_free))
+  # Every class is sometimes free and sometimes fixed.
+  free_share = np.mean([np.isin(np.arange(6), ts.free_classes(e['label'])) for e in examples], axis=0)
+  assert (free_share > 0.15).all() and (free_share < 0.7).all(), free_share
+
+
+def test_conditional_transforms_and_spec():
+  spec = registry.get_dataset('toy_scenes_conditional')
+  assert spec.builder_cls is ts.ToyScenesConditional and spec.class_names == ts.CONDITIONAL_CLASS_NAMES
+  e = ts.make_conditional_example(0, 0, 0, 32, 64)
+  out = apply(spec.make_transforms(ml_collections.ConfigDict(), True), e)
+  assert out['x'].shape == (32, 64, 12) and out['y'].shape == (32, 64, 3) and out['mode'].shape == ()
+  np.testing.assert_array_equal(out['x'].argmax(-1), e['label'])
+  np.testing.assert_array_equal(out['label'], e['label'])
+  rgb = spec.input_to_rgb(out['x'][None])
+  assert rgb.shape == (1, 32, 64, 3) and 0 <= rgb.min() and rgb.max() <= 1
+  # A free class is shown lighter than its fixed version.
+  free = e['label'] >= ts.FREE_CLASS_OFFSET
+  assert rgb[0][free].mean() > ts.label_to_rgb(e['label'] % ts.FREE_CLASS_OFFSET)[free].mean()
+
+
+# (config file, a variant on toy_scenes, the same variant on toy_scenes_conditional)
+CONDITIONAL_CONFIGS = [
+    ('layout_imle.py', '', 'conditional'), ('layout_imle.py', 'no_rebalance', 'conditional,no_rebalance'),
+    ('layout_imle.py', 'runlocal', 'conditional,runlocal'),
+    ('layout_imle.py', 'crn_best_of_k', 'conditional,crn_best_of_k'),
+    ('regression.py', '', 'conditional'), ('regression.py', 'runlocal', 'conditional,runlocal'),
+    ('cgml.py', 'toy_scenes', 'conditional'), ('cgml.py', 'toy_scenes,runlocal', 'conditional,runlocal'),
+    ('latent_codes.py', '', 'conditional'), ('latent_codes.py', 'runlocal', 'conditional,runlocal'),
+    ('diversity.py', '', 'conditional'), ('diversity.py', 'crn', 'crn,conditional'),
+    ('diversity.py', 'runlocal', 'conditional,runlocal'),
+]
+
+
+def _load_config(name, arg):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('cfg', REPO / 'configs' / name)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None), module
+
+
+@pytest.mark.parametrize('name,plain_arg,conditional_arg', CONDITIONAL_CONFIGS)
+def test_conditional_variants_change_only_the_data_name(name, plain_arg, conditional_arg):
+  """`:conditional` of every toy_scenes config: toy_scenes_conditional in place of toy_scenes, nothing else
+  (tests/test_train.py loads and validates every listed variant)."""
+  plain, module = _load_config(name, plain_arg)
+  conditional, _ = _load_config(name, conditional_arg)
+  assert conditional_arg in module.VARIANTS
+  assert (plain.data.name, conditional.data.name) == ('toy_scenes', 'toy_scenes_conditional')
+  assert conditional.data.builder_config in ts.ToyScenesConditional.builder_configs or not (
+      conditional.data.builder_config)
+  a, b = plain.to_dict(), conditional.to_dict()
+  a['data'].pop('name'), b['data'].pop('name')
+  assert a == b
+  assert 'mode_sets' in conditional.evals
 
 
 def test_label_to_rgb_works_on_batches():

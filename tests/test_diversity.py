@@ -49,6 +49,24 @@ def test_paired_outputs_is_two_forwards_in_one_batch():
   np.testing.assert_allclose(y_0, generate(x, jnp.zeros_like(z)), atol=1e-6)
 
 
+def test_the_pair_g_l_n_and_g_l_0_shares_one_dropout_mask():
+  """Alg. 1 compares the effect of the noise only: with n = 0 in both halves the pair is identical."""
+  from multimodal_jax.models import pix2pix
+  net = pix2pix.UNet(out_channels=3, num_downs=3, features=8)
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 8, 8, 3)), jnp.float32)
+  z = jnp.zeros((2, 8, 8, 1))
+  params = net.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, x, z)
+  generate = lambda paired: lambda x2, z2: net.apply(params, x2, z2, train=True, paired_dropout=paired,
+                                                     rngs={"dropout": jax.random.key(1)})
+  y_n, y_0 = div.paired_outputs(generate(True), x, z)
+  np.testing.assert_array_equal(y_n, y_0)
+  y_n, y_0 = div.paired_outputs(generate(False), x, z)  # one batch of 2B, independent masks
+  assert float(jnp.abs(y_n - y_0).max()) > 1e-3
+  # Deterministic (train=False): paired or not, the same function.
+  np.testing.assert_allclose(net.apply(params, x, z, train=False, paired_dropout=True),
+                             net.apply(params, x, z, train=False), atol=1e-6)
+
+
 def test_noise_linking_separates_inside_from_outside():
   label = np.zeros((1, 4, 4), np.int64)
   label[0, :2] = 1

@@ -466,9 +466,9 @@ def test_evaluate_with_enough_samples_adds_pairs_and_clusters(regression_workdir
 
 def test_sample_writes_a_difference_grid(regression_workdir, tmp_path):
   out = str(tmp_path / "grid.png")
-  sample_lib.sample_to_png(regression_workdir, out, num_samples=3, num_inputs=2)
-  # 2 inputs x (sample row + difference row) of 32x64 tiles; input + 3 samples across; pad 2.
-  assert Image.open(out).size == (4 * 66 + 2, 4 * 34 + 2)
+  sample_lib.sample_to_png(regression_workdir, out, num_samples=3, num_inputs=2, labels=False)
+  # 2 inputs x (sample row + difference row) of 32x64 tiles; input + 3 samples + truth across; pad 2.
+  assert Image.open(out).size == (5 * 66 + 2, 4 * 34 + 2)
   grid = np.asarray(Image.open(out))
   assert np.all(grid[34 + 2:34 + 2 + 32, 2 * 66 + 2:2 * 66 + 2 + 64] == 0)  # Identical samples.
 
@@ -488,8 +488,8 @@ def test_sample_from_a_png_input_and_its_errors(regression_workdir, tmp_path):
   layout = str(tmp_path / "layout.png")
   Image.fromarray(_layouts(b=1)[0]).save(layout)
   out = str(tmp_path / "from_png.png")
-  sample_lib.sample_to_png(regression_workdir, out, input_path=layout, num_samples=2)
-  assert Image.open(out).size == (3 * 66 + 2, 2 * 34 + 2)
+  sample_lib.sample_to_png(regression_workdir, out, input_path=layout, num_samples=2, labels=False)
+  assert Image.open(out).size == (3 * 66 + 2, 2 * 34 + 2)  # No truth column: the input is not the dataset's.
 
   wrong_size = str(tmp_path / "small.png")
   Image.fromarray(np.zeros((16, 16), np.uint8)).save(wrong_size)
@@ -519,12 +519,12 @@ def test_sample_extras_are_drawn_by_their_output_shape(regression_workdir, tmp_p
       brighter=lambda m: lambda state, x, rng, n: jnp.minimum(m.sample(state, x, rng, n) + 0.1, 1.0),
       flat=lambda m: lambda state, x, rng, n: m.sample(state, x, rng, n)[:, 0])
   out = str(tmp_path / "trajectory.png")
-  sample_lib.sample_to_png(regression_workdir, out, num_samples=2, num_inputs=1, extra="trajectory")
-  # [B, N, T+1, ...]: 1 input x 2 samples -> 2 row pairs; input + 3 iterates across.
-  assert Image.open(out).size == (4 * 66 + 2, 4 * 34 + 2)
+  sample_lib.sample_to_png(regression_workdir, out, num_samples=2, num_inputs=1, extra="trajectory", labels=False)
+  # [B, N, T+1, ...]: 1 input x 2 samples -> 2 row pairs; input + 3 iterates + truth across.
+  assert Image.open(out).size == (5 * 66 + 2, 4 * 34 + 2)
   # [B, N, H, W, C], any name: drawn like samples, one row pair per input.
-  sample_lib.sample_to_png(regression_workdir, out, num_samples=3, num_inputs=2, extra="brighter")
-  assert Image.open(out).size == (4 * 66 + 2, 4 * 34 + 2)
+  sample_lib.sample_to_png(regression_workdir, out, num_samples=3, num_inputs=2, extra="brighter", labels=False)
+  assert Image.open(out).size == (5 * 66 + 2, 4 * 34 + 2)
   with pytest.raises(ValueError, match=r"extras\['flat'\] returned \(2, 32, 64, 3\); expected \[B, N, H, W, C\]"):
     sample_lib.sample_to_png(regression_workdir, out, num_samples=3, num_inputs=2, extra="flat")
   with pytest.raises(sample_lib.InputError, match=r"--extra=lerp: method 'regression' has no such extra; "
@@ -563,7 +563,7 @@ def test_sample_same_code_grid(regression_workdir, tmp_path, monkeypatch):
 
   _with_extras(monkeypatch, noisy=lambda m: noisy)
   grid = sample_lib.sample_to_png(regression_workdir, str(tmp_path / "style.png"), num_samples=3, num_inputs=2,
-                                  extra="noisy", same_code=True)
+                                  extra="noisy", same_code=True, labels=False)
   tile = lambda row, col: grid[2 + row * 34:2 + row * 34 + 32, 2 + col * 66:2 + col * 66 + 64]
   differences = [tile(2, k) - tile(0, k) for k in (1, 2, 3)]  # Input 2 minus input 1, sample k.
   np.testing.assert_allclose(differences[1], differences[0], atol=1e-5)

@@ -80,10 +80,10 @@ def test_a_user_dataset_and_method_train_evaluate_and_sample_through_the_clis(tm
 def test_an_unknown_import_fails_in_one_line(tmp_path):
   proc = run_cli("main", f"--config={REPO / 'configs' / 'regression.py'}:runlocal",
                  "--import=no_such_module", f"--workdir={tmp_path / 'run'}", cwd=tmp_path)
-  assert proc.returncode != 0
-  last_line = proc.stderr.strip().splitlines()[-1]
-  assert last_line == ("ImportError: Could not import 'no_such_module' (--import): ModuleNotFoundError: "
-                       "No module named 'no_such_module'; is its directory on PYTHONPATH?")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [  # One line (cli.user_errors), not a traceback.
+      "error: Could not import 'no_such_module' (--import): ModuleNotFoundError: "
+      "No module named 'no_such_module'; is its directory on PYTHONPATH?"]
   assert not (tmp_path / "run" / workdir_lib.RUN_INFO).exists()
 
 
@@ -117,11 +117,12 @@ def test_import_modules_records_names_and_reports_failures_in_one_line(fresh_imp
   assert plugins.imported() == ["mmj_plugin_ok", "json"]
 
   with pytest.raises(ImportError, match=r"^Could not import 'mmj_plugin_raises' \(--import\): ValueError: "
-                     r"Dataset registered twice\.$") as raised:
+                     r"Dataset registered twice\. \(.*mmj_plugin_raises\.py:1\)$") as raised:
     plugins.import_modules(["mmj_plugin_raises"])
   assert isinstance(raised.value.__cause__, ValueError)
   # A missing dependency of an existing module: no PYTHONPATH hint.
-  with pytest.raises(ImportError, match=r"'mmj_plugin_broken' .*'mmj_missing_dependency'$"):
+  with pytest.raises(ImportError,
+                     match=r"'mmj_plugin_broken' .*'mmj_missing_dependency' \(.*mmj_plugin_broken\.py:1\)$"):
     plugins.import_modules(["mmj_plugin_broken"])
   with pytest.raises(ImportError, match=r"^--import=my_data\.py: give a module name"):
     plugins.import_modules(["my_data.py"])

@@ -256,3 +256,26 @@ def test_best_neighbour_loss_trains_only_the_best_branch():
   kernel_after = after.networks["generator"].params["heads"]["cascade"]["M3"]["conv1"]["kernel"]
   changed = np.abs(np.asarray(kernel_after - kernel_before)).reshape(config.model.num_branches, -1).max(axis=1) > 0
   np.testing.assert_array_equal(changed, [i == 2 for i in range(config.model.num_branches)])
+
+
+def test_evaluate_reports_training_codes_and_fresh_codes_apart():
+  """issue 38: `modes_by_code` scores the training codes' outputs and fresh codes' separately."""
+  import types
+  from multimodal_jax.evaluation import evaluators
+  modes = np.stack([np.full((4, 4, 3), v, np.float32) for v in (0.1, 0.5, 0.9)])[None]  # [1, K=3, ...]
+  hit_every_mode = lambda state, x, rng, n: jnp.asarray(modes)[:, jnp.arange(n) % 3]
+  blend = lambda state, x, rng, n: jnp.full((1, n, 4, 4, 3), 0.5 + 0.2, jnp.float32)  # no mode
+  method = types.SimpleNamespace(extras={"training_codes": hit_every_mode, "fresh_codes": blend})
+  batch = {"x": np.zeros((1, 4, 4, 2), np.float32), "y": modes[:, 0]}
+  ctx = evaluators.Context(config=None, method=method, state=None, workdir="", batch=batch,
+                           samples=np.asarray(hit_every_mode(None, None, None, 6)), mode_samples=6)
+  ctx.dataset_spec = lambda: types.SimpleNamespace(mode_tolerance=0.05, independent_segments=None)
+  ctx.memo("true_modes", lambda: modes)
+  out = dict(evaluators.run(["modes_by_code"], ctx))
+  assert out["mode_recall_training_codes"] == 1.0 and out["mode_precision_training_codes"] == 1.0
+  assert out["mode_recall_fresh_codes"] == 0.0 and out["mode_precision_fresh_codes"] == 0.0
+  # Six samples cycling through 0.1, 0.5, 0.9: 15 pairs, 3 equal, 8 at 0.4 and 4 at 0.8 apart -> 6.4 / 15.
+  np.testing.assert_allclose(out["diversity_mean_abs_pixel_training_codes"], 6.4 / 15, rtol=1e-6)
+  assert out["diversity_mean_abs_pixel_fresh_codes"] == 0.0
+  text = "\n".join(evaluators.summary_lines(["modes_by_code"], out, {}))
+  assert "training codes only  recall 1.000, precision 1.000" in text and "fresh codes only  recall 0.000" in text

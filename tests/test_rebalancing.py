@@ -36,7 +36,7 @@ def test_kde_matches_scipy_gaussian_kde():
   np.testing.assert_allclose(rebalancing.kde_density(points, queries, chunk=5), expected, rtol=1e-5)
 
 
-def test_rarity_is_the_inverse_density_and_zero_where_a_class_is_absent():
+def test_rarity_is_the_inverse_density_over_its_class_mean_and_zero_where_a_class_is_absent():
   rng = np.random.default_rng(1)
   colours = np.concatenate([0.5 + 0.01 * rng.normal(size=(30, 3)), [[0.95, 0.05, 0.05]]])  # one outlier
   means = np.full((31, 2, 3), np.nan)
@@ -44,10 +44,60 @@ def test_rarity_is_the_inverse_density_and_zero_where_a_class_is_absent():
   means[:10, 1] = 0.2 + 0.01 * rng.normal(size=(10, 3))
   rarity = rebalancing.rarity_scores(means)
   assert rarity.shape == (31, 2) and rarity.dtype == np.float32
-  np.testing.assert_allclose(rarity[:, 0], 1.0 / scipy.stats.gaussian_kde(colours.T)(colours.T), rtol=1e-4)
+  inverse_density = 1.0 / scipy.stats.gaussian_kde(colours.T)(colours.T)
+  np.testing.assert_allclose(rarity[:, 0], inverse_density / inverse_density.mean(), rtol=1e-4)
   assert np.argmax(rarity[:, 0]) == 30  # the outlier is the rarest
   np.testing.assert_array_equal(rarity[10:, 1], 0.0)
   assert np.all(rarity[:10, 1] > 0)
+  np.testing.assert_allclose(rarity[:10, 1].mean(), 1.0, rtol=1e-6)  # mean 1 over the images showing the class
+
+
+def _one_constant_class(n=40, seed=0):
+  """Mean colours [n, 2, 3]: class 0 of one colour (up to a texture's average, 1e-4), class 1 one of two."""
+  rng = np.random.default_rng(seed)
+  means = np.zeros((n, 2, 3))
+  means[:, 0] = 0.3 + 1e-4 * rng.normal(size=(n, 3))
+  means[:, 1] = np.where((np.arange(n) % 2 == 0)[:, None], [0.2, 0.5, 0.8], [0.8, 0.5, 0.2])
+  means[:, 1] += 0.01 * rng.normal(size=(n, 3))
+  return means
+
+
+def test_a_class_of_one_colour_keeps_its_weight_in_the_loss_mask():
+  """issue 39: the raw 1 / D_p of a near-delta density is ~1e-7 of a varying class's, so M / max M deleted the
+  constant class from the loss and the selection; relative to its class mean it weighs as much as the other."""
+  means = _one_constant_class()
+  rarity = rebalancing.rarity_scores(means)
+  label = np.zeros((len(means), 2, 2), np.int32)
+  label[:, :, 1] = 1  # left column class 0, right column class 1
+  mask = np.asarray(rebalancing.rarity_mask(jnp.asarray(label), jnp.asarray(rarity)))
+  assert mask[:, :, 0].min() > 0.3 and mask[:, :, 1].min() > 0.3, (mask[:, 0, 0].min(), mask[:, 0, 1].min())
+  # The raw inverse densities, as the paper writes them, would give class 0 at most ~1e-7 of the mask.
+  raw = np.stack([1.0 / rebalancing.kde_density(means[:, p], means[:, p]) for p in range(2)], axis=1)
+  assert (raw[:, 0] / raw.max(axis=1)).max() < 1e-6
+  # ... which `imle.rebalance_scale='paper'` keeps available, exactly.
+  np.testing.assert_allclose(rebalancing.rarity_scores(means, scale="paper"), raw, rtol=1e-5)
+  with pytest.raises(ValueError, match="rarity scale"):
+    rebalancing.rarity_scores(means, scale="median")
+  # A class of exactly one colour (a singular covariance) is exactly 1: every image as likely as the others.
+  means[:, 0] = 0.3
+  np.testing.assert_array_equal(rebalancing.rarity_scores(means)[:, 0], 1.0)
+
+
+def test_rare_appearances_still_weigh_in_proportion_to_their_rarity_and_the_pool_is_unchanged():
+  # Class 1 takes colour A in 30 images and colour B in 10: B's density is a third of A's, its rarity 3x
+  # (the kernel of one colour is ~5e-4 of its peak at the other).
+  means = _one_constant_class()
+  means[:, 1] = np.where((np.arange(40) < 30)[:, None], [0.2, 0.5, 0.8], [0.8, 0.5, 0.2])
+  rarity = rebalancing.rarity_scores(means)
+  np.testing.assert_allclose(rarity[30:, 1].mean() / rarity[:30, 1].mean(), 3.0, rtol=0.02)
+  # Per class: 30 images at 1/D ~ 40/30 and 10 at ~ 40/10 (in units of the kernel peak), mean 2.
+  np.testing.assert_allclose(rarity[:30, 1].mean(), 2 / 3, rtol=0.02)
+  np.testing.assert_allclose(rarity[30:, 1].mean(), 2.0, rtol=0.02)
+  # Dataset rebalancing draws class p's images with R_p(k) / sum_k' R_p(k'): a per-class scale cancels.
+  raw = np.stack([1.0 / rebalancing.kde_density(means[:, p], means[:, p]) for p in range(2)], axis=1)
+  areas = np.ones((40, 2))
+  np.testing.assert_allclose(rebalancing.pool_sampling_weights(rarity, areas, top=2),
+                             rebalancing.pool_sampling_weights(raw, areas, top=2), rtol=1e-5)
 
 
 def test_pool_weights_split_the_pool_among_the_largest_classes_by_rarity():
@@ -87,6 +137,25 @@ def test_prepare_computes_rarity_and_pool_weights_over_the_training_set(data_dir
   assert np.all(weights > 0)
   only_loss = _layout_imle_config(data_dir, rebalance_loss=True)
   assert methods_base.SAMPLING_WEIGHTS not in prepared_lib.compute(only_loss)
+
+
+def test_prepare_on_scenes_with_fixed_classes_keeps_every_class_in_the_mask(data_dir, tmp_path):
+  """toy_scenes_conditional: fixed classes never vary; their pixels keep a weight near the free classes'."""
+  config = _layout_imle_config(data_dir, rebalance_dataset=True, rebalance_loss=True)
+  config.data.name = "toy_scenes_conditional"
+  arrays = prepared_lib.prepare_or_restore(config, str(tmp_path))
+  rarity = arrays["rarity"]
+  assert rarity.shape == (64, 12)  # tiny: 64 training layouts; 6 fixed and 6 free classes
+  from multimodal_jax.data import pipeline, toy_scenes  # pylint: disable=g-import-not-at-top
+  source = pipeline.get_builder(config.data).as_data_source("train")
+  labels = np.stack([source[i]["label"] for i in range(len(source))])  # the rows of `rarity`
+  mask = np.asarray(rebalancing.rarity_mask(jnp.asarray(labels.astype(np.int32)), jnp.asarray(rarity)))
+  fixed = labels < toy_scenes.FREE_CLASS_OFFSET
+  assert mask[fixed].mean() > 0.25 and mask[fixed].min() > 1e-2, (mask[fixed].mean(), mask[fixed].min())
+  for p in range(12):
+    shown = rarity[:, p] > 0
+    if shown.any():
+      np.testing.assert_allclose(rarity[shown, p].mean(), 1.0, rtol=1e-5)
 
 
 def test_loss_rebalancing_weights_the_selection_distance_by_the_rarity_mask():

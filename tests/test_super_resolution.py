@@ -1,6 +1,8 @@
 """Super-resolution against its trivial baseline: the global skip, the bicubic reference row,
-the bicubic grid column, training augmentation and the periodic evaluation (issue #16)."""
+the bicubic grid column, the sample grid's std map, training augmentation and the periodic
+evaluation (issue #16)."""
 
+import dataclasses
 import glob
 import os
 
@@ -12,6 +14,7 @@ import pytest
 
 from conftest import REPO
 from multimodal_jax import evaluate as evaluate_lib
+from multimodal_jax import inference
 from multimodal_jax import sample as sample_lib
 from multimodal_jax import train
 from multimodal_jax.data import local_photos_sr
@@ -97,6 +100,21 @@ def test_the_sr_regression_default_keeps_its_own_network_settings():
   assert _load_config("regression", "").model.num_blocks == 2
 
 
+def test_the_srim_regression_baselines_share_srims_network_budget_and_distance():
+  """issue 37: the regressions of the SR comparison differ from SRIM's default in the loss only."""
+  srim, baseline = _load_config("srim", ""), _load_config("regression", "srim_net")
+  for key in ("name", "features", "num_blocks", "growth", "dense_conv_style", "global_skip", "consistency"):
+    assert baseline.model[key] == srim.model[key], key
+  assert baseline.data.batch_size == srim.imle.minibatch_size and baseline.train.num_steps == srim.train.num_steps
+  assert baseline.data.name == srim.data.name and baseline.data.options.augment
+  assert baseline.distance.name == "pixel"
+  vgg16 = _load_config("regression", "srim_net,vgg16").distance
+  assert vgg16.to_dict() == _load_config("srim", "vgg16").distance.to_dict()
+  assert _load_config("regression", "srim_net,cem").model.consistency == "bicubic"
+  with pytest.raises(ValueError, match="srim_net"):
+    _load_config("regression", "vgg16")
+
+
 # ---------------------------------------------------------------- the reference row
 
 
@@ -147,7 +165,8 @@ def test_a_layout_workdir_has_no_bicubic_row():
 
 
 def test_sr_sample_grid_shows_the_bicubic_column(sr_workdir, data_dir, tmp_path):
-  grid = sample_lib.sample_to_png(sr_workdir, str(tmp_path / "g.png"), num_samples=2, num_inputs=2)
+  grid = sample_lib.sample_to_png(sr_workdir, str(tmp_path / "g.png"), num_samples=2, num_inputs=2, labels=False,
+                                  std_map=False)
   batch = pipeline.load_eval_examples(_sr_regression_config(data_dir), 2)
   ref = np.asarray(registry.upsample_reference(batch["x"], 8))
   pad, size = 2, 64
@@ -155,7 +174,7 @@ def test_sr_sample_grid_shows_the_bicubic_column(sr_workdir, data_dir, tmp_path)
   for i in range(2):
     top, left = pad + 2 * i * (size + pad), pad + 1 * (size + pad)
     np.testing.assert_allclose(grid[top:top + size, left:left + size], ref[i], atol=1e-6)
-  assert grid.shape[1] == 4 * (size + pad) + pad  # input | bicubic | 2 samples
+  assert grid.shape[1] == 5 * (size + pad) + pad  # input | bicubic | 2 samples | truth: no std column
 
 
 def test_difference_grid_reference_column_moves_the_samples_right():
@@ -167,6 +186,97 @@ def test_difference_grid_reference_column_moves_the_samples_right():
   assert grid[1, 4, 0] == 0.5 and grid[1, 7, 0] == 0.25 and grid[1, 10, 0] == 0.75
   assert grid[4, 10, 0] == 0.5  # |0.75 - 0.25| under sample 2
   assert grid[4, 7, 0] == 1.0 and grid[4, 4, 0] == 1.0  # blank under sample 1 and the reference
+
+
+# ---------------------------------------------------------------- the std map
+
+
+def _tile(grid, row, col, size=64, pad=2):
+  top, left = pad + row * (size + pad), pad + col * (size + pad)
+  return grid[top:top + size, left:left + size]
+
+
+def _with_noisy_samples(monkeypatch):
+  """Makes sample_to_png see the SR regression with noise added to its samples: N different images."""
+  load_trained = inference.load_trained
+
+  def noisy(workdir, step=None):
+    config, method, state, batch_spec = load_trained(workdir, step)
+    def sample(state, x, rng, n):
+      y = method.sample(state, x, rng, n)
+      return jnp.clip(y + 0.1 * jax.random.normal(jax.random.fold_in(rng, 1), y.shape), 0.0, 1.0)
+    return config, dataclasses.replace(method, sample=sample), state, batch_spec
+
+  monkeypatch.setattr(sample_lib.inference, "load_trained", noisy)
+
+
+def test_sr_sample_grid_std_column_is_the_std_of_the_samples_shown(sr_workdir, data_dir, tmp_path, monkeypatch,
+                                                                   capsys):
+  _with_noisy_samples(monkeypatch)
+  n, b = 3, 2
+  grid = sample_lib.sample_to_png(sr_workdir, str(tmp_path / "g.png"), num_samples=n, num_inputs=b, labels=False)
+  # Columns: input | bicubic | samples 1..n | std | truth; rows: samples, then their differences.
+  assert grid.shape == (2 * b * 66 + 2, (n + 4) * 66 + 2, 3)
+  batch = pipeline.load_eval_examples(_sr_regression_config(data_dir), b)
+  ref = np.asarray(registry.upsample_reference(batch["x"], 8))
+  samples_BxNxHxWx3 = np.stack([[_tile(grid, 2 * i, 2 + k) for k in range(n)] for i in range(b)])
+  std_BxHxW = samples_BxNxHxWx3.astype(np.float64).std(axis=1).mean(axis=-1)
+  scale = std_BxHxW.max()
+  assert scale > 0.01  # The noise makes the samples differ.
+  for i in range(b):
+    np.testing.assert_allclose(_tile(grid, 2 * i, 1), ref[i], atol=1e-6)
+    np.testing.assert_allclose(_tile(grid, 2 * i, n + 2), np.repeat((std_BxHxW[i] / scale)[..., None], 3, -1),
+                               atol=1e-5)
+    np.testing.assert_allclose(_tile(grid, 2 * i, n + 3), batch["y"][i], atol=1e-6)
+    for k in range(1, n):  # |sample_k+1 - sample_k| (diff_gain 1) under sample k+1.
+      np.testing.assert_allclose(_tile(grid, 2 * i + 1, 2 + k),
+                                 np.abs(samples_BxNxHxWx3[i, k] - samples_BxNxHxWx3[i, k - 1]), atol=1e-6)
+    for col in (0, 1, 2, n + 2, n + 3):  # Nothing under the input, bicubic, sample 1, std and truth.
+      assert np.all(_tile(grid, 2 * i + 1, col) == 1.0), col
+  assert (f"std: each pixel's standard deviation across the {n} samples (mean over channels), black 0 to "
+          f"white {scale:.4g}.") in capsys.readouterr().out
+
+
+def test_identical_sr_samples_give_an_all_zero_std_map_and_10_samples_by_default(sr_workdir, tmp_path, capsys):
+  # The regression is deterministic: its samples are one image.
+  grid = sample_lib.sample_to_png(sr_workdir, str(tmp_path / "g.png"), num_inputs=1, labels=False)
+  assert grid.shape[1] == (10 + 4) * 66 + 2  # input | bicubic | 10 samples | std | truth
+  assert np.all(_tile(grid, 0, 12) == 0.0)
+  printed = capsys.readouterr().out
+  assert "across the 10 samples (mean over channels), black 0 to white 0." in printed
+
+
+def test_an_explicit_std_map_of_iterates_is_a_one_line_error(sr_workdir, tmp_path, monkeypatch):
+  load_trained = inference.load_trained
+
+  def with_trajectory(workdir, step=None):
+    config, method, state, batch_spec = load_trained(workdir, step)
+    trajectory = lambda state, x, rng, n: jnp.stack([method.sample(state, x, rng, n)] * 2, axis=2)
+    return config, dataclasses.replace(method, extras={"trajectory": trajectory}), state, batch_spec
+
+  monkeypatch.setattr(sample_lib.inference, "load_trained", with_trajectory)
+  with pytest.raises(sample_lib.InputError, match=r"^--std_map is across samples, but extras\['trajectory'\] drew"):
+    sample_lib.sample_to_png(sr_workdir, str(tmp_path / "g.png"), num_samples=2, num_inputs=1,
+                             extra="trajectory", std_map=True)
+
+
+def test_difference_grid_std_column_by_hand():
+  inputs = np.zeros((1, 1, 1, 3), np.float32)
+  # Two RGB samples: per-channel std (divisor 2) 0.2, 0, 0.1 -> mean over channels 0.1.
+  rows = np.array([[[[[0.2, 0.2, 0.2]]], [[[0.6, 0.2, 0.4]]]]], np.float32)  # [1, 2, 1, 1, 3]
+  truth = np.full((1, 1, 1, 1), 0.9, np.float32)
+  np.testing.assert_allclose(grids.std_map(rows), [[[0.1]]], atol=1e-7)
+  grid = grids.difference_grid(inputs, rows, pad=1, std_scale=0.4, truth_SxHxWxC=truth)
+  assert grid.shape == (2 * 2 + 1, 5 * 2 + 1, 3)  # input | 2 samples | std | truth
+  np.testing.assert_allclose(grid[1, 1 + 2 * 3], 0.25, atol=1e-6)  # std 0.1 / scale 0.4, grey.
+  np.testing.assert_allclose(grid[1, 1 + 2 * 4], 0.9)  # The truth after the std.
+  np.testing.assert_allclose(grid[3, 1 + 2 * 2], [0.4, 0.0, 0.2], atol=1e-6)  # |sample 2 - sample 1|
+  assert np.all(grid[3, 1 + 2 * 3] == 1.0) and np.all(grid[3, 1 + 2 * 4] == 1.0)  # Blank under std and truth.
+  # Identical samples: an all-zero (black) map, also at scale 0; without a scale, no column.
+  same = np.repeat(rows[:, :1], 3, axis=1)
+  assert np.all(grids.std_map(same) == 0.0)
+  assert np.all(grids.difference_grid(inputs, same, pad=1, std_scale=0.0)[1, 1 + 2 * 4] == 0.0)
+  assert grids.difference_grid(inputs, same, pad=1).shape[1] == 4 * 2 + 1
 
 
 # ---------------------------------------------------------------- augmentation

@@ -298,3 +298,20 @@ def test_two_processes_train_together_on_different_shards(tmp_path, data_dir):
   assert not np.array_equal(p0["first_x"], p1["first_x"]), "both processes read the same examples"
   _assert_same_params(_params_of(outs[0]), _params_of(outs[1]), atol=0)
   assert int(p0["step"]) == 4
+
+
+def test_final_evals_print_the_evaluation_with_its_baselines_and_write_the_grid(data_dir, tmp_path, capsys):
+  """issue 40 item 13: the README's main job ends with its evaluation next to the baselines and its grid."""
+  config = tiny_config(data_dir, num_steps=2, checkpoint_every=2, log_every=2, sample_every=0,
+                       final_evals=("modes",))
+  train.train_and_evaluate(config, str(tmp_path))
+  out = capsys.readouterr().out
+  final = out[out.index("Final evaluation (modes;"):]
+  assert "modes (K=12, 1/K=0.083" in final
+  assert "baselines on these inputs: the true modes recall 1, precision 1; any deterministic method" in final
+  assert f"Sample grid (4 test inputs x 8 samples, the ground truth last): {tmp_path / 'samples.png'}" in final
+  assert os.path.exists(tmp_path / "samples.png") and os.path.exists(tmp_path / "eval.json")
+  assert load_config(str(REPO / "configs" / "layout_imle.py"))[0].train.final_evals  # the README's main job
+  config.train.final_evals = ("modes", "nonexistent")
+  with pytest.raises(ValueError, match="train.final_evals"):
+    validation.validate(config)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import multiprocessing
 import os
 import sys
@@ -109,9 +110,7 @@ def get_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
         logging.info("Building the offline dataset %r into %s (first use only)...", spec.tfds_name, data_dir)
         print(f"Building the offline dataset {spec.tfds_name!r} into {data_dir} (first use only)...",
               flush=True)
-        start = time.time()
-        builder.download_and_prepare()
-        print(f"Built {spec.tfds_name!r} in {time.time() - start:.1f}s.", flush=True)
+        _quiet_build(builder)
     return builder
 
   if jax.process_count() == 1:
@@ -120,6 +119,23 @@ def get_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   builder = build() if jax.process_index() == 0 else None
   multihost_utils.sync_global_devices("multimodal_jax:dataset_built")
   return builder if builder is not None else build()
+
+
+def _quiet_build(builder: tfds.core.DatasetBuilder) -> None:
+  """`download_and_prepare`, then one line per split with its example count, and the time taken.
+
+  tfds' own lines ("Downloading and preparing dataset Unknown size ...") say
+  nothing about an offline build; its progress bars are kept on a terminal
+  only (in a log they leave a line of escape codes each).
+  """
+  if not sys.stderr.isatty():
+    tfds.disable_progress_bar()
+  start = time.time()
+  with contextlib.redirect_stdout(io.StringIO()):
+    builder.download_and_prepare()
+  for name, split in builder.info.splits.items():
+    print(f"  split {name!r}: {split.num_examples} examples", flush=True)
+  print(f"Built {builder.name!r} in {time.time() - start:.1f}s.", flush=True)
 
 
 def per_process_batch_size(global_batch_size: int) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import sys
 from typing import Any, Callable, Sequence
 
@@ -107,6 +108,14 @@ class DatasetSpec:
       of the layout draws its own mode: the true modes are then all K^|C|
       combinations of the K modes' colours per class, and mode metrics are per
       segment (`evaluation.metrics.segment_mode_metrics`).
+    modes_depend_on_input: tfds BuilderConfig -> bool, True where each input has
+      its own set of modes, of its own size, that vary only some of its segments
+      (toy_scenes_conditional: fixed and free classes). `true_modes` then gives
+      each input's set [K_j, H', W', Cy]; the `mode_sets` evaluator measures
+      recall and precision over each input's own set (a sample matches a mode
+      when every segment of `label` is within `mode_tolerance`) and the spread
+      of the samples where the modes agree (spurious variation); the `modes`
+      evaluator, which compares whole images, does not apply.
     degrade: for super-resolution data, how an input was made from its target:
       (uint8 HR [H, W, 3], factor) -> uint8 LR. The SR protocol's LR-PSNR
       passes samples through it (a sample consistent with its input scores
@@ -124,6 +133,7 @@ class DatasetSpec:
   mode_tolerance: float | None = None
   mode_frequencies: Callable[[Any], np.ndarray] | None = None
   independent_segments: Callable[[Any], bool] | None = None
+  modes_depend_on_input: Callable[[Any], bool] | None = None
   degrade: Callable[[np.ndarray, int], np.ndarray] | None = None
 
   def __post_init__(self):
@@ -154,6 +164,7 @@ DATASETS: dict[str, str] = {
     'toy3d': 'multimodal_jax.data.toy3d:TOY3D',
     'toy_scenes': 'multimodal_jax.data.toy_scenes:TOY_SCENES',
     'toy_scenes_colorization': 'multimodal_jax.data.toy_scenes:TOY_SCENES_COLORIZATION',
+    'toy_scenes_conditional': 'multimodal_jax.data.toy_scenes:TOY_SCENES_CONDITIONAL',
 }
 
 # The specs known so far: built-in ones once resolved, and those that users'
@@ -181,6 +192,10 @@ def register(name: str, spec: DatasetSpec) -> None:
                      "under another name.")
   if name in _SPECS:
     raise ValueError(f"Dataset {name!r} is registered twice.")
+  if inspect.isabstract(spec.builder_cls):  # tfds would fail only when it first builds the dataset.
+    cls = spec.builder_cls
+    raise TypeError(f"Dataset {name!r}: its builder {cls.__qualname__} ({inspect.getsourcefile(cls)}) does not "
+                    f"define {', '.join(sorted(cls.__abstractmethods__))}, which a tfds builder must.")
   _SPECS[name] = spec
 
 

@@ -44,9 +44,28 @@ diversity_loss_yang_liu_cai), so `true_modes` is None there and evaluation
 reports no mode metrics. Builder configs `skewed` / `skewed_mild` draw mode k
 with p ~ 0.7^k / 0.85^k (rare modes, what rebalancing is for).
 
+Dataset `toy_scenes_conditional` (builder `ToyScenesConditional`, configs
+`default` and `tiny`): the set of modes depends on the layout, as in
+super-resolution, where "the factors of variation in the plausible output images
+depend very much on the input" (cimle_srim_ijcv §4). Every class comes in two
+versions with their own class ids, so the layout says which segments are fixed:
+  label c in [0, 6)    `fixed_<class>`: always its temperate-day colour (mode 0's);
+  label 6 + c          `free_<class>`:  its desert-day or its autumn-day colour
+                       (modes 4 and 8), drawn per image, independently per free class.
+Each layout draws f ~ Uniform{0, ..., MAX_FREE_CLASSES} and makes f of its
+present classes free (all their pixels), so the input has 2^f equally likely
+modes: 1, 2, 4, 8 or 16, each for a fifth of the layouts (f is capped by the
+number of classes present, which is 4 to 6 at 32x64, so the cap never binds there). `mode` is the index of the
+image's mode in the input's own set, `render_conditional_modes` (its bit b: the
+colour of the b-th free class in class order). Any two colours a segment can
+take differ by at least 2 * MIN_MODE_COLOUR_DISTANCE per class, so the modes of
+an input are told apart segment by segment (the `mode_sets` evaluator), and the
+average of two modes is no mode. The layouts are the default data's.
+
 Datasets (the DatasetSpec constants at the bottom of this file, in registry.DATASETS):
   toy_scenes:              x = one-hot layout [H, W, 6], y = image in [0, 1].
   toy_scenes_colorization: x = grey image [H, W, 1],     y = image in [0, 1].
+  toy_scenes_conditional:  x = one-hot layout [H, W, 12] (fixed and free classes), y = image in [0, 1].
 """
 
 from __future__ import annotations
@@ -77,6 +96,18 @@ NOISE_AMPLITUDE = 0.03
 MIN_MODE_COLOUR_DISTANCE = 0.07
 # Half-width of the per-segment luminance offset of the `lighting` data.
 SEGMENT_LIGHTING = 0.25
+
+# toy_scenes_conditional: label c is class c of fixed colour, label FREE_CLASS_OFFSET + c its free version.
+FREE_CLASS_OFFSET = NUM_CLASSES
+CONDITIONAL_CLASS_NAMES = (tuple(f'fixed_{name}' for name in CLASS_NAMES)
+                           + tuple(f'free_{name}' for name in CLASS_NAMES))
+NUM_CONDITIONAL_CLASSES = len(CONDITIONAL_CLASS_NAMES)
+# A layout makes f ~ Uniform{0, ..., MAX_FREE_CLASSES} classes free: 2^f modes, 1 to 16.
+MAX_FREE_CLASSES = 4
+# The colours as modes of the 16-mode table, all in daylight: a fixed class is temperate (mode 0),
+# a free class desert (mode 4) or autumn (mode 8).
+FIXED_CLASS_MODE = 0
+FREE_CLASS_MODES = (4, 8)
 
 # Daylight colours [palette, class, rgb]. Started from hand-picked colours and
 # nudged by a small optimisation to maximise the smallest per-class distance
@@ -277,6 +308,79 @@ def make_example(seed: int, split_code: int, index: int, height: int,
   }
 
 
+# ---------------------------------------------------------------- toy_scenes_conditional
+
+
+def free_classes(label_HxW: np.ndarray) -> np.ndarray:
+  """The classes c whose free version (label FREE_CLASS_OFFSET + c) the layout holds, ascending: int [f]."""
+  present_L = np.bincount(np.asarray(label_HxW).reshape(-1), minlength=NUM_CONDITIONAL_CLASSES)
+  if present_L.size > NUM_CONDITIONAL_CLASSES:
+    raise ValueError(f'conditional layouts hold class ids in [0, {NUM_CONDITIONAL_CLASSES}); got '
+                     f'{present_L.size - 1}.')
+  return np.flatnonzero(present_L[FREE_CLASS_OFFSET:])
+
+
+def _conditional_colours(label_HxW: np.ndarray) -> np.ndarray:
+  """The colour of every label id under each of the layout's 2^f modes: float32 [2^f, 12, 3].
+
+  Mode k gives the b-th free class (in class order) FREE_CLASS_MODES[bit b of k]'s colour.
+  """
+  colours_KxCx3 = mode_colours(MAX_MODES)
+  free_F = free_classes(label_HxW)
+  modes_M = np.arange(2**len(free_F))
+  table_Mx12x3 = np.tile(np.concatenate([colours_KxCx3[FIXED_CLASS_MODE]] * 2)[None], (len(modes_M), 1, 1))
+  for b, c in enumerate(free_F):
+    choice_M = np.asarray(FREE_CLASS_MODES)[(modes_M >> b) & 1]
+    table_Mx12x3[:, FREE_CLASS_OFFSET + c] = colours_KxCx3[choice_M, c]
+  return table_Mx12x3
+
+
+def render_conditional_modes(label_HxW: np.ndarray) -> np.ndarray:
+  """Noise-free renders of a conditional layout under each of its 2^f modes: float32 [2^f, H, W, 3].
+
+  Exactly the input's set of modes: fixed classes are one colour in every render, free class b
+  (the b-th in class order) takes FREE_CLASS_MODES[bit b of k]'s colour in render k.
+  """
+  return _conditional_colours(label_HxW)[:, np.asarray(label_HxW)]
+
+
+def render_conditional_mode(label_HxW: np.ndarray, mode: int) -> np.ndarray:
+  """Render `mode` of `render_conditional_modes(label_HxW)`: float32 [H, W, 3]."""
+  table_Mx12x3 = _conditional_colours(label_HxW)
+  if not 0 <= mode < len(table_Mx12x3):
+    raise ValueError(f'mode must be in [0, {len(table_Mx12x3)}) for a layout with '
+                     f'{len(free_classes(label_HxW))} free classes; got {mode}.')
+  return table_Mx12x3[mode][np.asarray(label_HxW)]
+
+
+def make_conditional_example(seed: int, split_code: int, index: int, height: int,
+                             width: int) -> dict[str, np.ndarray]:
+  """One toy_scenes_conditional example, a pure function of (seed, split_code, index).
+
+  From one numpy stream: the default data's layout (the same stream's first
+  draws), f ~ Uniform{0, ..., MAX_FREE_CLASSES} capped by the classes present,
+  which f of them are free (uniform), the image's mode ~ Uniform{0, ..., 2^f - 1}
+  in the input's own set, then the texture.
+  """
+  rng = np.random.default_rng([seed, split_code, index])
+  base_HxW = sample_layout(rng, height, width)
+  present_P = np.flatnonzero(np.bincount(base_HxW.reshape(-1), minlength=NUM_CLASSES))
+  num_free = min(int(rng.integers(MAX_FREE_CLASSES + 1)), len(present_P))
+  free_F = rng.choice(present_P, size=num_free, replace=False)
+  label_HxW = (base_HxW + FREE_CLASS_OFFSET * np.isin(base_HxW, free_F)).astype(np.uint8)
+  mode = int(rng.integers(2**num_free))
+  noise_HxWx1 = rng.uniform(-NOISE_AMPLITUDE, NOISE_AMPLITUDE, (height, width, 1)).astype(np.float32)
+  clean = render_conditional_mode(label_HxW, mode)
+  image_HxWx3 = np.clip(np.round((clean + noise_HxWx1) * 255.0), 0, 255).astype(np.uint8)
+  return {
+      'label': label_HxW,
+      'image': image_HxWx3,
+      'grey': luminance(image_HxWx3),
+      'mode': np.int32(mode),
+      'layout_id': np.int64(split_code * 2**32 + index),
+  }
+
+
 @dataclasses.dataclass
 class ToyScenesConfig(tfds.core.BuilderConfig):
   """Size and content of a toy_scenes variant (the name keys the data dir)."""
@@ -292,6 +396,9 @@ class ToyScenesConfig(tfds.core.BuilderConfig):
   independent_classes: bool = False
   # > 0: every class draws a luminance offset U[-s, s] (no discrete modes then).
   segment_lighting: float = 0.0
+  # toy_scenes_conditional: fixed and free classes, 2^f modes per layout (num_modes and the
+  # options above unused).
+  conditional: bool = False
 
 
 _SPLIT_CODES = {'train': 0, 'test': 1}
@@ -364,23 +471,50 @@ class ToyScenes(registry.LocalBuilder):
   def _generate_examples(self, split: str, num_examples: int):
     config = self.builder_config
     for index in range(num_examples):
+      if config.conditional:
+        yield index, make_conditional_example(config.seed, _SPLIT_CODES[split], index, config.height,
+                                              config.width)
+        continue
       yield index, make_example(config.seed, _SPLIT_CODES[split], index,
                                 config.height, config.width, config.num_modes,
                                 config.mode_decay, config.independent_classes,
                                 config.segment_lighting)
 
 
+class ToyScenesConditional(ToyScenes):
+  """toy_scenes whose set of modes depends on the layout: fixed and free classes (module docstring)."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+
+  BUILDER_CONFIGS = [
+      ToyScenesConfig(name='default', conditional=True,
+                      description='32x64, 0-4 free classes: 1 to 16 modes per layout.'),
+      # Same shapes, for tests and smoke runs.
+      ToyScenesConfig(name='tiny', conditional=True, num_train=64, num_test=16,
+                      description='32x64, 0-4 free classes, 64/16 examples.'),
+  ]
+
+
 class LayoutToImage(grain.transforms.Map):
   """Record -> {x: one-hot layout, y: image in [0, 1], mode, label}."""
+
+  num_classes = NUM_CLASSES
 
   def map(self, element):
     label_HxW = np.asarray(element['label']).astype(np.int32)
     return {
-        'x': np.eye(NUM_CLASSES, dtype=np.float32)[label_HxW],
+        'x': np.eye(self.num_classes, dtype=np.float32)[label_HxW],
         'y': np.asarray(element['image'], np.float32) / 255.0,
         'mode': np.asarray(element['mode'], np.int32),
         'label': label_HxW,
     }
+
+
+class ConditionalLayoutToImage(LayoutToImage):
+  """LayoutToImage with the fixed and free classes of toy_scenes_conditional (x [H, W, 12])."""
+
+  num_classes = NUM_CONDITIONAL_CLASSES
 
 
 class GreyToImage(grain.transforms.Map):
@@ -399,6 +533,11 @@ def _layout_transforms(data_config: ml_collections.ConfigDict, train: bool):
   return [LayoutToImage()]
 
 
+def _conditional_layout_transforms(data_config: ml_collections.ConfigDict, train: bool):
+  del data_config, train
+  return [ConditionalLayoutToImage()]
+
+
 def _colorization_transforms(data_config: ml_collections.ConfigDict,
                              train: bool):
   del data_config, train
@@ -407,6 +546,14 @@ def _colorization_transforms(data_config: ml_collections.ConfigDict,
 
 def one_hot_to_rgb(x_BxHxWxC: np.ndarray) -> np.ndarray:
   return label_to_rgb(np.argmax(x_BxHxWxC, axis=-1))
+
+
+# Free classes shown half-way to white: the layout's own colours, lighter where the appearance is free.
+_CONDITIONAL_LABEL_COLOURS_12x3 = np.concatenate([_LABEL_COLOURS_Cx3, 0.5 * (_LABEL_COLOURS_Cx3 + 1.0)])
+
+
+def conditional_one_hot_to_rgb(x_BxHxWx12: np.ndarray) -> np.ndarray:
+  return _CONDITIONAL_LABEL_COLOURS_12x3[np.argmax(x_BxHxWx12, axis=-1)]
 
 
 def grey_to_rgb(x_BxHxWx1: np.ndarray) -> np.ndarray:
@@ -440,4 +587,18 @@ TOY_SCENES_COLORIZATION = registry.DatasetSpec(
     eval_split='test',
     make_transforms=_colorization_transforms,
     input_to_rgb=grey_to_rgb,
+)
+TOY_SCENES_CONDITIONAL = registry.DatasetSpec(
+    tfds_name='toy_scenes_conditional',
+    builder_cls=ToyScenesConditional,
+    train_split='train',
+    eval_split='test',
+    make_transforms=_conditional_layout_transforms,
+    input_to_rgb=conditional_one_hot_to_rgb,
+    class_names=CONDITIONAL_CLASS_NAMES,
+    true_modes=lambda label_HxW, builder_config: render_conditional_modes(label_HxW),
+    # Per segment: a real image is within NOISE_AMPLITUDE + 0.5/255 of its mode on every pixel, and
+    # two colours of one segment are >= 2 * MIN_MODE_COLOUR_DISTANCE apart.
+    mode_tolerance=MIN_MODE_COLOUR_DISTANCE / 2,
+    modes_depend_on_input=lambda builder_config: builder_config.conditional,
 )

@@ -20,6 +20,8 @@ weights are absent).
   both        `faithfulness_weighted_variance`: cimle_srim_ijcv §5.1.5.
   modes       `mode_metrics`: mode recall and precision against exactly known
               modes (a dataset's `DatasetSpec.true_modes`, e.g. toy_scenes).
+              `mode_set_metrics`, `spurious_variation`: where each input has its
+              own set of modes (toy_scenes_conditional).
 """
 
 from __future__ import annotations
@@ -616,6 +618,107 @@ def rare_modes(frequencies_K: np.ndarray) -> np.ndarray:
   frequencies_K = np.asarray(frequencies_K, np.float64)
   rare_K = frequencies_K < np.median(frequencies_K)
   return rare_K if rare_K.any() else None
+
+
+# ------------------------------------------------------------ modes that depend on the input
+
+
+def _check_mode_sets(samples_BxNxHxWxC, mode_sets, labels_BxHxW=None) -> None:
+  _check_samples(samples_BxNxHxWxC)
+  shape = np.shape(samples_BxNxHxWxC)
+  image_shape = shape[2:]
+  bad = [j for j, m in enumerate(mode_sets) if np.ndim(m) != 4 or np.shape(m)[1:] != image_shape or not len(m)]
+  if len(mode_sets) != shape[0] or bad:
+    raise ValueError(f"mode sets must be {shape[0]} arrays [K_j >= 1, H, W, C] with (H, W, C) = {image_shape}; "
+                     f"got {[np.shape(m) for m in mode_sets]}.")
+  if labels_BxHxW is not None and np.shape(labels_BxHxW) != shape[:1] + shape[2:4]:
+    raise ValueError(f"labels must be [B, H, W] = {shape[:1] + shape[2:4]}; got {np.shape(labels_BxHxW)}.")
+
+
+def mode_set_matches(samples_NxHxWxC, modes_KxHxWxC, label_HxW, tolerance: float) -> np.ndarray:
+  """The mode of its input's own set that each sample renders, or -1: int [N].
+
+  Sample i matches mode k when every segment s of the layout (the pixels of one
+  class id) is within the tolerance:
+    e_iks = mean over the pixels of s and the channels of |y~_i - m_k|,
+    k*_i  = argmin_k max_s e_iks,   matched when max_s e_ik*s < tolerance.
+  Two modes of toy_scenes_conditional differ by >= 2 * tolerance at every pixel of
+  some segment, so a sample matches at most one; whole-image errors would not
+  tell them apart (they may differ on a few pixels only).
+  """
+  _check_tolerance(tolerance)
+  samples = np.asarray(samples_NxHxWxC, np.float32)
+  label_HW = np.asarray(label_HxW).reshape(-1)
+  ids, segment_HW = np.unique(label_HW, return_inverse=True)
+  one_hot_HWxS = np.eye(len(ids), dtype=np.float32)[segment_HW]
+  count_S = one_hot_HWxS.sum(axis=0)
+  n = samples.shape[0]
+  worst_NxK = np.stack([  # one mode at a time: [N, H, W, C] differences, not [N, K, H, W, C]
+      ((np.abs(samples - m_HxWxC).mean(axis=-1).reshape(n, -1) @ one_hot_HWxS) / count_S).max(axis=-1)
+      for m_HxWxC in np.asarray(modes_KxHxWxC, np.float32)], axis=-1)
+  nearest_N = np.argmin(worst_NxK, axis=-1)
+  return np.where(worst_NxK[np.arange(n), nearest_N] < tolerance, nearest_N, -1)
+
+
+def mode_set_metrics(samples_BxNxHxWxC, mode_sets: Sequence[np.ndarray], labels_BxHxW,
+                     tolerance: float) -> dict[str, float]:
+  """Mode recall and precision over each input's own set of modes, overall and by the set's size.
+
+  With K_j = |modes of input j| and the matches of `mode_set_matches`:
+    recall_j     = |{k : some sample of input j matches k}| / K_j
+    precision_j  = share of input j's samples that match one of its modes
+  Returns
+    mode_set_recall, mode_set_precision          mean over inputs of recall_j / over all samples
+    mode_set_recall/K<k>, mode_set_precision/K<k>  the same over the inputs with K_j = k
+    mode_set_recall/multimodal, .../multimodal   the same over the inputs with K_j > 1 (when any)
+  A method whose samples are all the per-pixel mean of the modes (L1 / L2
+  regression's tendency) scores recall 1 on the inputs with one mode and 0 on the
+  others when any two modes are >= 2 * tolerance apart on some segment.
+  """
+  _check_mode_sets(samples_BxNxHxWxC, mode_sets, labels_BxHxW)
+  sizes_B = np.array([len(m) for m in mode_sets])
+  recall_B, precise_BxN = [], []
+  for samples_NxHxWxC, modes_KxHxWxC, label_HxW in zip(samples_BxNxHxWxC, mode_sets, labels_BxHxW):
+    matched_N = mode_set_matches(samples_NxHxWxC, modes_KxHxWxC, label_HxW, tolerance)
+    recall_B.append(len(set(matched_N[matched_N >= 0].tolist())) / len(modes_KxHxWxC))
+    precise_BxN.append(matched_N >= 0)
+  recall_B, precise_BxN = np.asarray(recall_B), np.asarray(precise_BxN)
+
+  def over(inputs_B, suffix=""):
+    return {f"mode_set_recall{suffix}": float(np.mean(recall_B[inputs_B])),
+            f"mode_set_precision{suffix}": float(np.mean(precise_BxN[inputs_B]))}
+
+  out = over(np.ones(len(sizes_B), bool))
+  for k in np.unique(sizes_B):
+    out.update(over(sizes_B == k, f"/K{k}"))
+  if (sizes_B > 1).any():
+    out.update(over(sizes_B > 1, "/multimodal"))
+  return out
+
+
+def spurious_variation(samples_BxNxHxWxC, mode_sets: Sequence[np.ndarray], atol: float = 1e-6) -> dict[str, float]:
+  """The samples' spread where the input fixes the appearance, and where it leaves it free.
+
+  A pixel of input j is *fixed* when all of its K_j modes agree on it (within
+  `atol` on every channel), else *free*. With s_jpc = the standard deviation
+  (divisor N) of channel c of pixel p across input j's N samples,
+    spurious_variation = mean of s_jpc over the fixed pixels of every input and the channels
+    free_variation     = the same over the free pixels (absent where no input has one)
+  (spurious_variation is absent where no input has a fixed pixel). A sampler of
+  the modes themselves scores 0 spurious variation; the data's own texture noise
+  (uniform in [-a, a] per pixel, toy_scenes a = 0.03) would score a / sqrt(3) ~ 0.017.
+  """
+  _check_mode_sets(samples_BxNxHxWxC, mode_sets)
+  sums, counts = np.zeros(2), np.zeros(2)  # [fixed, free]
+  for samples_NxHxWxC, modes_KxHxWxC in zip(samples_BxNxHxWxC, mode_sets):
+    modes_KxHxWxC = np.asarray(modes_KxHxWxC, np.float64)
+    free_HxW = np.any(np.abs(modes_KxHxWxC - modes_KxHxWxC[:1]) > atol, axis=(0, -1))
+    std_HxWxC = np.std(np.asarray(samples_NxHxWxC, np.float64), axis=0)
+    for region, mask_HxW in enumerate((~free_HxW, free_HxW)):
+      sums[region] += std_HxWxC[mask_HxW].sum()
+      counts[region] += std_HxWxC[mask_HxW].size
+  return {key: float(sums[r] / counts[r]) for r, key in enumerate(("spurious_variation", "free_variation"))
+          if counts[r]}
 
 
 # ------------------------------------------------------------ noise linking

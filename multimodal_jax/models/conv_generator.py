@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from multimodal_jax.models import consistency
 from multimodal_jax.models import registry
 
 
@@ -43,6 +44,7 @@ class ConvGenerator(nn.Module):
   num_blocks: int = 4
   upsample_factor: int = 1
   global_skip: str = "none"
+  consistency: str = "none"  # 'bicubic': project onto the input's downscaling (models/consistency.py)
   dtype: Any = jnp.float32  # computation; parameters and the output stay float32
 
   @nn.compact
@@ -64,14 +66,17 @@ class ConvGenerator(nn.Module):
         h = jax.lax.cond(bilinear, lambda a: up("bilinear", a), lambda a: up("nearest", a), h)
       h = nn.relu(nn.Conv(self.features, (3, 3), dtype=self.dtype)(h))
     if self.global_skip == "none":
-      return nn.sigmoid(nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h).astype(jnp.float32))
-    residual = nn.Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
-    base = registry.upsample_reference(x_BxHxWxC[..., :self.out_channels], self.upsample_factor,
-                                       self.global_skip)
-    return jnp.clip(base + residual.astype(jnp.float32), 0.0, 1.0)
+      y = nn.sigmoid(nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h).astype(jnp.float32))
+    else:
+      residual = nn.Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
+      base = registry.upsample_reference(x_BxHxWxC[..., :self.out_channels], self.upsample_factor,
+                                         self.global_skip)
+      y = jnp.clip(base + residual.astype(jnp.float32), 0.0, 1.0)
+    return consistency.apply(self.consistency, y, x_BxHxWxC)
 
 
 def build(cfg: ml_collections.ConfigDict, io: registry.ModelIO) -> ConvGenerator:
-  """`model.name='conv_generator'`: fields features, num_blocks, global_skip."""
+  """`model.name='conv_generator'`: fields features, num_blocks, global_skip, consistency."""
   return ConvGenerator(out_channels=io.y_shape[-1], features=cfg.features, num_blocks=cfg.num_blocks,
-                       upsample_factor=io.upsample_factor, global_skip=io.resolve_global_skip(cfg.global_skip))
+                       upsample_factor=io.upsample_factor, global_skip=io.resolve_global_skip(cfg.global_skip),
+                       consistency=cfg.get("consistency", "none"))

@@ -143,7 +143,8 @@ class UNet(nn.Module):
                        f"{factor}, but the input is {x_shape[0]}x{x_shape[1]}.")
 
   @nn.compact
-  def __call__(self, x_BxHxWxC: jax.Array, z: jax.Array | None = None, *, train: bool = True) -> jax.Array:
+  def __call__(self, x_BxHxWxC: jax.Array, z: jax.Array | None = None, *, train: bool = True,
+               paired_dropout: bool = False) -> jax.Array:
     """y [B, H, W, out_channels] in [0, 1].
 
     Args:
@@ -152,6 +153,9 @@ class UNet(nn.Module):
         [B, H, W, Cz], or a vector [B, Dz] broadcast over space.
       train: dropout on (draws from the 'dropout' rng) when True, the default
         for sampling too (class docstring); False gives the deterministic net.
+      paired_dropout: the batch is two halves of the same size that share one
+        dropout mask (the diversity loss's G(l, n) and G(l, 0), Yang et al.
+        Alg. 1: the pair differs by the noise only).
     """
     self.check_input_shape(x_BxHxWxC.shape[1:])
     n = self.num_downs
@@ -183,7 +187,11 @@ class UNet(nn.Module):
       h = up_conv(self.level_features(i - 1), self.norm == "none", f"up{i}")(h)
       h = Normalize(self.norm, self.dtype, name=f"up{i}_norm")(h)
       if i >= n - self.dropout_blocks and self.dropout_rate > 0:
-        h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        if paired_dropout:  # one mask [B/2, ...] for both halves (Dropout of ones = mask / keep rate)
+          keep = nn.Dropout(self.dropout_rate, deterministic=not train)(jnp.ones_like(h[:h.shape[0] // 2]))
+          h = h * jnp.concatenate([keep, keep])
+        else:
+          h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     return (jnp.tanh(h.astype(jnp.float32)) + 1.0) / 2.0
 
 

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from multimodal_jax.models import consistency
 from multimodal_jax.models import registry
 
 # ESRGAN: Kaiming-normal (fan_in, gain sqrt(2)) scaled by 0.1 -> variance 0.02 / fan_in.
@@ -194,6 +195,9 @@ class RRDBNet(nn.Module):
       conv zero-initialised, so the untrained network is exactly the upsampled
       input and learns the residual (not in the paper; `model.global_skip`,
       models/registry.py).
+    consistency: 'none' (the paper) or 'bicubic': the output projected onto
+      the images whose bicubic downscaling is exactly the input
+      (models/consistency.py, Bahat & Michaeli's CEM; not in the paper).
   """
   out_channels: int = 3
   features: int = 64
@@ -204,6 +208,7 @@ class RRDBNet(nn.Module):
   unroll: int = 0
   dtype: Any = jnp.float32
   global_skip: str = "none"
+  consistency: str = "none"
 
   @nn.compact
   def __call__(self, x_BxhxwxC: jax.Array, z_Bxhxwxcz: jax.Array | None = None,
@@ -235,11 +240,13 @@ class RRDBNet(nn.Module):
     h = _lrelu(_conv(self.features, "conv_hr", dtype=self.dtype)(h))
     if self.global_skip == "none":
       out = _conv(self.out_channels, "conv_last", dtype=self.dtype)(h)
-      return (jnp.tanh(out.astype(jnp.float32)) + 1.0) / 2.0
-    residual = _conv(self.out_channels, "conv_last", dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
-    base = registry.upsample_reference(x_BxhxwxC[..., :self.out_channels], self.upsample_factor,
-                                       self.global_skip)
-    return jnp.clip(base + residual.astype(jnp.float32), 0.0, 1.0)
+      y = (jnp.tanh(out.astype(jnp.float32)) + 1.0) / 2.0
+    else:
+      residual = _conv(self.out_channels, "conv_last", dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+      base = registry.upsample_reference(x_BxhxwxC[..., :self.out_channels], self.upsample_factor,
+                                         self.global_skip)
+      y = jnp.clip(base + residual.astype(jnp.float32), 0.0, 1.0)
+    return consistency.apply(self.consistency, y, x_BxhxwxC)
 
 
 def concat_kernel(split_params: dict, features: int, growth: int) -> dict:
@@ -276,7 +283,8 @@ def flops_per_sample(features: int, num_blocks: int, growth: int, in_channels: i
 
 
 def build(cfg: ml_collections.ConfigDict, io: registry.ModelIO) -> RRDBNet:
-  """`model.name='rrdb'`: fields features, num_blocks, growth, dense_conv_style, global_skip."""
+  """`model.name='rrdb'`: fields features, num_blocks, growth, dense_conv_style, global_skip, consistency."""
   return RRDBNet(out_channels=io.y_shape[-1], features=cfg.features, num_blocks=cfg.num_blocks,
                  growth=cfg.growth, upsample_factor=io.upsample_factor,
-                 dense_conv_style=cfg.dense_conv_style, global_skip=io.resolve_global_skip(cfg.global_skip))
+                 dense_conv_style=cfg.dense_conv_style, global_skip=io.resolve_global_skip(cfg.global_skip),
+                 consistency=cfg.get("consistency", "none"))

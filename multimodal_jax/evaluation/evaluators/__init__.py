@@ -11,6 +11,11 @@ One module per family (evaluators/base.py says what an evaluator is):
   class_variance   per_class_variance/<class>, clustered_variance/<class> (ICCV'19 Table 1)
   modes            mode_recall, mode_recall_nearest, mode_precision, mode_recall_rare
   modes_t0         mode_*_t0: cGML's z_0 decoded without inference steps
+  latent_displacement  latent_displacement (mean ||z_T - z_0||), latent_path_length: how far cGML's
+                   inference moves z
+  modes_by_code    mode_*_training_codes / _fresh_codes: latent drop-out codes' two kinds of codes apart
+  mode_sets        mode_set_recall, mode_set_precision (overall, /K<k>, /multimodal), spurious_variation,
+                   free_variation: where each input has its own modes (toy_scenes_conditional)
   sr_reference     bicubic/{psnr,ssim}, psnr_gap_to_bicubic, diversity_per_db_gap
   sr_protocol      NTIRE'21: lr_psnr_{mean,worst}, sr_diversity_score; psnr_y_*, ssim_y_* (BasicSR),
                    and the same for bicubic
@@ -38,6 +43,9 @@ EVALUATORS: dict[str, str | Evaluator] = {
     "class_variance": f"{_PKG}.class_variance:CLASS_VARIANCE",
     "modes": f"{_PKG}.modes:MODES",
     "modes_t0": f"{_PKG}.modes:MODES_T0",
+    "latent_displacement": f"{_PKG}.latent_displacement:LATENT_DISPLACEMENT",
+    "modes_by_code": f"{_PKG}.modes:MODES_BY_CODE",
+    "mode_sets": f"{_PKG}.mode_sets:MODE_SETS",
     "sr_reference": f"{_PKG}.sr_reference:SR_REFERENCE",
     "sr_protocol": f"{_PKG}.sr_protocol:SR_PROTOCOL",
     "noise_linking": f"{_PKG}.noise_linking:NOISE_LINKING",

@@ -9,7 +9,10 @@ during training.
 
 Needs (an evaluator whose needs the run does not meet is left out, silently):
   label               the eval batches carry a `label` layout [B, H, W]
-  true_modes          the dataset knows each input's exact modes (`DatasetSpec.true_modes`)
+  true_modes          the dataset knows each input's exact modes (`DatasetSpec.true_modes`), the same
+                      number for every input, each differing from the others everywhere
+  mode_sets           the dataset knows each input's own set of modes, which vary some of its segments
+                      only (`DatasetSpec.modes_depend_on_input`), and the batches carry `label`
   super_resolution    x is a downscaled y (`metrics.is_super_resolution`)
   rgb_images          y is an RGB image of at least 32 x 32 pixels (what LPIPS's AlexNet reads)
   extra:<name>        the method has that extra (e.g. `extra:initial_sample`)
@@ -108,6 +111,8 @@ class Context:
       return "label" in self.batch
     if kind == "true_modes":
       return self.true_modes() is not None
+    if kind == "mode_sets":
+      return self.mode_sets() is not None
     if kind == "super_resolution":
       return metrics.is_super_resolution(self.batch["x"], self.batch["y"])
     if kind == "rgb_images":
@@ -138,6 +143,10 @@ class Context:
     """The exact modes [B, K, H, W, C] of each eval input, for datasets that know them; else None."""
     return self.memo("true_modes", lambda: true_modes_of_batch(self.config.data, self.batch))
 
+  def mode_sets(self) -> list[np.ndarray] | None:
+    """Each input's own modes, [K_j, H, W, C] for input j, for datasets whose modes depend on the input."""
+    return self.memo("mode_sets", lambda: mode_sets_of_batch(self.config.data, self.batch))
+
   # ------------------------------------------------------------------ distances
 
   def distance(self, kind: str) -> perceptual.Distance | None:
@@ -156,7 +165,9 @@ def _make_distance(kind: str, weights_dir: str | None) -> perceptual.Distance | 
   try:
     distance = perceptual.make_distance(config_lib.default_distance_config(kind), weights_dir)
   except perceptual.MissingWeightsError as e:
-    logging.warning("%s unavailable: %s", kind, e)
+    # INFO: the evaluators that needed it are reported as skipped, in one line (evaluate.summary); this
+    # message's advice on training distances does not apply to an evaluation.
+    logging.info("%s unavailable: %s", kind, e)
     return None
   logging.info("Evaluation distance %s: %s", kind, distance.describe())
   return distance
@@ -207,18 +218,34 @@ def true_modes_of_batch(data_config, batch: dict[str, np.ndarray]) -> np.ndarray
   They come from the dataset's `DatasetSpec.true_modes(label, builder_config)`:
   the modes depend on the layout and on the variant (e.g. toy_scenes' K).
   """
+  modes = _true_modes_per_input(data_config, batch, input_dependent=False)
+  return None if modes is None else np.stack(modes)
+
+
+def mode_sets_of_batch(data_config, batch: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+  """Each eval example's own modes ([K_j, H, W, C] for example j), for datasets whose modes depend on the
+  input (`DatasetSpec.modes_depend_on_input`: toy_scenes_conditional); else None."""
+  return _true_modes_per_input(data_config, batch, input_dependent=True)
+
+
+def _true_modes_per_input(data_config, batch, input_dependent: bool) -> list[np.ndarray] | None:
+  """`DatasetSpec.true_modes` of every example, if the dataset has them and its modes depend on the input
+  exactly when `input_dependent`; else None."""
   spec = data_registry.get_dataset(data_config.name)
-  if spec.true_modes is None:
+  if spec.true_modes is None or (input_dependent and spec.modes_depend_on_input is None):
     return None
   if "label" not in batch:
     logging.warning("Dataset %s gives true_modes, but its eval batches carry no `label`: no mode metrics.",
                     data_config.name)
     return None
   builder_config = pipeline.get_builder(data_config).builder_config
+  depends = spec.modes_depend_on_input is not None and bool(spec.modes_depend_on_input(builder_config))
+  if depends != input_dependent:
+    return None
   modes = [spec.true_modes(label_HxW, builder_config) for label_HxW in batch["label"]]
   if any(m is None for m in modes):  # a variant without discrete modes (toy_scenes `lighting`)
     return None
-  return np.stack([np.asarray(m, np.float32) for m in modes])
+  return [np.asarray(m, np.float32) for m in modes]
 
 
 def parameter_counts(state) -> dict[str, int]:
