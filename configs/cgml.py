@@ -15,20 +15,39 @@ per input) both modes appear for 99.2% of the inputs, best-of-16 hole PSNR
   :toy3d               y = ±4 (x, x², x³) (§4, Fig. 3), 3-layer MLPs, 30000 updates, 6-8 min
   :toy_scenes          layout -> image (12 known modes per layout); evaluate reports mode
                        recall at t = 0 (z_0 decoded) and after T steps; 6-9 min
+  :conditional         the same on toy_scenes_conditional (each layout its own 1-16 modes;
+                       evaluate's `mode_sets`)
   :colorization        toy_scenes' grey field -> (a, b), the KL-to-uniform histogram term (§5.2)
   :colorization,stl10  paper scale: tfds `stl10` (96x96), prepared in data_dir (no downloads)
   :colorization,imagenet  paper scale: tfds `imagenet2012` (manual download), 128x128 crops
-  :no_momentum         the "w/o rho" ablation (Fig. 3c, Tables 2-3): z <- project(z_hat)
+  :paper               the paper's method where it says what to do: Alg. 1's persistent codes
+                       (`cgml.z_start='persistent'`), Eq. 4 with no fitted gain
+                       (`calibrate_step=False`), Z(z_t, H(x)) blind to t, constant beta (§3)
+  :no_momentum         the "w/o rho" ablation (Fig. 3c, Tables 2-3): the same config with rho off
+                       (`cgml.use_momentum=False`, nothing else): Z is not trained on rho and
+                       inference steps by z_hat - z (times the same gain) instead of Eq. 4's rho u
   :runlocal            a few tiny steps on the `tiny` data (smoke test, seconds)
-Flags combine: `:toy3d,no_momentum`, `:toy3d,runlocal`, `:completion,box,no_momentum`.
+Flags combine: `:toy3d,no_momentum`, `:toy3d,runlocal`, `:completion,box,no_momentum`,
+`:toy3d,paper`, `:toy_scenes,paper,no_momentum`.
 experiments/cgml_completion.py and experiments/cgml_toy3d.py draw Fig. 5 and Fig. 3.
 
-Not in the paper: Eq. 4's step is scaled by a gain fitted to the training moves
+Not in the paper (the default; `:paper` follows the paper in each): a round starts from
+the best of M uniform codes against its target (`cgml.z_start='best_of_m'`), not from
+the example's persistent code; beta decays along a round (`z_step_decay`); Z sees t / l
+(`model.znet_iteration_input`); and Eq. 4's step is scaled by a gain fitted to the training moves
 (`cgml.calibrate_step`; False is the paper's Eq. 4), 0 where Z's steps explain
 less than `cgml.min_explained_move` of them. Where Z learns no direction
 (toy_scenes, the box) inference then keeps z_0 and loses none of its modes,
 where the paper's Eq. 4 walks samples between modes at random. On toy_scenes the
 z step size is 1: at 10, z crossed basins and G and Z fit averages of modes.
+Persistent codes (`z_start='persistent'`, Alg. 1) are one z per training example in the
+state: N x z_dim x 4 bytes, at ImageNet scale (`:colorization,imagenet`, z_dim 16)
+1,281,167 x 16 x 4 B = 82 MB, in every checkpoint too. On one host they are replicated
+like the rest of the state (82 MB per device) and the z step gathers and scatters the
+batch's rows by `index`. On a pod they would be sharded on the example axis
+(P('data', None), N / devices rows each) and looked up in a shard_map (each device
+answers for its rows, one psum of B x z_dim per step; a plain gather from a sharded
+table may make XLA all-gather it); that matters only for codes far larger than z_dim 16.
 The other choices the paper leaves to its missing appendix are `config.cgml` keys
 (z_dim, inner_steps l, z_init_candidates, z_step_decay, momentum_scale,
 inference_steps T, step_gain_decay) and `model.znet_iteration_input`,
@@ -44,7 +63,10 @@ from multimodal_jax import config_lib
 
 # Every argument this file is meant to be run with (tests load each one).
 VARIANTS = ["", "runlocal", "completion", "completion,box", "completion,box,no_momentum",
-            "toy3d", "toy3d,runlocal", "toy3d,no_momentum", "toy_scenes", "toy_scenes,runlocal",
+            "completion,box,paper", "completion,box,paper,no_momentum", "paper", "paper,runlocal",
+            "toy3d", "toy3d,runlocal", "toy3d,no_momentum", "toy3d,paper", "toy3d,paper,no_momentum",
+            "toy_scenes", "toy_scenes,runlocal", "toy_scenes,paper", "toy_scenes,paper,no_momentum",
+            "conditional", "conditional,runlocal",
             "no_momentum", "colorization",
             "colorization,runlocal", "colorization,stl10", "colorization,imagenet"]
 
@@ -58,17 +80,18 @@ def _optimizer(learning_rate: float) -> ml_collections.ConfigDict:
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, completion=False, box=False, toy3d=False,
                              toy_scenes=False, colorization=False, stl10=False, imagenet=False,
-                             no_momentum=False)
-  if sum([arg.completion, arg.toy3d, arg.toy_scenes, arg.colorization]) > 1:
-    raise ValueError("Choose one task of completion, toy3d, toy_scenes, colorization.")
+                             no_momentum=False, conditional=False, paper=False)
+  if sum([arg.completion, arg.toy3d, arg.toy_scenes or arg.conditional, arg.colorization]) > 1:
+    raise ValueError("Choose one task of completion, toy3d, toy_scenes (or conditional), colorization.")
   if (arg.stl10 or arg.imagenet) and not arg.colorization:
     raise ValueError("stl10 and imagenet are colorization variants: use `colorization,stl10`.")
   if arg.box and (arg.toy3d or arg.toy_scenes or arg.colorization):
     raise ValueError("box is a completion variant: use `completion,box`.")
 
   config = config_lib.base_config()
-  # modes_t0: z_0 decoded without the Z-network's steps, beside t = T (what inference adds).
-  config.evals = config_lib.DEFAULT_EVALS + ("modes_t0",)
+  # modes_t0: z_0 decoded without the Z-network's steps, beside t = T (what inference adds);
+  # latent_displacement: mean ||z_T - z_0||, 0 where inference does not move z.
+  config.evals = config_lib.DEFAULT_EVALS + ("modes_t0", "latent_displacement")
   config.method = "cgml"
 
   # Networks (models/cgml_nets.py).
@@ -92,6 +115,10 @@ def get_config(arg=None):
 
   config.cgml = ml_collections.ConfigDict()
   config.cgml.task = "completion"
+  # Where a round's z_t comes from (methods/cgml.py): 'best_of_m' (our choice, `start_codes`) or
+  # 'persistent' (Alg. 1: one code per training example, carried across epochs; the docstring
+  # says what they cost at ImageNet scale).
+  config.cgml.z_start = "best_of_m"
   # S^2: with a few modes per input a low-dimensional sphere is covered
   # densely by the training trajectories; on S^15 the Z-network learned one
   # global attractor per input (all z_0 -> the same completion).
@@ -115,6 +142,7 @@ def get_config(arg=None):
   # ... and 0 where that fitted step explains < 1% of the moves' energy (|cos| < ~0.1):
   # a Z that learned no direction leaves z at z_0 (toy_scenes ~0.001; toy3d's first moves 0.06, 0.012).
   config.cgml.min_explained_move = 0.01
+  # The "w/o rho" ablation switches this alone (tests/test_cgml.py checks that nothing else differs).
   config.cgml.use_momentum = not arg.no_momentum
   config.cgml.kl_weight = 0.0  # lambda of the colorization energy.
   config.cgml.histogram_bins = 32
@@ -153,8 +181,8 @@ def get_config(arg=None):
     config.train.log_every = 1000
     config.train.checkpoint_every = 10000
     config.train.sample_every = 0
-  elif arg.toy_scenes:
-    config.data.name = "toy_scenes"
+  elif arg.toy_scenes or arg.conditional:
+    config.data.name = "toy_scenes_conditional" if arg.conditional else "toy_scenes"
     config.data.batch_size = 8
     config.cgml.task = "direct"
     config.model.output_activation = "sigmoid"
@@ -193,6 +221,13 @@ def get_config(arg=None):
     if arg.imagenet:  # 128x128 centre crops -> 4x4 bottleneck.
       config.data.name = "imagenet_colorization"
       config.model.num_levels = 5
+
+  if arg.paper:
+    # What the paper says, where the defaults choose otherwise (the module docstring).
+    config.cgml.z_start = "persistent"  # Alg. 1's z = {z_1..z_J}, carried across epochs.
+    config.cgml.calibrate_step = False  # Eq. 4's step, gain 1.
+    config.model.znet_iteration_input = False  # Eq. 4's Z(z_t, x_j) is blind to t (§2.1: first-order Markov).
+    config.cgml.z_step_decay = 1.0  # §3: z_{t+1} = z_t - beta grad_z E, one beta.
 
   if arg.runlocal:
     config.data.builder_config = "tiny"  # every local dataset has one (builds in seconds)

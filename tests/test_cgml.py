@@ -1,4 +1,5 @@
-"""cGML (cgml_iclr2021): the three steps of Alg. 1, the sphere, Eq. 4, the networks, the tasks, a run."""
+"""cGML (cgml_iclr2021): the three steps of Alg. 1 and its persistent codes, the sphere, Eq. 4 and the
+"w/o rho" ablation, the networks, the tasks, a run and its resume."""
 
 import functools
 import glob
@@ -11,12 +12,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from multimodal_jax import config_lib
 from multimodal_jax import inference
 from multimodal_jax import sharding
 from multimodal_jax import train
 from multimodal_jax import validation
 from multimodal_jax import workdir as workdir_lib
 from multimodal_jax.data import toy3d
+from multimodal_jax.evaluation.evaluators import latent_displacement
 from multimodal_jax.losses import colour
 from multimodal_jax.losses import latent_geometry
 from multimodal_jax.methods import cgml
@@ -27,12 +30,16 @@ from multimodal_jax.models import registry as models
 CONFIG = str(REPO / "configs" / "cgml.py")
 
 
-def load_config(arg=None):
+def config_module():
   import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location("cgml_cfg", CONFIG)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
+
+
+def load_config(arg=None):
+  return config_module().get_config(arg)
 
 
 # (config arg, x shape, y shape) with tiny shapes, batch 2.
@@ -560,3 +567,126 @@ def test_evaluating_a_run_recorded_before_a_config_key_existed_is_one_line(tmp_p
                            r"now: the run was trained by an older version .*; retrain it\.$"):
     inference.load_trained(str(tmp_path))
   assert issubclass(inference.RunPredatesCodeError, workdir_lib.WorkdirError)  # evaluate/sample: one line
+
+
+
+# ---------------------------------------------------------------- the "w/o rho" ablation (issue 38)
+
+
+def test_the_no_rho_ablation_differs_from_its_reference_in_rho_only():
+  """`:X,no_momentum` is `:X` with `cgml.use_momentum` off, every other key equal."""
+  variants = config_module().VARIANTS
+  pairs = [(v, ",".join(f for f in v.split(",") if f != "no_momentum")) for v in variants
+           if "no_momentum" in v.split(",")]
+  assert {"no_momentum", "toy3d,no_momentum", "toy3d,paper,no_momentum"} <= {a for a, _ in pairs}
+  for ablation, reference in pairs:
+    a, b = (config_lib.flatten(load_config(arg or None)) for arg in (ablation, reference))
+    assert a.keys() == b.keys(), (ablation, reference)
+    assert {k for k in a if a[k] != b[k]} == {"cgml.use_momentum"}, (ablation, reference)
+    assert b["cgml.use_momentum"] and not a["cgml.use_momentum"]
+
+
+def test_without_rho_inference_steps_by_z_s_move_times_the_same_gain():
+  """The ablation's step is z_hat - z (z_hat at gain 1), scaled by the gain Eq. 4's step gets.
+
+  It used to ignore the gain (z <- z_hat), so where every gain is 0 and the default
+  keeps z_0, the ablation still moved z for T steps: it was not the default without rho.
+  """
+  z, z_hat, rho = jnp.array([[1.0, 0.0]]), jnp.array([[1.0, 2.0]]), jnp.array([0.5])
+  # z + 0.25 (z_hat - z) = (1, 0.5), projected.
+  np.testing.assert_allclose(latent_geometry.momentum_update(z, z_hat, rho, use_momentum=False, gain=0.25),
+                             [[1 / np.sqrt(1.25), 0.5 / np.sqrt(1.25)]], rtol=1e-6)
+  np.testing.assert_allclose(latent_geometry.momentum_update(z, z_hat, rho, use_momentum=False, gain=0.0), z)
+  # The gain is fitted to the step the ablation takes: s = z_hat - z = (0, 2) against m = (0, 1).
+  np.testing.assert_allclose(latent_geometry.step_against_move(z, z_hat, rho, jnp.array([[1.0, 1.0]]),
+                                                               use_momentum=False), [2.0, 4.0, 1.0], rtol=1e-6)
+  # A fresh state has measured nothing: every calibrated gain is 0, and both configs decode z_0.
+  config, method, state, batch = make("toy3d")
+  ablation = config.copy_and_resolve_references()
+  ablation.unlock()
+  ablation.cgml.use_momentum = False
+  ablation.lock()
+  spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), batch)
+  for cfg in (config, ablation):
+    along = cgml.make_method(cfg, spec).extras["codes_along_inference"]
+    codes = jax.jit(along, static_argnums=3)(state, batch["x"], jax.random.PRNGKey(1), 3)
+    assert latent_displacement.displacement_metrics(codes)["latent_displacement"] < 1e-6, cfg.cgml.use_momentum
+
+
+# ---------------------------------------------------------------- persistent codes (Alg. 1, issue 38)
+
+
+def make_persistent(num_codes=5, index=(3, 1)):
+  """(config, method, state, batch) of `:toy3d,runlocal,paper` (persistent codes) with N = num_codes."""
+  config = load_config("toy3d,runlocal,paper")
+  batch = dict(make("toy3d")[3], index=jnp.asarray(index, jnp.int32))
+  spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), batch)
+  method = cgml.make_method(config, spec, {cgml.NUM_TRAIN_EXAMPLES: np.asarray(num_codes)})
+  return config, method, jax.jit(method.init)(jax.random.PRNGKey(0)), batch
+
+
+def test_persistent_codes_are_alg1_s_z_read_and_written_by_the_example_index():
+  config, method, state, batch = make_persistent()
+  assert config.cgml.z_start == "persistent" and config.cgml.inner_steps == 2
+  codes0 = np.asarray(state.train_codes_NxD)
+  assert codes0.shape == (5, config.cgml.z_dim)
+  np.testing.assert_allclose(np.linalg.norm(codes0, axis=-1), 1.0, rtol=1e-6)
+  steps = {name: jax.jit(fn) for name, fn in method.steps.items()}
+  # Line 5 starts from examples 3 and 1's codes and writes z_{t+1} back into their rows only.
+  a, _ = steps["z"](state, batch)
+  np.testing.assert_array_equal(a.z_prev_BxD, codes0[[3, 1]])
+  codes_a = np.asarray(a.train_codes_NxD)
+  np.testing.assert_array_equal(codes_a[[3, 1]], a.z_BxD)
+  np.testing.assert_array_equal(codes_a[[0, 2, 4]], codes0[[0, 2, 4]])
+  assert not np.array_equal(a.z_BxD, a.z_prev_BxD)
+  for name in ("znet", "gen"):  # Lines 6-7 leave the codes alone.
+    b, _ = steps[name](a, batch)
+    np.testing.assert_array_equal(b.train_codes_NxD, codes_a)
+    a = b
+  # The next inner step continues from the stored codes.
+  b, _ = steps["z"](a, batch)
+  np.testing.assert_array_equal(b.z_prev_BxD, codes_a[[3, 1]])
+  # A later round (another batch, the next epoch): example 1 starts where its last visit ended,
+  # example 4 from its initial code; no fresh draw.
+  later = dict(batch, index=jnp.asarray([1, 4], jnp.int32))
+  c, _ = steps["z"](b.replace(step=jnp.int32(2 * config.cgml.inner_steps)), later)
+  np.testing.assert_array_equal(c.z_prev_BxD, np.stack([b.train_codes_NxD[1], codes0[4]]))
+  # The best-of-M start keeps no codes (an unused row), and persistent codes need N.
+  assert make("toy3d")[2].train_codes_NxD.shape == (1, config.cgml.z_dim)
+  spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+  with pytest.raises(ValueError, match="num_train_examples"):
+    cgml.make_method(config, spec)
+
+
+class _Interrupted(Exception):
+  pass
+
+
+def test_a_resumed_run_continues_with_bit_identical_persistent_codes(tmp_path, data_dir, monkeypatch, capsys):
+  """Train through an epoch boundary straight, and again with a crash after a checkpoint, then resume."""
+  config = load_config("toy3d,runlocal,paper")
+  config.data.data_dir = data_dir
+  # 64 tiny training examples, 8 a batch, l = 2: 9 rounds visit 72 examples, so some codes twice.
+  config.train.num_steps, config.train.checkpoint_every, config.train.sample_every = 18, 8, 0
+  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+  save = train.save_checkpoint
+
+  def save_then_crash(manager, step, state, data_iter):
+    save(manager, step, state, data_iter)
+    manager.wait_until_finished()
+    raise _Interrupted(step)
+
+  monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
+  with pytest.raises(_Interrupted):
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  monkeypatch.setattr(train, "save_checkpoint", save)
+  capsys.readouterr()
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert "Resuming from the checkpoint at step 8." in capsys.readouterr().out
+  assert int(resumed.step) == int(straight.step) == 18
+  codes = np.asarray(straight.train_codes_NxD)
+  assert codes.shape == (64, config.cgml.z_dim)
+  np.testing.assert_array_equal(np.asarray(resumed.train_codes_NxD), codes)
+  initial = np.asarray(jax.jit(train.build_method(config, str(tmp_path / "straight"))[0].init)(
+      jax.random.PRNGKey(config.seed)).train_codes_NxD)
+  assert np.all(np.any(codes != initial, axis=-1)), "every example's code was updated"

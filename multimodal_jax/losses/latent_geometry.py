@@ -2,11 +2,12 @@
 
 cGML's latents live on S^n (§3): every update of z is followed by
 `project_to_sphere`, and inference (Eq. 4) walks z along a Z-network's unit
-direction for a predicted length rho_hat (`momentum_update`).
+direction for a predicted length rho_hat (`eq4_step`, `momentum_update`).
 
 Eq. 4's step can be calibrated (our addition): with s = rho_hat u (u = Z's
-unit direction) and m = z_{t+1} - z_t the training moves of iteration t, the
-gain E[s . m] / E[||s||^2] is the least-squares fit of the steps to the moves
+unit direction; s = z_hat - z_t without rho) and m = z_{t+1} - z_t the
+training moves of iteration t, the gain E[s . m] / E[||s||^2] is the
+least-squares fit of the steps to the moves
 (`step_against_move` measures the three means, `update_step_gain` keeps their
 moving averages per iteration, `step_gains` turns them into gains), and
 `explained_move` is the share of the moves' energy the fitted step explains,
@@ -36,18 +37,28 @@ def unit_direction(z_BxD: jax.Array, z_hat_BxD: jax.Array) -> jax.Array:
   return delta_BxD / jnp.maximum(jnp.linalg.norm(delta_BxD, axis=-1, keepdims=True), 1e-12)
 
 
-def momentum_update(z_BxD: jax.Array, z_hat_BxD: jax.Array, rho_hat_B: jax.Array,
-                    use_momentum: bool = True, gain: float | jax.Array = 1.0) -> jax.Array:
-  """One inference iteration, Eq. 4: z + gain rho_hat (z_hat - z) / ||z_hat - z||, projected.
+def eq4_step(z_BxD: jax.Array, z_hat_BxD: jax.Array, rho_hat_B: jax.Array,
+             use_momentum: bool = True) -> jax.Array:
+  """The step one inference iteration adds to z before the projection: [B, D].
 
-  gain = 1 is the paper's Eq. 4; `step_gains` calibrates it (module docstring).
-  Without momentum (ablation), z_{t+1} = r'(z_t, x) = z_hat (§2.1), projected
-  (no gain: the ablation has no step length to scale).
+  With momentum, Eq. 4's rho_hat (z_hat - z) / ||z_hat - z||. Without (the
+  "w/o rho" ablation), the move Z predicts, z_hat - z: z + (z_hat - z) =
+  r'(z_t, x) = z_hat (§2.1). rho is the only difference between the two.
   """
   if not use_momentum:
-    return project_to_sphere(z_hat_BxD)
-  step_B = gain * rho_hat_B
-  return project_to_sphere(z_BxD + step_B[:, None] * unit_direction(z_BxD, z_hat_BxD))
+    return z_hat_BxD - z_BxD
+  return rho_hat_B[:, None] * unit_direction(z_BxD, z_hat_BxD)
+
+
+def momentum_update(z_BxD: jax.Array, z_hat_BxD: jax.Array, rho_hat_B: jax.Array,
+                    use_momentum: bool = True, gain: float | jax.Array = 1.0) -> jax.Array:
+  """One inference iteration, Eq. 4: project(z + gain s), s = `eq4_step` (rho_hat u, or z_hat - z without rho).
+
+  gain = 1 is the paper's Eq. 4 (and, without momentum, z_hat projected:
+  the paper's "w/o rho"); `step_gains` calibrates it (module docstring), the
+  same way with or without rho, so an ablation of rho changes nothing else.
+  """
+  return project_to_sphere(z_BxD + gain * eq4_step(z_BxD, z_hat_BxD, rho_hat_B, use_momentum))
 
 
 def move_cosine(z_t_BxD: jax.Array, z_hat_BxD: jax.Array, z_next_BxD: jax.Array) -> jax.Array:
@@ -64,17 +75,17 @@ def move_cosine(z_t_BxD: jax.Array, z_hat_BxD: jax.Array, z_next_BxD: jax.Array)
 
 
 def step_against_move(z_t_BxD: jax.Array, z_hat_BxD: jax.Array, rho_hat_B: jax.Array,
-                      z_next_BxD: jax.Array) -> jax.Array:
-  """[3]: the means of s . m, ||s||^2 and ||m||^2: Eq. 4's step s = rho_hat u against the training move.
+                      z_next_BxD: jax.Array, use_momentum: bool = True) -> jax.Array:
+  """[3]: the means of s . m, ||s||^2 and ||m||^2: inference's step s (`eq4_step`) against the training move.
 
-  The training move is m = z_{t+1} - z_t.
-
-  u = (z_hat - z_t) / ||z_hat - z_t|| (0 where Z predicts no move). E||g s - m||^2
-  is least at g = E[s . m] / E[||s||^2] (the least-squares gain of Eq. 4's step
-  towards the moves Z was trained on), where it is E||m||^2 - E[s . m]^2 / E||s||^2:
-  the fitted step explains a share E[s . m]^2 / (E||s||^2 E||m||^2) of the moves.
+  The training move is m = z_{t+1} - z_t; s = rho_hat u, u = (z_hat - z_t) /
+  ||z_hat - z_t|| (0 where Z predicts no move), or z_hat - z_t without momentum.
+  E||g s - m||^2 is least at g = E[s . m] / E[||s||^2] (the least-squares gain
+  of the step towards the moves Z was trained on), where it is E||m||^2 -
+  E[s . m]^2 / E||s||^2: the fitted step explains a share E[s . m]^2 /
+  (E||s||^2 E||m||^2) of the moves.
   """
-  s_BxD = rho_hat_B[:, None] * unit_direction(z_t_BxD, z_hat_BxD)
+  s_BxD = eq4_step(z_t_BxD, z_hat_BxD, rho_hat_B, use_momentum)
   m_BxD = z_next_BxD - z_t_BxD
   return jnp.stack([jnp.mean(jnp.sum(s_BxD * m_BxD, axis=-1)), jnp.mean(jnp.sum(s_BxD**2, axis=-1)),
                     jnp.mean(jnp.sum(m_BxD**2, axis=-1))])

@@ -4,29 +4,41 @@ Networks (models/cgml_nets.py): encoder H, generator G(H(x), z) and the Z-networ
 Z(z_t, H(x)) -> (z_hat_{t+1}, rho_hat). z in R^{cgml.z_dim} lives on the unit sphere
 S^n (§3, losses/latent_geometry.py); tasks (`cgml.task`) are in methods/cgml_tasks.py.
 
-Training (Alg. 1): three separately compiled pure steps, run in order l = `cgml.inner_steps` times a batch:
-  z     "Freeze H, G, Z and update z": z_{t+1} = project(z_t - beta_t grad_z E(G(H(x), z_t), y))
+Training (Alg. 1): three separately compiled pure steps, run in order l = `cgml.inner_steps` times a batch
+(Alg. 1's lines: 1 sample x, y; 2 for k epochs; 3 for x in X; 4 for l steps; 5 update z; 6 update Z;
+7 update G, H):
+  z     line 5, "Freeze H, G, Z and update z": z_{t+1} = project(z_t - beta_t grad_z E(G(H(x), z_t), y))
         per example, beta_t = `z_step_size` * `z_step_decay`^t (our choice; 1 = the paper's
         constant beta): the L1 gradient does not shrink near the optimum, so only a decaying
         beta makes the moves small there, as §2.2 needs ("E[rho] -> 0 as z_{t+1}, z_t -> z*").
-  znet  "Freeze H, G, z and update Z": L1 between Z(z_t, H(x)) and the targets
+  znet  line 6, "Freeze H, G, z and update Z": L1 between Z(z_t, H(x)) and the targets
         (z_{t+1}, rho), rho = alpha ||z_{t+1} - z_t|| (§2.2 writes the momentum
         as alpha E[z_{t+1} - z_t] but uses it as a scalar step length in Eq. 4).
-  gen   "Freeze Z, z and update H, G": grad_w E(G(H(x), z_{t+1}), y).
+  gen   line 7, "Freeze Z, z and update H, G": grad_w E(G(H(x), z_{t+1}), y).
 `state.step` counts `gen` updates (`steps_per_round = l`), so `fold_in(rng, step)` never
 repeats. Z never feeds back into the z or G/H updates, so runs that differ only in Z's
-settings (e.g. the no-momentum ablation) share G and H exactly. z does not persist across
-epochs as Alg. 1's z = {z_1..z_J} does: every round starts from `start_codes` (no example
-index needed); the round's z_{t+1}, z_t live in the replicated state, so steps stay pure.
+settings (e.g. the no-momentum ablation) share G and H exactly.
+
+Where a round's z_t comes from (`cgml.z_start`):
+  persistent  Alg. 1's z = {z_1..z_J}: one code per training example, `CgmlState.train_codes_NxD`,
+              drawn ~ U(S^n) at init and indexed by the batch's stable `index`. Line 5 reads the
+              example's code and writes z_{t+1} back, at every inner step, so the next visit (the
+              next epoch, line 2) continues from it; the codes are state, so checkpoints hold
+              them and a resumed run continues with the same codes. N comes from `prepare`.
+  best_of_m   (our choice) every round starts afresh from `start_codes`: the lowest-energy of M
+              codes ~ U(S^n) against the target; no per-example state.
+The round's z_{t+1}, z_t live in the state too, so the steps stay pure.
 
 Inference (§2.2, Eq. 4): z_0 ~ U(S^n), then T = `cgml.inference_steps` times
   z <- project(z + gain_t rho_hat (z_hat - z) / ||z_hat - z||),  (z_hat, rho_hat) = Z(z, H(x)[, t / l]),
 in one `lax.fori_loop`, vmapped over N starting points for N modes. `cgml.use_momentum = False`
-(the "w/o rho" ablation, Fig. 3c, Tables 2-3) ignores rho: z <- project(z_hat). The training
+(the "w/o rho" ablation, Fig. 3c, Tables 2-3) drops rho and nothing else: Z is not trained on rho
+and z <- project(z + gain_t (z_hat - z)), i.e. z_hat at gain 1 (§2.1's z_{t+1} = r'(z_t, x)). The training
 moves shrink along a round, so with `model.znet_iteration_input` Z also sees t / l and T = l
 replays a round's moves, stopping where training did. gain_t = 1 is the paper's Eq. 4;
 `cgml.calibrate_step` (our addition) fits it to the training moves of iteration t, 0 where Z's
-steps explain under `cgml.min_explained_move` of them (losses/latent_geometry.py).
+steps explain under `cgml.min_explained_move` of them (losses/latent_geometry.py); the fit
+measures the step the run takes (with or without rho).
 `initial_sample` decodes z_0 without Z, to compare with `sample`.
 """
 
@@ -40,6 +52,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from multimodal_jax import config_lib
@@ -51,6 +64,10 @@ from multimodal_jax.models import cgml_nets
 from multimodal_jax.models import registry as models
 
 STEP_NAMES = ("z", "znet", "gen")
+# `cgml.z_start`: where a round's z_t comes from (module docstring).
+Z_STARTS = ("best_of_m", "persistent")
+# The prepared array of the persistent codes: N, the number of training examples.
+NUM_TRAIN_EXAMPLES = "num_train_examples"
 
 
 # ---------------------------------------------------------------- state
@@ -66,11 +83,14 @@ class CgmlState(common.MethodState):
       step, each with its own optimiser state) and {'znet': Z} (the `znet` step).
     z_BxD: the current batch's latents z_{t+1}, on S^n (written by the z step).
     z_prev_BxD: the latents before the last z step, z_t.
+    train_codes_NxD: with `cgml.z_start='persistent'`, Alg. 1's z = {z_1..z_J}: the code of
+      training example i in row i (the batch's `index`), on S^n; an unused [1, D] otherwise.
     gain_stats_3xL: per inner iteration t, moving averages of s . m, ||s||^2 and ||m||^2,
       Eq. 4's step s against the training move m (`latent_geometry.step_gains`).
   """
   z_BxD: jax.Array
   z_prev_BxD: jax.Array
+  train_codes_NxD: jax.Array
   gain_stats_3xL: jax.Array
 
 
@@ -90,6 +110,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   names = models.model_names(models.CGML)
   require(model.name in names, "model.name", f"valid for cgml: {names}")
   require(cg.task in cgml_tasks.TASKS, "cgml.task", f"valid: {cgml_tasks.TASKS}")
+  require(cg.z_start in Z_STARTS, "cgml.z_start", f"valid: {list(Z_STARTS)}")
   require(model.lipschitz in cgml_nets.LIPSCHITZ_METHODS, "model.lipschitz",
           f"valid: {cgml_nets.LIPSCHITZ_METHODS}")
   require(model.output_activation in ("sigmoid", "linear"), "model.output_activation",
@@ -113,6 +134,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   opt = cg.znet_optimizer
   require(opt.name in common.OPTIMIZERS, "cgml.znet_optimizer.name", f"valid: {list(common.OPTIMIZERS)}")
   require(opt.learning_rate > 0, "cgml.znet_optimizer.learning_rate", "must be > 0")
+
+
+def prepare(config: ml_collections.ConfigDict, train_source) -> dict[str, np.ndarray]:
+  """With persistent codes, the number of training examples N (one code each); nothing otherwise (reads no example)."""
+  if config.cgml.z_start != "persistent":
+    return {}
+  return {NUM_TRAIN_EXAMPLES: np.asarray(len(train_source), np.int64)}
+
+
+def num_train_codes(cg: ml_collections.ConfigDict, prepared: base.Prepared) -> int:
+  """Rows of `CgmlState.train_codes_NxD`: N with persistent codes, else 1 (unused)."""
+  if cg.z_start != "persistent":
+    return 1
+  if NUM_TRAIN_EXAMPLES not in prepared:
+    raise ValueError(f"cgml.z_start='persistent' keeps one code per training example: make_method needs the "
+                     f"prepared {NUM_TRAIN_EXAMPLES!r} (cgml.prepare); got {sorted(prepared)}.")
+  return int(prepared[NUM_TRAIN_EXAMPLES])
 
 
 # ---------------------------------------------------------------- the method
@@ -149,7 +187,8 @@ def start_codes(parts: _Parts, generator_params, h, skips, batch, rng: jax.Array
   not on z_t: Z regresses their mean (§2.1), the descent of the mode-averaged energy, and
   Eq. 4 pulls every sample towards the majority mode. For M >= a few times the number of
   modes, the best of M uniform codes lies in the basin of the example's mode and stands in
-  for the persistent code (we keep no per-example state).
+  for the persistent code without per-example state (`cgml.z_start='best_of_m'`;
+  'persistent' keeps Alg. 1's codes instead).
 
   Not `imle_selection.select_nearest_latents`: the criterion is the task's energy E
   (colorization adds a histogram KL that is no image distance), and M is small, so one
@@ -168,16 +207,20 @@ def start_codes(parts: _Parts, generator_params, h, skips, batch, rng: jax.Array
 
 def _make_z_step(parts: _Parts) -> base.StepFn:
   cg, task = parts.cg, parts.task
+  persistent = cg.z_start == "persistent"
 
   def z_step(state: CgmlState, batch):
-    """Alg. 1, first line of the inner loop: z <- project(z - beta grad_z E), H, G, Z frozen."""
-    z_init_rng = common.step_rngs(state.rng, state.step, "z_init")["z_init"]
-    fresh = state.step % cg.inner_steps == 0  # The first inner iteration of a round: a new batch.
+    """Alg. 1 line 5: z <- project(z - beta grad_z E), H, G, Z frozen; persistent codes are written back."""
     h, skips = parts.encode(state.networks["encoder"].params, batch["x"])
     generator_params = state.networks["generator"].params
-    z_t = jax.lax.cond(
-        fresh, lambda: start_codes(parts, generator_params, h, skips, batch, z_init_rng),
-        lambda: state.z_BxD)
+    if persistent:
+      z_t = state.train_codes_NxD[batch["index"]]
+    else:
+      z_init_rng = common.step_rngs(state.rng, state.step, "z_init")["z_init"]
+      fresh = state.step % cg.inner_steps == 0  # The first inner iteration of a round: a new batch.
+      z_t = jax.lax.cond(
+          fresh, lambda: start_codes(parts, generator_params, h, skips, batch, z_init_rng),
+          lambda: state.z_BxD)
 
     def total_energy(z_BxD):
       g = parts.generate(generator_params, h, skips, z_BxD)
@@ -191,7 +234,11 @@ def _make_z_step(parts: _Parts) -> base.StepFn:
     beta = cg.z_step_size * cg.z_step_decay**inner
     z_next = latent_geometry.project_to_sphere(z_t - beta * grad_BxD)
     move_B = jnp.linalg.norm(z_next - z_t, axis=-1)
-    return state.replace(z_BxD=z_next, z_prev_BxD=z_t), {
+    state = state.replace(z_BxD=z_next, z_prev_BxD=z_t)
+    if persistent:
+      # An index twice in one batch (sampling with replacement) keeps one of its rows' z_{t+1}.
+      state = state.replace(train_codes_NxD=state.train_codes_NxD.at[batch["index"]].set(z_next))
+    return state, {
         "energy": jnp.mean(energy_B),
         "grad_norm": jnp.mean(jnp.linalg.norm(grad_BxD, axis=-1)),
         "move": jnp.mean(move_B),
@@ -224,7 +271,7 @@ def _make_znet_step(parts: _Parts) -> base.StepFn:
     # Z's prediction came before this update: the batch's moves are new to it.
     t = state.step % cg.inner_steps
     stats_3 = latent_geometry.step_against_move(z_t, jax.lax.stop_gradient(z_hat),
-                                                jax.lax.stop_gradient(rho_hat), z_next)
+                                                jax.lax.stop_gradient(rho_hat), z_next, cg.use_momentum)
     stats_3xL = latent_geometry.update_step_gain(state.gain_stats_3xL, t, stats_3, cg.step_gain_decay)
     state = state.replace(gain_stats_3xL=stats_3xL)
     return state, {
@@ -351,9 +398,9 @@ def _make_inference(parts: _Parts) -> tuple[Callable, dict[str, Callable]]:
 
 def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
                 prepared: base.Prepared | None = None) -> base.Method:
-  """cGML bound to `config` and the global batch shapes (it prepares nothing)."""
-  del prepared
+  """cGML bound to `config`, the global batch shapes and, with persistent codes, N (`prepare`)."""
   cg = config.cgml
+  num_codes = num_train_codes(cg, prepared or {})
   x_shape, y_shape = tuple(batch_spec["x"].shape), tuple(batch_spec["y"].shape)
   task = cgml_tasks.make_task(cg, x_shape, y_shape)
   nets = models.make_model(config.model, models.ModelIO.of(batch_spec, code_shape=(cg.z_dim,),
@@ -373,7 +420,11 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
                 "znet": common.Network.create(parts.nets["znet"].init(znet_rng, z, h, jnp.zeros((1,))),
                                               znet_tx)}
     z_BxD = jnp.zeros((parts.batch_size, cg.z_dim), jnp.float32).at[:, 0].set(1.0)
+    # Alg. 1's z_j ~ U(S^n) (z_0 ~ zeta, §2); a stream of its own, so the other keys stay as they were.
+    train_codes_NxD = latent_geometry.sample_sphere(jax.random.fold_in(rng, common.stream_id("train_codes")),
+                                                    (num_codes, cg.z_dim))
     return common.create_state(CgmlState, rng=state_rng, networks=networks, z_BxD=z_BxD, z_prev_BxD=z_BxD,
+                               train_codes_NxD=train_codes_NxD,
                                gain_stats_3xL=jnp.zeros((3, cg.inner_steps), jnp.float32))
 
   def run_round(compiled, state, batch):
@@ -386,10 +437,12 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   model = config.model
   step_text = (f"x the calibrated gain (0 below {cg.min_explained_move:g} explained)" if cg.calibrate_step
                else "as in the paper")
+  start_text = (f"persistent codes (Alg. 1, N={num_codes})" if cg.z_start == "persistent"
+                else f"z_0 best of M={cg.z_init_candidates}")
   description = (f"cGML ({cg.task}, {model.name}, z on S^{cg.z_dim - 1}, l={cg.inner_steps}, "
-                 f"z_0 best of M={cg.z_init_candidates}, Z {'sees' if model.znet_iteration_input else 'blind to'} t, "
+                 f"{start_text}, Z {'sees' if model.znet_iteration_input else 'blind to'} t, "
                  f"beta={cg.z_step_size}, alpha={cg.momentum_scale}, T={cg.inference_steps}, "
-                 f"Eq. 4 step {step_text}, "
+                 f"{'Eq. 4 step' if cg.use_momentum else 'step z_hat - z (no rho)'} {step_text}, "
                  f"Lipschitz: {model.lipschitz} x{model.lipschitz_scale} (Z x{model.znet_lipschitz_scale}), "
                  f"{'with' if cg.use_momentum else 'without'} momentum)")
   return base.Method(

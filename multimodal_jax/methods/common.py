@@ -79,8 +79,9 @@ class MethodState:
   """What every method's state holds: the update counter, the base rng and its networks.
 
   Methods extend it with their own fields (`IMLEState`: the pool's codes;
-  `CgmlState`: the batch's latents). `step` counts the method's optimiser
-  updates of its main network (its schedule's clock), `rng` is the base key
+  `CgmlState`: the batch's latents and, with persistent codes, one per
+  training example). `step` counts the method's optimiser updates of its main
+  network (its schedule's clock), `rng` is the base key
   that `step_rngs` folds the step into. `frozen` holds the arrays of networks
   no method trains (a perceptual distance's trunk and heads, `split_frozen`);
   {} without any, which adds no array to a checkpoint.
