@@ -22,7 +22,8 @@ about 5.5 minutes on a 2-core CPU.
 
 `:srim_net` is the SR baseline at SRIM's cost: configs/srim.py's RRDB, minibatch
 and number of updates on local_photos_sr; `,vgg16` trains it with SRIM's VGG-16
-distance as the loss, `,cem` projects its outputs onto the LR-consistent images.
+distance as the loss; like SRIM's default its outputs are projected onto the
+LR-consistent images (models/consistency.py), `,no_cem` leaves them as they are.
 
 Measurements: experiments/results/regression.md
 """
@@ -34,23 +35,24 @@ from multimodal_jax import config_lib
 # Every argument this file is meant to be run with (tests load each one).
 VARIANTS = ["", "runlocal", "data=toy_scenes_colorization", "data=local_photos_sr",
             "data=digits_completion", "runlocal,data=digits_completion", "conditional", "conditional,runlocal",
-            "srim_net", "srim_net,vgg16", "srim_net,cem", "srim_net,vgg16,cem", "srim_net,runlocal"]
+            "srim_net", "srim_net,vgg16", "srim_net,no_cem", "srim_net,vgg16,no_cem", "srim_net,runlocal"]
 
 # configs/srim.py's default generator and budget: its regression baselines at the same cost
 # (tests/test_super_resolution.py checks that the two stay equal).
-SRIM_NET = {"name": "rrdb", "features": 32, "num_blocks": 4, "growth": 32, "dense_conv_style": "split"}
+SRIM_NET = {"name": "rrdb", "features": 32, "num_blocks": 4, "growth": 32, "dense_conv_style": "split",
+            "consistency": "bicubic"}
 SRIM_UPDATES, SRIM_MINIBATCH = 1200, 8
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, data="toy_scenes", conditional=False, srim_net=False,
-                             vgg16=False, cem=False)
+                             vgg16=False, no_cem=False)
   if arg.conditional and arg.data != "toy_scenes":
     raise ValueError(f"configs/regression.py: `conditional` is the data toy_scenes_conditional; got data={arg.data}.")
   if arg.srim_net:
     arg.data = "local_photos_sr"
-  elif arg.vgg16 or arg.cem:
-    raise ValueError("configs/regression.py: `vgg16` and `cem` are options of the SR baselines `srim_net`.")
+  elif arg.vgg16 or arg.no_cem:
+    raise ValueError("configs/regression.py: `vgg16` and `no_cem` are options of the SR baselines `srim_net`.")
   config = config_lib.base_config()
   config.evals = config_lib.DEFAULT_EVALS  # evaluation/evaluators: each runs where it applies
   config.method = "regression"
@@ -69,7 +71,8 @@ def get_config(arg=None):
   config.train.num_steps = 1000
   if arg.srim_net:  # SRIM's generator, |S~| and number of updates; the loss alone differs
     config.model = ml_collections.ConfigDict({**config.model.to_dict(), **SRIM_NET})
-    config.model.consistency = "bicubic" if arg.cem else "none"
+    if arg.no_cem:
+      config.model.consistency = "none"
     config.data.batch_size = SRIM_MINIBATCH
     config.train.num_steps = SRIM_UPDATES
     if arg.vgg16:  # SRIM's :vgg16 distance as the loss: l2 pixels + l2 VGG-16 relu5_3, equal contribution

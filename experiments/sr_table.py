@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
         cli.fail(f"unknown flag --{key}; valid: {sorted(options)}")
       options[key] = int(value)
     else:
-      name, sep, workdir = arg.partition("=")
+      name, sep, workdir = arg.rpartition("=")  # the last '=': a row's name may hold one
       if not sep:
         cli.fail(f"expected NAME=WORKDIR, got {arg!r}")
       runs.append((name, workdir))
@@ -65,4 +65,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  with cli.user_errors():
+    main(sys.argv[1:])

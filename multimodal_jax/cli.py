@@ -120,8 +120,7 @@ def run(main: Callable[[list[str]], None],
     # Ctrl-C exits at once, from the signal handler: a KeyboardInterrupt raised where Python cannot
     # propagate it (a gc callback of JAX while it loads) would be printed and ignored. Not where the
     # program started with SIGINT ignored (a background job) or handled.
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-      signal.signal(signal.SIGINT, lambda signum, frame: _interrupted())
+    interrupt_in_one_line()
     if set_up:
       set_up_process()
     app.run(main_with_usage_errors, flags_parser=flags_parser or parse_cli_flags)
@@ -248,6 +247,16 @@ def user_error_message(error: BaseException) -> str | None:
     return (f"{frame.filename}:{frame.lineno} (in {frame.name}): {type(error).__name__}: {_first_line(error)} "
             f"({_HOW_TO_TRACE}).")
   return None
+
+
+def interrupt_in_one_line() -> None:
+  """Ctrl-C from now on: `_interrupted` (one line, exit 130), unless SIGINT is already ignored or handled.
+
+  `run` calls it; `evaluate` and `sample` also call it before their heavy imports (JAX, TensorFlow:
+  ~10 s), when run as programs.
+  """
+  if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, lambda signum, frame: _interrupted())
 
 
 def _interrupted() -> NoReturn:

@@ -17,6 +17,10 @@ imported first.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C while the imports below load: one line, not a traceback.
+  from multimodal_jax import cli as _cli  # pylint: disable=g-import-not-at-top  # imports no JAX
+  _cli.interrupt_in_one_line()
+
 import errno
 import json
 import os

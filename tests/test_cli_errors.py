@@ -335,9 +335,9 @@ def test_a_second_ctrl_c_during_a_save_stops_at_once_and_the_run_restarts(probes
   assert after["status"] == 0 and "Done: regression" in after["stdout"], after
 
 
-def _cold_main(*args, **kwargs):
+def _cold_main(*args, program="main", **kwargs):
   # Ctrl-C raises KeyboardInterrupt in the program even where pytest ignores SIGINT.
-  return subprocess.Popen([sys.executable, "-m", "multimodal_jax.main", *args], cwd=REPO, text=True,
+  return subprocess.Popen([sys.executable, "-m", f"multimodal_jax.{program}", *args], cwd=REPO, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
 
@@ -350,6 +350,15 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
   lines = err.strip().splitlines()
   assert proc.returncode == 130 and len(lines) == 1 and lines[0].startswith("Interrupted (Ctrl-C)"), err
   assert not (tmp_path / "w" / ".lock").exists()  # Was a 73-line KeyboardInterrupt.
+
+
+def test_ctrl_c_while_evaluate_imports_is_one_line(tmp_path):
+  proc = _cold_main(f"--workdir={tmp_path}", program="evaluate")
+  time.sleep(1.5)  # Importing JAX, TensorFlow and the evaluators (~10 s), before absl parses the flags.
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=60)
+  lines = err.strip().splitlines()
+  assert proc.returncode == 130 and len(lines) == 1 and lines[0].startswith("Interrupted (Ctrl-C)"), err
 
 
 # ---------------------------------------------------------------- 6. the workdir lock comes first

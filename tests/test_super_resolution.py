@@ -110,7 +110,8 @@ def test_the_srim_regression_baselines_share_srims_network_budget_and_distance()
   assert baseline.distance.name == "pixel"
   vgg16 = _load_config("regression", "srim_net,vgg16").distance
   assert vgg16.to_dict() == _load_config("srim", "vgg16").distance.to_dict()
-  assert _load_config("regression", "srim_net,cem").model.consistency == "bicubic"
+  assert baseline.model.consistency == "bicubic"
+  assert _load_config("regression", "srim_net,no_cem").model.consistency == "none"
   with pytest.raises(ValueError, match="srim_net"):
     _load_config("regression", "vgg16")
 
