@@ -31,28 +31,10 @@ Flags combine: `:toy3d,no_momentum`, `:toy3d,runlocal`, `:completion,box,no_mome
 `:toy3d,paper`, `:toy_scenes,paper,no_momentum`.
 experiments/cgml_completion.py and experiments/cgml_toy3d.py draw Fig. 5 and Fig. 3.
 
-Not in the paper (the default; `:paper` follows the paper in each): a round starts from
-the best of M uniform codes against its target (`cgml.z_start='best_of_m'`), not from
-the example's persistent code; beta decays along a round (`z_step_decay`); Z sees t / l
-(`model.znet_iteration_input`); and Eq. 4's step is scaled by a gain fitted to the training moves
-(`cgml.calibrate_step`; False is the paper's Eq. 4), 0 where Z's steps explain
-less than `cgml.min_explained_move` of them. Where Z learns no direction
-(toy_scenes, the box) inference then keeps z_0 and loses none of its modes,
-where the paper's Eq. 4 walks samples between modes at random. On toy_scenes the
-z step size is 1: at 10, z crossed basins and G and Z fit averages of modes.
-Persistent codes (`z_start='persistent'`, Alg. 1) are one z per training example in the
-state: N x z_dim x 4 bytes, at ImageNet scale (`:colorization,imagenet`, z_dim 16)
-1,281,167 x 16 x 4 B = 82 MB, in every checkpoint too. On one host they are replicated
-like the rest of the state (82 MB per device) and the z step gathers and scatters the
-batch's rows by `index`. On a pod they would be sharded on the example axis
-(P('data', None), N / devices rows each) and looked up in a shard_map (each device
-answers for its rows, one psum of B x z_dim per step; a plain gather from a sharded
-table may make XLA all-gather it); that matters only for codes far larger than z_dim 16.
-The other choices the paper leaves to its missing appendix are `config.cgml` keys
-(z_dim, inner_steps l, z_init_candidates, z_step_decay, momentum_scale,
-inference_steps T, step_gain_decay) and `model.znet_iteration_input`,
-`model.lipschitz*` (methods/cgml.py). `train.num_steps` counts generator
-updates: a batch makes l of them.
+Not in the paper at the default (`:paper` follows it): the best-of-M start, beta decaying
+along a round, Z seeing t, a step gain fitted to the training moves; why, what the
+persistent codes cost at ImageNet scale and how a pod would shard them:
+experiments/results/cgml.md ("Choices and costs").
 
 Measurements: experiments/results/cgml.md
 """

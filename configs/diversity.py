@@ -33,10 +33,8 @@ it with the base loss. Variants (they combine, e.g. `segments,no_diversity`):
   :facades         CMP Facades (manual_dir), pix2pix's 256x256 U-Net and setting, 200 epochs
   :cityscapes      Cityscapes via tfds at 256x512 (`cityscapes_layouts`)
 
-`evaluate` reports the noise-linking ratio (change inside segment c over change
-outside it as n^c sweeps -1 -> 1), reality under a segmenter trained on the real
-images, and on toy_scenes mode recall; `sample --extra=gradation_<class id>`
-draws the sweeps.
+`evaluate` adds noise linking (n^c swept -1 -> 1: change inside segment c over
+outside) and reality; `sample --extra=gradation_<class id>` draws the sweeps.
 
 Measurements: experiments/results/diversity.md
 """
