@@ -211,6 +211,37 @@ def draw_outputs(fn, state, x_BxHxWxC: np.ndarray, rng: jax.Array, num_samples: 
       for i in range(x_BxHxWxC.shape[0])], axis=0)
 
 
+def _grid_rows(outputs: np.ndarray, b: int, name: str) -> tuple[np.ndarray, int]:
+  """(rows [R, N, H, W, C], rows per input): one row per input for samples [B, N, H, W, C], one per
+  (input, sample) for iterates [B, N, T+1, H, W, C]."""
+  if outputs.ndim == 6:
+    rows, per_input = outputs.reshape((-1,) + outputs.shape[2:]), outputs.shape[1]
+  elif outputs.ndim == 5:
+    rows, per_input = outputs, 1
+  else:
+    raise ValueError(f"{name} returned {outputs.shape}; expected [B, N, H, W, C] (samples) or "
+                     "[B, N, T+1, H, W, C] (iterates).")
+  if outputs.shape[0] != b:
+    raise ValueError(f"{name} returned {outputs.shape} for {b} input(s); expected B = {b} first.")
+  return rows, per_input
+
+
+def _grid_description(out, grid, config, extra, outputs, rows, columns, has_reference, has_truth, std_map,
+                      std_scale, same_code, diff_gain) -> str:
+  """The line `sample` prints: what the grid at `out` shows, column by column."""
+  b = outputs.shape[0]
+  return (f"Wrote {out} ({grid.shape[1]}x{grid.shape[0]}): {config.method} on {config.data.name}, "
+          f"{extra or 'samples'}, {b} input(s) x {outputs.shape[1]}"
+          + (f" x {outputs.shape[2]} iterates" if outputs.ndim == 6 else "")
+          + ("; the same codes for every input" if same_code else "")
+          + f"; columns: {' | '.join(columns[:2 if has_reference else 1])} | 1..{rows.shape[1]}"
+          + (" | std" if std_map else "") + (" | truth (the dataset's target)" if has_truth else "")
+          + (f"; bicubic is {metrics.REFERENCE_UPSAMPLING} upsampling" if has_reference else "")
+          + f"; difference rows x{diff_gain:g}"
+          + (f"; std: each pixel's standard deviation across the {rows.shape[1]} samples (mean over channels), "
+             f"black 0 to white {std_scale:.4g}" if std_map else "") + ".")
+
+
 def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_samples: int | None = None,
                   num_inputs: int = 4, extra: str | None = None, step: int | None = None, seed: int = 0,
                   diff_gain: float = 1.0, same_code: bool = False, labels: bool = True,
@@ -257,16 +288,7 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
 
   b = x_BxHxWxC.shape[0]
   name = f"extras[{extra!r}]" if extra else "sample"
-  if outputs.ndim == 6:  # [B, N, T+1, H, W, C]: iterates, one row per (input, sample).
-    rows = outputs.reshape((-1,) + outputs.shape[2:])
-    per_input = outputs.shape[1]
-  elif outputs.ndim == 5:  # [B, N, H, W, C]: one row per input.
-    rows, per_input = outputs, 1
-  else:
-    raise ValueError(f"{name} returned {outputs.shape}; expected [B, N, H, W, C] (samples) or "
-                     "[B, N, T+1, H, W, C] (iterates).")
-  if outputs.shape[0] != b:
-    raise ValueError(f"{name} returned {outputs.shape} for {b} input(s); expected B = {b} first.")
+  rows, per_input = _grid_rows(outputs, b, name)
   h, w = rows.shape[2:4]
   inputs_rgb = np.asarray(jax.image.resize(spec.input_to_rgb(x_BxHxWxC), (b, h, w, 3), "nearest"))
   reference = None
@@ -292,16 +314,8 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
     grid = grids.with_labels(grid, columns, row_names, (h, w), rows_per_label=2)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   Image.fromarray(np.round(grid * 255.0).astype(np.uint8)).save(out)
-  print(f"Wrote {out} ({grid.shape[1]}x{grid.shape[0]}): {config.method} on {config.data.name}, "
-        f"{extra or 'samples'}, {b} input(s) x {outputs.shape[1]}"
-        + (f" x {outputs.shape[2]} iterates" if outputs.ndim == 6 else "")
-        + ("; the same codes for every input" if same_code else "")
-        + f"; columns: {' | '.join(columns[:2 if reference is not None else 1])} | 1..{rows.shape[1]}"
-        + (" | std" if std_map else "") + (" | truth (the dataset's target)" if truth is not None else "")
-        + (f"; bicubic is {metrics.REFERENCE_UPSAMPLING} upsampling" if reference is not None else "")
-        + f"; difference rows x{diff_gain:g}"
-        + (f"; std: each pixel's standard deviation across the {rows.shape[1]} samples (mean over channels), "
-           f"black 0 to white {std_scale:.4g}" if std_map else "") + ".", flush=True)
+  print(_grid_description(out, grid, config, extra, outputs, rows, columns, reference is not None,
+                          truth is not None, std_map, std_scale, same_code, diff_gain), flush=True)
   return grid
 
 
