@@ -68,19 +68,24 @@ def get_config(arg=None):
 
 # A disk that fills up just before the checkpoint at step 6 (of runlocal's 3 and 6): on a tmpfs, a
 # file takes the free space; without one, orbax's save fails as tensorstore reports ENOSPC.
-FILL_BEFORE_SECOND_SAVE = '''
+# Writes zeros to `path` until the disk is full (a prelude shared by the probes below).
+FILL = '''
+def fill(path):
+  with open(path, "ab", buffering=0) as f:
+    try:
+      while True:
+        f.write(bytes(1 << 12))
+    except OSError:
+      pass
+'''
+FILL_BEFORE_SECOND_SAVE = FILL + '''
 from multimodal_jax import train
 save = train.save_checkpoint
 
 def fill_then_save(manager, step, state, data_iter):
   if step >= 6:
     manager.wait_until_finished()  # Checkpoint 3 is whole.
-    with open({filler!r}, "ab", buffering=0) as f:
-      try:
-        while True:
-          f.write(bytes(1 << 12))
-      except OSError:
-        pass
+    fill({filler!r})
   save(manager, step, state, data_iter)
 
 train.save_checkpoint = fill_then_save
@@ -98,17 +103,12 @@ def save_on_a_full_disk(self, step, *args, **kwargs):
 ocp.CheckpointManager.save = save_on_a_full_disk
 '''
 
-STILL_FULL = '''
+STILL_FULL = FILL + '''
 import glob, os, shutil, collections
 for tmp in glob.glob(os.path.join({workdir!r}, "checkpoints", "*.orbax-checkpoint-tmp")):
   shutil.rmtree(tmp)  # What orbax's manager removes when it starts: the disk stays full regardless.
 if {filler!r}:
-  with open({filler!r}, "ab", buffering=0) as f:
-    try:
-      while True:
-        f.write(bytes(1 << 12))
-    except OSError:
-      pass
+  fill({filler!r})
 else:
   usage = collections.namedtuple("usage", "total used free")
   shutil.disk_usage = lambda path: usage(1 << 30, 1 << 30, 0)
