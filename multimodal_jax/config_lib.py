@@ -7,8 +7,9 @@ anything is compiled.
 
 A config that its file does not lock is checked like a locked one
 (`check_known_keys`): a key that the base config does not declare is an
-error, with a "did you mean", unless it sits in a section of a method, a
-model or a dataset's options.
+error, with a "did you mean", unless it sits in a section of a method (which
+its module's `CONFIG_SCHEMA` checks, `check_section_keys`), a model or a
+dataset's options.
 
 A leaf of the package: it imports nothing from `multimodal_jax`, so every
 layer may use it (the checks that need the method, dataset and model
@@ -244,6 +245,33 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.{key} is not a key of the config ({hint}); config_lib.base_config() declares every "
                      "key the loop reads: fix the name in the config file (config.lock() at the end of get_config "
                      "makes such a typo fail where it is made).")
+
+
+def check_section_keys(config: ml_collections.ConfigDict, section: str, schema: dict[str, str | None]) -> None:
+  """Raises ValueError naming the first key of `config.<section>` that `schema` does not declare.
+
+  `check_known_keys` lets a method's own section through (the base config
+  does not know it); the method declares its keys here instead (its module's
+  `CONFIG_SCHEMA`, `validation.validate`): name -> None for a value, or the
+  name of a `base_config()` section whose keys a sub-section takes (IMLE's
+  `selection_distance` is a `distance`, cGML's `znet_optimizer` an
+  `optimizer`).
+  """
+  if section not in config:
+    return
+  base = base_config()
+  for key in flatten(config[section]):
+    name, _, rest = key.partition(".")
+    if name in schema and (schema[name] is None or not rest or rest in flatten(base[schema[name]])):
+      continue
+    if name in schema:  # a sub-section's key
+      where, siblings, bad = f"{section}.{name}", sorted(flatten(base[schema[name]])), rest
+    else:
+      where, siblings, bad = section, sorted(schema), name
+    nearest = difflib.get_close_matches(bad, siblings, n=1, cutoff=0.6)
+    hint = f"did you mean {where}.{nearest[0]}?" if nearest else f"config.{where} has {', '.join(siblings)}"
+    raise ValueError(f"config.{section}.{key} is not a key of config.{section} ({hint}); the method reads only "
+                     "the keys its module's CONFIG_SCHEMA declares: fix the name in the config file.")
 
 
 def require(config: ml_collections.ConfigDict, ok: bool, key: str, why: str) -> None:

@@ -143,15 +143,15 @@ def _loaded_config():
     cli.fail(f"--config: {str(e).strip().splitlines()[-1].strip()}")
 
 
-def _locks_early(workdir: str) -> bool:
+def _locks_early() -> bool:
   """Whether `main` takes the workdir's lock itself, before JAX starts.
 
   Only process 0 of a run locks, and a process learns its index from JAX
-  unless the flags give it; a workdir that does not exist yet is locked by
-  the loop once it has created it (no other run can be using it).
+  unless the flags give it (otherwise the loop locks, once JAX knows). A new
+  workdir too: of two runs started on it together, the second is refused in
+  a second.
   """
-  single_or_first = not _DISTRIBUTED.value and (not _COORDINATOR.value or _PROCESS_ID.value == 0)
-  return single_or_first and os.path.isdir(workdir)
+  return not _DISTRIBUTED.value and (not _COORDINATOR.value or _PROCESS_ID.value == 0)
 
 
 def main(argv):
@@ -173,7 +173,7 @@ def main(argv):
   workdir_lib.check_free_space(workdir)  # A full disk, before the minutes of start-up (train checks again).
   # A second run on a busy workdir is refused here, in a second or so: JAX, TensorFlow, the data and
   # the compilation come after the lock, hence the imports inside this function.
-  locked = _locks_early(workdir)
+  locked = _locks_early()
   with workdir_lib.lock(workdir, enabled=locked):
     cli.set_up_process()
     set_cpu_devices(_CPU_DEVICES.value)

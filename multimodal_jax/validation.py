@@ -24,7 +24,8 @@ from multimodal_jax.models import registry as models_registry
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first unknown key (`config_lib.check_known_keys`) or invalid value."""
-  config_lib.check_known_keys(config)  # An unlocked config's typo, before any value is read.
+  config_lib.check_known_keys(config)  # An unlocked config's typo, before any value is read,
+  methods_base.check_method_sections(config)  # in the base sections or a method's own.
   check = functools.partial(config_lib.require, config)
 
   t = config.train

@@ -144,6 +144,7 @@ def lock(workdir: str, enabled: bool = True) -> Iterator[None]:
   if not enabled:
     yield
     return
+  created = not os.path.isdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
   try:
@@ -164,6 +165,8 @@ def lock(workdir: str, enabled: bool = True) -> Iterator[None]:
     _held_paths.pop(mine["token"], None)
     if _read(path) == mine:  # Never remove a lock that someone else has taken over.
       os.remove(path)
+      if created and not os.listdir(workdir):
+        os.rmdir(workdir)  # A run refused before it wrote anything (a bad value) leaves no empty workdir.
 
 
 def release_held_locks() -> None:

@@ -253,6 +253,20 @@ def test_the_lock_is_released_on_an_exception_and_only_process_0_takes_it(tmp_pa
         pass
 
 
+def test_a_new_workdir_is_locked_at_once_and_left_only_if_the_run_wrote_into_it(tmp_path):
+  # main locks a workdir that does not exist yet before JAX starts: a second run started beside the
+  # first is refused at once, and a run refused for a bad value leaves no empty folder behind.
+  new = tmp_path / "new"
+  with workdir_lib.lock(str(new)):
+    with pytest.raises(workdir_lib.WorkdirLockedError, match="is in use by another run"):
+      with workdir_lib.lock(str(new)):
+        pass
+  assert not new.exists()
+  with workdir_lib.lock(str(new)):
+    (new / "run_info.json").write_text("{}")
+  assert sorted(os.listdir(new)) == ["run_info.json"]
+
+
 def test_a_takeover_never_removes_a_lock_that_changed_since_it_was_read(tmp_path):
   # Two runs found the same stale lock; the other one replaced it first.
   stale = _write_lock(str(tmp_path), pid=_reaped_pid())

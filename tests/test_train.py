@@ -1,7 +1,9 @@
 """The training spine: configs, the compiled loop, checkpoints, resume, devices, processes."""
 
 import glob
+import importlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import time
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -70,6 +73,35 @@ def test_every_config_and_variant_loads_and_validates(name, arg):
   validation.validate(config)
   with pytest.raises(AttributeError):
     config.train.num_stpes = 3  # A typo never passes silently.
+
+
+def test_a_typo_in_an_unlocked_configs_method_section_fails_with_a_suggestion():
+  config, _ = load_config(str(REPO / "configs" / "layout_imle.py"), "runlocal")
+  config.unlock()
+  validation.validate(config)  # unlocked, unchanged: valid
+  for section, key, suggestion in [("imle", "num_smaples", "imle.num_samples"),
+                                   ("imle.selection_distance", "pixel_wieght", "imle.selection_distance.pixel_weight")]:
+    broken = ml_collections.ConfigDict(config.to_dict())
+    target = broken.imle.selection_distance if "." in section else broken.imle
+    target[key] = 3
+    with pytest.raises(ValueError, match=rf"config\.{section}\.{key} is not a key.*did you mean {suggestion}\?"):
+      validation.validate(broken)
+  cgml, _ = load_config(str(REPO / "configs" / "cgml.py"), "runlocal")
+  cgml.unlock()
+  cgml.cgml.znet_optimizer.lerning_rate = 1e-3
+  with pytest.raises(ValueError, match="did you mean cgml.znet_optimizer.learning_rate"):
+    validation.validate(cgml)
+  config.my_own_method = ml_collections.ConfigDict({"anything": 1})  # a user's section: theirs
+  validation.validate(config)
+
+
+def test_every_key_a_method_declares_is_read_by_the_package():
+  source = "\n".join(p.read_text() for p in (REPO / "multimodal_jax").rglob("*.py"))
+  for module in methods_base.METHODS.values():
+    for section, schema in getattr(importlib.import_module(module), "CONFIG_SCHEMA", {}).items():
+      for key in schema:
+        reads = re.findall(rf"(?:\.{key}\b|\[\"{key}\"\]|get\(\"{key}\")", source)
+        assert reads, f"{module} declares config.{section}.{key}, which nothing reads"
 
 
 def test_parse_arg_types_and_unknown_names():

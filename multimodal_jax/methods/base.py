@@ -127,6 +127,20 @@ def register_method(name: str, module: str) -> None:
   METHODS[name] = module
 
 
+def check_method_sections(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming a key of a method's section (`config.imle`, `config.cgml`, ...) it does not read.
+
+  Every registered method module may declare `CONFIG_SCHEMA` ({section:
+  {key: None or a base section}}, `config_lib.check_section_keys`); its
+  sections are checked wherever they appear (a regression config that keeps
+  an unused `imle` section too), so an unlocked config's typo there fails
+  before anything compiles.
+  """
+  for module in METHODS.values():
+    for section, schema in getattr(importlib.import_module(module), "CONFIG_SCHEMA", {}).items():
+      config_lib.check_section_keys(config, section, schema)
+
+
 def check_method_name(name: str) -> None:
   if name not in METHODS:
     raise ValueError(f"Unknown method {name!r}; valid methods: {sorted(METHODS)}")

@@ -66,6 +66,12 @@ from multimodal_jax.models import registry as models
 STEP_NAMES = ("z", "znet", "gen")
 # `cgml.z_start`: where a round's z_t comes from (module docstring).
 Z_STARTS = ("best_of_m", "persistent")
+# The keys of `config.cgml` this module reads (`config_lib.check_section_keys`): `znet_optimizer` is an
+# `optimizer` section.
+CONFIG_SCHEMA = {"cgml": dict.fromkeys((
+    "calibrate_step", "histogram_bins", "inference_steps", "inner_steps", "kl_weight", "min_explained_move",
+    "momentum_scale", "step_gain_decay", "task", "use_momentum", "z_dim", "z_init_candidates", "z_start",
+    "z_step_decay", "z_step_size"), None) | {"znet_optimizer": "optimizer"}}
 # The prepared array of the persistent codes: N, the number of training examples.
 NUM_TRAIN_EXAMPLES = "num_train_examples"
 

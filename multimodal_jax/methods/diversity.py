@@ -64,6 +64,8 @@ from multimodal_jax.models import registry as models
 BASES = ("pix2pix", "crn")
 # The prepared state's config sections (besides data): the base, and the distance's calibration.
 PREPARE_DEPENDS_ON = ("diversity", "distance")
+# The keys of `config.diversity` this module reads (`config_lib.check_section_keys`).
+CONFIG_SCHEMA = {"diversity": dict.fromkeys(("base", "beta", "l1_weight", "lambda_c", "noise_input"))}
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

@@ -81,6 +81,13 @@ PyTree = Any
 AUTO_CHUNK = "auto"
 # The prepared state's config sections (besides data): the calibration reads both distances.
 PREPARE_DEPENDS_ON = ("imle", "distance")
+# The keys of `config.imle` this module reads (`config_lib.check_section_keys`): `selection_distance` is a
+# `distance` section (config_lib.default_distance_config).
+CONFIG_SCHEMA = {"imle": dict.fromkeys((
+    "bilinear_from_step", "calibration_examples", "chunk_size", "code_channels", "example_blocks",
+    "minibatch_size", "num_samples", "perturbation", "rebalance_dataset", "rebalance_loss", "rebalance_scale",
+    "rebalance_top_classes", "stratified_codes", "time_steps", "updates_per_selection", "zero_code_steps"),
+    None) | {"selection_distance": "distance"}}
 
 
 @flax.struct.dataclass

@@ -61,6 +61,10 @@ from multimodal_jax.models import registry as models
 LOSSES = ("best_neighbour", "neighbours_enhanced")
 # The prepared state's config sections (besides data): the neighbours, and the distance's calibration.
 PREPARE_DEPENDS_ON = ("latent_codes", "distance")
+# The keys of `config.latent_codes` this module reads (`config_lib.check_section_keys`).
+CONFIG_SCHEMA = {"latent_codes": dict.fromkeys((
+    "loss", "neighbour_candidates", "neighbour_kmeans", "neighbour_metric", "neighbour_resolution",
+    "neighbour_threshold", "num_neighbours"))}
 
 
 @flax.struct.dataclass
