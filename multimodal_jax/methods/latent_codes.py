@@ -15,6 +15,14 @@ input, and one of two losses trains them (`latent_codes.loss`):
 Reported losses are per example (the sums divided by the batch size), so
 they do not scale with the batch.
 
+Warm-up (off by default): the paper gives none, but the authors' released
+code (SSAW14/Image_Generation_with_Latent_Code, human_face_generation/train.py)
+first trains one branch at a time on Y^0, round robin, for R =
+`warmup_round_robin_steps` steps, then only Y^0's best branch (Eq. 4, no
+neighbours) until step R + B (`warmup_best_steps`), then the configured loss
+(their R = 500, B = 3500 for n = 10). One compiled step serves all three
+phases (`warmup_assignment`).
+
 l is `config.distance` (Eq. 6, "L1-based perceptual loss": the VGG-19 feature
 distance, or the pixel l1 on the local default). Eq. 6's lambda_i are the
 config's `layer_weights`; `layer_weights=()` gets equal-contribution weights
@@ -64,7 +72,7 @@ PREPARE_DEPENDS_ON = ("latent_codes", "distance")
 # The keys of `config.latent_codes` this module reads (`config_lib.check_section_keys`).
 CONFIG_SCHEMA = {"latent_codes": dict.fromkeys((
     "loss", "neighbour_candidates", "neighbour_kmeans", "neighbour_metric", "neighbour_resolution",
-    "neighbour_threshold", "num_neighbours"))}
+    "neighbour_threshold", "num_neighbours", "warmup_best_steps", "warmup_round_robin_steps"))}
 
 
 @flax.struct.dataclass
@@ -85,6 +93,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      "must be >= num_neighbours")
   config_lib.require(config, lc.neighbour_threshold > 0, "latent_codes.neighbour_threshold", "must be > 0")
   config_lib.require(config, lc.neighbour_resolution >= 1, "latent_codes.neighbour_resolution", "must be >= 1")
+  for key in ("warmup_round_robin_steps", "warmup_best_steps"):  # a missing key: require's "is missing"
+    config_lib.require(config, key in lc and isinstance(lc[key], int) and lc[key] >= 0, f"latent_codes.{key}",
+                       "must be an int >= 0 (0: no warm-up phase)")
 
 
 def prepare(config: ml_collections.ConfigDict, train_source) -> dict[str, np.ndarray]:
@@ -158,22 +169,60 @@ class _Parts(NamedTuple):
     return jnp.swapaxes(y_NxB, 0, 1)
 
 
-def _make_train_step(parts: _Parts) -> base.StepFn:
+def warmup_phase(step: jax.Array, round_robin_steps: int, best_steps: int) -> jax.Array:
+  """The authors' warm-up phase of `step`: 0 round robin (step < R), 1 Y^0's best branch (step < R + B), 2 after."""
+  return jnp.where(step < round_robin_steps, 0, jnp.where(step < round_robin_steps + best_steps, 1, 2))
+
+
+def warmup_assignment(step: jax.Array, d_BxJxI: jax.Array, valid_BxJ: jax.Array, round_robin_steps: int,
+                      best_steps: int) -> jax.Array:
+  """Which target trains which hypothesis at `step` [B, J, I], with the authors' warm-up (module docstring).
+
+  `warmup_phase` 0 (step < R): Y^0 trains hypothesis step mod I alone, in
+  every example; 1 (step < R + B): Y^0 trains its best hypothesis (Eq. 4: the
+  §3.2 assignment with every neighbour invalid); 2: the §3.2 assignment of
+  Eq. 5 (`multiple_choice.assign_neighbours`). The step is traced: one
+  compiled step for all phases. R = B = 0 gives assign_neighbours exactly.
+
+  Args:
+    step: the optimiser step, a traced int scalar.
+    d_BxJxI: losses l(f_i(X), Y^j), target j = 0 the example's own.
+    valid_BxJ: false for padding targets.
+    round_robin_steps: R.
+    best_steps: B.
+  """
+  _, num_targets, num_hypotheses = d_BxJxI.shape
+  own_J = jnp.arange(num_targets) == 0
+  round_robin_JxI = own_J[:, None] * jax.nn.one_hot(step % num_hypotheses, num_hypotheses, dtype=d_BxJxI.dtype)
+  best_BxJxI = multiple_choice.assign_neighbours(d_BxJxI, valid_BxJ & own_J)
+  phase = warmup_phase(step, round_robin_steps, best_steps)
+  return jnp.where(phase == 0, round_robin_JxI,
+                   jnp.where(phase == 1, best_BxJxI, multiple_choice.assign_neighbours(d_BxJxI, valid_BxJ)))
+
+
+def _make_train_step(parts: _Parts, round_robin_steps: int, best_steps: int) -> base.StepFn:
+  warmup = round_robin_steps + best_steps > 0  # off: the loss and gradients are today's, op for op
 
   def train_step(state: LatentCodesState, batch):
-    """Eq. 4 (best neighbour) or Eq. 5 (neighbours-enhanced) over the n outputs."""
+    """Eq. 4 (best neighbour) or Eq. 5 (neighbours-enhanced) over the n outputs, after the warm-up if on."""
     codes = state.train_codes if parts.code_shape else None
     distance = common.bind(parts.distance, state.frozen)
+    phase = warmup_phase(state.step, round_robin_steps, best_steps)
 
     def loss_fn(params):
       y_hat = parts.apply(params, batch["x"], codes)
       if not parts.enhanced:  # Eq. 4
-        loss_B, best_B, _ = multiple_choice.best_of_k(distance, y_hat, batch["y"])
-        return jnp.mean(loss_B), (jax.nn.one_hot(best_B, y_hat.shape[1]), jnp.ones_like(loss_B))
-      targets, valid = parts.targets_of(batch)  # Eq. 5
-      d_BxJxI = multiple_choice.pairwise_distances(distance, y_hat, targets)
-      assigned = multiple_choice.assign_neighbours(d_BxJxI, valid)
-      return jnp.sum(assigned * d_BxJxI) / d_BxJxI.shape[0], (assigned.sum(1), valid.sum(1))
+        loss_B, best_B, d_BxI = multiple_choice.best_of_k(distance, y_hat, batch["y"])
+        if not warmup:
+          return jnp.mean(loss_B), (jax.nn.one_hot(best_B, y_hat.shape[1]), jnp.ones_like(loss_B))
+        d_BxJxI, valid_BxJ = d_BxI[:, None], jnp.ones(d_BxI.shape[:1] + (1,), bool)  # Y^0 alone
+      else:  # Eq. 5
+        targets, valid_BxJ = parts.targets_of(batch)
+        d_BxJxI = multiple_choice.pairwise_distances(distance, y_hat, targets)
+      assigned = (warmup_assignment(state.step, d_BxJxI, valid_BxJ, round_robin_steps, best_steps) if warmup
+                  else multiple_choice.assign_neighbours(d_BxJxI, valid_BxJ))
+      targets_B = jnp.where(phase == 2, valid_BxJ.sum(1), 1)  # the warm-up trains on Y^0 alone
+      return jnp.sum(assigned * d_BxJxI) / d_BxJxI.shape[0], (assigned.sum(1), targets_B)
 
     (loss, (used_BxI, targets_B)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.networks["generator"].params)
@@ -181,7 +230,8 @@ def _make_train_step(parts: _Parts) -> base.StepFn:
     return state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    "branches_trained": jnp.mean(jnp.sum(used_BxI > 0, axis=1).astype(jnp.float32)),
                    "branches_used_in_batch": jnp.sum(jnp.any(used_BxI > 0, axis=0)).astype(jnp.float32),
-                   "targets_per_example": jnp.mean(targets_B.astype(jnp.float32))}
+                   "targets_per_example": jnp.mean(targets_B.astype(jnp.float32)),
+                   "warmup_phase": phase.astype(jnp.float32)}
 
   return train_step
 
@@ -257,9 +307,14 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   arch = config.model.get("architecture", "?")
   nb = (f", N = {lc.num_neighbours} neighbours with {lc.neighbour_metric} < {lc.neighbour_threshold}"
         f"{' (HSV k-means)' if lc.neighbour_kmeans else ''}") if enhanced else ""
-  return base.Method(init=init, steps={"train": _make_train_step(parts)}, run_round=base.single_step_round("train"),
+  rr, best = lc.warmup_round_robin_steps, lc.warmup_best_steps
+  phases = ([f"{rr} steps one branch at a time (round robin)"] if rr else []) + (
+      [f"Y^0's best branch to step {rr + best}"] if best else [])
+  warmup_text = f"; warm-up (authors' code): {', then '.join(phases)}" if phases else ""
+  return base.Method(init=init, steps={"train": _make_train_step(parts, rr, best)},
+                     run_round=base.single_step_round("train"),
                      sample=sample, steps_per_round=1,
                      learning_rates=common.learning_rates(config, generator=config.optimizer),
                      extras=extras,
                      description=f"latent drop-out codes ({arch}, n = {num_branches}), {lc.loss} loss{nb}, "
-                                 f"l = {distance.describe()}")
+                                 f"l = {distance.describe()}{warmup_text}")
