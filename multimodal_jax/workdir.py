@@ -38,7 +38,6 @@ import datetime
 import errno
 import json
 import os
-import shutil
 import socket
 import time
 import uuid
@@ -50,6 +49,7 @@ import numpy as np
 from multimodal_jax import config_lib
 from multimodal_jax import errors
 from multimodal_jax import plugins
+from multimodal_jax import storage
 
 LOCK_FILE = ".lock"
 CHECKPOINTS = "checkpoints"  # The orbax checkpoints of the run (multimodal_jax/checkpointing.py).
@@ -115,11 +115,8 @@ def write_run_info(workdir: str, config: ml_collections.ConfigDict, batch_spec,
   info = {"config": json.loads(config.to_json_best_effort()),
           "batch_spec": {k: [list(v.shape), np.dtype(v.dtype).name] for k, v in batch_spec.items()},
           "imports": imports}
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, RUN_INFO)
-  with open(path + ".tmp", "w") as f:
-    json.dump(info, f, indent=1)
-  os.replace(path + ".tmp", path)  # Atomic: a run killed mid-write leaves the previous file whole.
+  # Atomic: a run killed mid-write leaves the previous file whole (storage.write_text).
+  storage.write_text(storage.join(workdir, RUN_INFO), json.dumps(info, indent=1))
 
 
 def read_run_info(workdir: str) -> dict[str, Any]:
@@ -128,8 +125,7 @@ def read_run_info(workdir: str) -> dict[str, Any]:
   Raises:
     FileNotFoundError: `workdir` holds no run_info.json.
   """
-  with open(os.path.join(workdir, RUN_INFO)) as f:
-    return json.load(f)
+  return json.loads(storage.read_text(storage.join(workdir, RUN_INFO)))
 
 
 @contextlib.contextmanager
@@ -144,9 +140,9 @@ def lock(workdir: str, enabled: bool = True) -> Iterator[None]:
   if not enabled:
     yield
     return
-  created = not os.path.isdir(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, LOCK_FILE)
+  created = not storage.isdir(workdir)
+  storage.makedirs(workdir)
+  path = storage.join(workdir, LOCK_FILE)
   try:
     mine = _acquire(path)
   except OSError as e:
@@ -164,8 +160,8 @@ def lock(workdir: str, enabled: bool = True) -> Iterator[None]:
     _held_tokens.discard(mine["token"])
     _held_paths.pop(mine["token"], None)
     if _read(path) == mine:  # Never remove a lock that someone else has taken over.
-      os.remove(path)
-      if created and not os.listdir(workdir):
+      storage.remove(path)
+      if created and not storage.is_remote(workdir) and not os.listdir(workdir):
         os.rmdir(workdir)  # A run refused before it wrote anything (a bad value) leaves no empty workdir.
 
 
@@ -174,7 +170,7 @@ def release_held_locks() -> None:
   for token, path in list(_held_paths.items()):
     holder = _read(path)
     if isinstance(holder, dict) and holder.get("token") == token:
-      os.remove(path)
+      storage.remove(path)
     _held_paths.pop(token, None)
     _held_tokens.discard(token)
 
@@ -185,20 +181,15 @@ def _acquire(path: str) -> dict[str, Any]:
           "token": uuid.uuid4().hex}
   for _ in range(5):  # A lock released or taken over under our feet is read again.
     try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      holder = _read(path)
-    else:
-      try:
-        with os.fdopen(fd, "w") as f:
-          json.dump(mine, f)
-      except OSError as e:  # A full disk: an empty lock would block the next run.
-        os.remove(path)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-          raise DiskFullError(f"No space left on the device for the lock {path}: free some space on "
-                              f"{os.path.dirname(path)}'s filesystem and rerun.") from e
-        raise
+      created = storage.create_exclusive(path, json.dumps(mine))
+    except OSError as e:  # A full disk (create_exclusive removed the empty lock, which would block the next run).
+      if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFullError(f"No space left on the device for the lock {path}: free some space on "
+                            f"{storage.dirname(path)}'s filesystem and rerun.") from e
+      raise
+    if created:
       return mine
+    holder = _read(path)
     if holder is None:
       continue  # Released between our attempt and the read.
     if holder == "":
@@ -206,22 +197,22 @@ def _acquire(path: str) -> dict[str, Any]:
       continue
     if not isinstance(holder, dict) or not {"host", "pid", "started"} <= holder.keys():
       raise WorkdirLockedError(f"The lock {path} is unreadable ({str(holder)[:80]!r}): if no run uses "
-                               f"{os.path.dirname(path)}, delete {path} and rerun.")
+                               f"{storage.dirname(path)}, delete {path} and rerun.")
     who = f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}"
     if holder["host"] != mine["host"]:
       raise WorkdirLockedError(
-          f"{os.path.dirname(path)} is locked by another run: {who} (lock file {path}). A process on "
+          f"{storage.dirname(path)} is locked by another run: {who} (lock file {path}). A process on "
           f"another host cannot be checked from here: if that run has ended, delete {path} and rerun.")
     if _running(holder):
       raise WorkdirLockedError(
-          f"{os.path.dirname(path)} is in use by another run: {who}. Wait for it to end or stop it, "
+          f"{storage.dirname(path)} is in use by another run: {who}. Wait for it to end or stop it, "
           "or use another --workdir.")
     if _remove_stale(path, holder):
       print(f"Taking over the stale lock {path}: {who}, is no longer running.", flush=True)
     else:
       time.sleep(0.1)  # Another run is taking it over: see who wins.
   raise WorkdirLockedError(f"Could not take the lock {path}: other runs keep taking it. If none uses "
-                           f"{os.path.dirname(path)}, delete {path} and {path}{_TAKEOVER_SUFFIX} and rerun.")
+                           f"{storage.dirname(path)}, delete {path} and {path}{_TAKEOVER_SUFFIX} and rerun.")
 
 
 def _running(holder: dict[str, Any]) -> bool:
@@ -248,25 +239,21 @@ def _remove_stale(path: str, stale: dict[str, Any]) -> bool:
   check-then-remove atomic, so neither removes the fresh lock of the other.
   """
   guard = path + _TAKEOVER_SUFFIX
-  try:
-    fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-  except FileExistsError:
+  if not storage.create_exclusive(guard, ""):
     return False
   try:
     if _read(path) != stale:
       return False
-    os.remove(path)
+    storage.remove(path)
     return True
   finally:
-    os.close(fd)
-    os.remove(guard)
+    storage.remove(guard)
 
 
 def _read(path: str) -> Any:
   """The lock's content: a dict, the raw text if it is not JSON, or None if there is no lock."""
   try:
-    with open(path) as f:
-      text = f.read()
+    text = storage.read_text(path)
   except FileNotFoundError:
     return None
   try:
@@ -281,10 +268,7 @@ def committed_steps(workdir: str) -> list[int]:
   Orbax names a committed checkpoint by its step; one still being written (a
   temporary folder) has a suffix, so it is not all digits.
   """
-  directory = os.path.join(workdir, CHECKPOINTS)
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+  return sorted(int(name) for name in storage.listdir(storage.join(workdir, CHECKPOINTS)) if name.isdigit())
 
 
 def _allocated_bytes(path: str) -> int:
@@ -307,10 +291,7 @@ def checkpoint_room(workdir: str) -> tuple[int | None, int, int]:
   steps = committed_steps(workdir)
   newest = steps[-1] if steps else None
   size = _allocated_bytes(os.path.join(directory, str(newest))) if newest is not None else 0
-  existing = directory
-  while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
-    existing = os.path.dirname(existing)
-  return newest, size, shutil.disk_usage(existing).free
+  return newest, size, storage.free_bytes(directory)
 
 
 def check_free_space(workdir: str) -> None:
@@ -319,6 +300,8 @@ def check_free_space(workdir: str) -> None:
   The next save needs about as much. Incomplete saves (orbax's temporary
   folders, which the checkpoint manager removes when it starts) count as free.
   """
+  if storage.is_remote(workdir):
+    return  # A bucket has no disk to fill.
   newest, size, free = checkpoint_room(workdir)
   if newest is None:
     return
@@ -343,6 +326,8 @@ def finished_read_only_step(workdir: str, num_steps: int) -> int | None:
   Raises:
     WorkdirError: it cannot be written and the run is unfinished.
   """
+  if storage.is_remote(workdir):
+    return None  # Write permission in a bucket shows only on a write: the run finds out.
   checkpoints = os.path.join(workdir, CHECKPOINTS)
   dirs = [d for d in (workdir, checkpoints) if os.path.isdir(d)]
   if not dirs or all(os.access(d, os.W_OK) for d in dirs):
@@ -361,7 +346,7 @@ def check_config_unchanged(workdir: str, config: ml_collections.ConfigDict) -> N
   Call it before resuming from a checkpoint of `workdir`. Without a readable
   run_info.json there is nothing to compare: the check says so and passes.
   """
-  path = os.path.join(workdir, RUN_INFO)
+  path = storage.join(workdir, RUN_INFO)
   try:
     stored = read_run_info(workdir)["config"]
   except FileNotFoundError:

@@ -13,5 +13,5 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command
   git clone $REPO_URL multimodal_jax || (cd multimodal_jax && git pull)
   cd multimodal_jax
   python3 -m venv .venv && . .venv/bin/activate
-  pip install -q -e . && pip install -q 'jax[tpu]==0.10.2'
+  pip install -q -e '.[gcs]' && pip install -q 'jax[tpu]==0.10.2'
 "

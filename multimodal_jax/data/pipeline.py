@@ -22,8 +22,10 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import json
 import multiprocessing
 import os
+import socket
 import sys
 import threading
 import time
@@ -36,25 +38,34 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from multimodal_jax import storage
 from multimodal_jax.data import registry
 
 DATA_DIR_ENV = "MULTIMODAL_JAX_DATA_DIR"
+DATA_MIRROR_ENV = "MULTIMODAL_JAX_DATA_MIRROR"  # local_mirror: where a gs:// data dir is read from
 INDEX_KEY = "index"
 
 
 def resolve_data_dir(data: ml_collections.ConfigDict) -> str:
-  """`config.data.data_dir`, else $MULTIMODAL_JAX_DATA_DIR, else ~/tensorflow_datasets."""
-  return os.path.expanduser(data.data_dir or os.environ.get(DATA_DIR_ENV) or "~/tensorflow_datasets")
+  """`config.data.data_dir`, else $MULTIMODAL_JAX_DATA_DIR, else ~/tensorflow_datasets (a gs:// one as it is)."""
+  return storage.resolve(data.data_dir or os.environ.get(DATA_DIR_ENV) or "~/tensorflow_datasets")
 
 
 @contextlib.contextmanager
 def _build_lock(data_dir: str, name: str) -> Iterator[None]:
-  """An exclusive `flock` on data_dir/.<name>.build.lock while a local dataset is built.
+  """Held while a local dataset is built into `data_dir`: one builder at a time, the others wait.
 
-  The kernel releases it when its holder dies, so a killed build leaves no
-  stale lock (tfds builds into an `incomplete.*` directory and renames it only
-  when done; the next holder starts afresh).
+  On a disk, an exclusive `flock` on data_dir/.<name>.build.lock: the kernel
+  releases it when its holder dies, so a killed build leaves no stale lock
+  (tfds builds into an `incomplete.*` directory and renames it only when done;
+  the next holder starts afresh). In a bucket (`gs://`), which has no
+  `flock`, the same name as an object created only if absent
+  (`_remote_build_lock`).
   """
+  if storage.is_remote(data_dir):
+    with _remote_build_lock(data_dir, name):
+      yield
+    return
   os.makedirs(data_dir, exist_ok=True)
   path = os.path.join(data_dir, f".{name}.build.lock")
   with open(path, "a") as f:
@@ -69,17 +80,66 @@ def _build_lock(data_dir: str, name: str) -> Iterator[None]:
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _remote_build_lock(data_dir: str, name: str, poll_seconds: float = 2.0) -> Iterator[None]:
+  """The build lock in a bucket: an object created with a precondition (`storage.create_exclusive`).
+
+  Its holder (host, pid, time) is inside. A waiter polls; a lock of a dead
+  process on the same host is removed; one from another host is waited for,
+  with a line naming it and how to remove it if that build was killed.
+  """
+  path = storage.join(data_dir, f".{name}.build.lock")
+  mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+  announced = False
+  while not storage.create_exclusive(path, json.dumps(mine)):
+    try:
+      holder = json.loads(storage.read_text(path))
+    except (FileNotFoundError, ValueError):
+      holder = None  # Released (or being written) between the two calls.
+    if isinstance(holder, dict) and holder.get("host") == mine["host"] and not _pid_alive(holder.get("pid")):
+      print(f"Removing the build lock {path} of a process that no longer runs ({holder}).", flush=True)
+      storage.remove(path)
+      continue
+    if not announced:
+      print(f"Waiting for another process that is building {name!r} in {data_dir} ({holder}); if that build "
+            f"was killed, delete {path}.", flush=True)
+      announced = True
+    time.sleep(poll_seconds)
+  try:
+    yield
+  finally:
+    storage.remove(path)
+
+
+def _pid_alive(pid: Any) -> bool:
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, TypeError, ValueError):
+    return True
+  return True
+
+
 def get_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """Returns the (prepared) TFDS builder of `config.data`, building local data on first use.
 
   Local datasets are built by process 0 first; the others wait at a barrier,
-  then build their own copy only if their filesystem does not share it.
+  then build their own copy only if their filesystem does not share it. A
+  gs:// data dir is the shared copy, read through each host's local mirror
+  (`local_mirror`, `_through_local_mirror`).
   """
   spec = registry.get_dataset(data.name)
   data_dir = resolve_data_dir(data)
   if spec.builder_cls is None:
     name = spec.tfds_name + (f"/{data.builder_config}" if data.builder_config else "")
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+
+    def catalogue_builder(directory):
+      return tfds.builder(name, data_dir=directory, file_format="array_record")
+
+    if storage.is_remote(data_dir):
+      return _through_local_mirror(data_dir, catalogue_builder, None, name)
+    builder = catalogue_builder(data_dir)
     if not builder.is_prepared():
       try:
         builder.download_and_prepare()
@@ -91,27 +151,34 @@ def get_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
             f"downloads), or point config.data.data_dir / ${DATA_DIR_ENV} at a prepared copy.") from e
     return builder
 
-  def make_builder():
+  key = f"{spec.tfds_name}.{data.builder_config or 'default'}"
+
+  def make_builder(directory):
     kwargs = dict(spec.builder_kwargs)
     if data.builder_config:
       kwargs["config"] = data.builder_config
-    return spec.builder_cls(data_dir=data_dir, file_format="array_record", **kwargs)
+    return spec.builder_cls(data_dir=directory, file_format="array_record", **kwargs)
 
-  def build():
-    builder = make_builder()
+  def build_into(directory):
+    builder = make_builder(directory)
     if builder.is_prepared():
       return builder
     # Two runs started together on one data_dir (a sweep, a train and an
     # evaluate) would both generate it and the second rename would fail: the
     # first to take the lock builds, the others wait and then read its copy.
-    with _build_lock(data_dir, f"{spec.tfds_name}.{data.builder_config or 'default'}"):
-      builder = make_builder()
+    with _build_lock(directory, key):
+      builder = make_builder(directory)
       if not builder.is_prepared():
-        logging.info("Building the offline dataset %r into %s (first use only)...", spec.tfds_name, data_dir)
-        print(f"Building the offline dataset {spec.tfds_name!r} into {data_dir} (first use only)...",
+        logging.info("Building the offline dataset %r into %s (first use only)...", spec.tfds_name, directory)
+        print(f"Building the offline dataset {spec.tfds_name!r} into {directory} (first use only)...",
               flush=True)
         _quiet_build(builder)
     return builder
+
+  def build():
+    if storage.is_remote(data_dir):
+      return _through_local_mirror(data_dir, make_builder, build_into, key)
+    return build_into(data_dir)
 
   if jax.process_count() == 1:
     return build()
@@ -119,6 +186,66 @@ def get_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   builder = build() if jax.process_index() == 0 else None
   multihost_utils.sync_global_devices("multimodal_jax:dataset_built")
   return builder if builder is not None else build()
+
+
+def local_mirror(data_dir: str) -> str:
+  """The local copy on this host of a gs:// data dir: `$MULTIMODAL_JAX_DATA_MIRROR/<scheme>/<bucket>/<path>`.
+
+  Default ~/.cache/multimodal_jax/data_mirror. The datasets' array_record
+  files are read by grain from local files only (array_record's C++ reader
+  opens paths with the OS), so a data dir in a bucket is the shared copy and
+  each host reads its own (`_through_local_mirror`).
+  """
+  base = os.path.expanduser(os.environ.get(DATA_MIRROR_ENV) or os.path.join("~", ".cache", "multimodal_jax",
+                                                                            "data_mirror"))
+  scheme, _, rest = data_dir.partition("://")
+  return os.path.join(base, scheme, *rest.strip("/").split("/"))
+
+
+def _through_local_mirror(data_dir: str, make_builder, build_into, key: str) -> tfds.core.DatasetBuilder:
+  """The builder of a dataset whose shared copy is in a bucket, reading this host's local copy.
+
+  Prepared locally already: used as it is. Else, under the bucket's build
+  lock (`_build_lock`): if the bucket lacks it, this host builds it locally
+  (`build_into`, None for a catalogue dataset, which must be prepared there
+  already) and uploads it, dataset_info.json last (tfds' mark of a prepared
+  dataset); if the bucket has it, it is downloaded.
+  """
+  mirror = local_mirror(data_dir)
+  builder = make_builder(mirror)
+  if builder.is_prepared():
+    return builder
+  relative = os.path.relpath(str(builder.data_dir), mirror).split(os.sep)
+  remote = storage.join(data_dir, *relative)
+  with _build_lock(data_dir, key):
+    if not storage.exists(storage.join(remote, "dataset_info.json")):
+      if build_into is None:
+        raise FileNotFoundError(
+            f"Dataset {key!r} is not prepared in {data_dir}: prepare it with `tfds build` into a local "
+            f"--data_dir and copy that folder's {'/'.join(relative)} to {remote}.")
+      builder = build_into(mirror)
+      print(f"Uploading {builder.data_dir} to {remote}...", flush=True)
+      _copy_tree(str(builder.data_dir), remote)
+      return builder
+  with _build_lock(mirror, key):  # Another process of this host may be downloading it too.
+    if not make_builder(mirror).is_prepared():
+      print(f"Downloading the prepared dataset {remote} to {builder.data_dir}...", flush=True)
+      partial = f"{builder.data_dir}.incomplete{os.getpid()}"
+      storage.remove_tree(partial)
+      _copy_tree(remote, partial)
+      os.replace(partial, str(builder.data_dir))
+  return make_builder(mirror)
+
+
+def _copy_tree(source: str, target: str) -> None:
+  """Copies a dataset folder between a bucket and a disk, file by file, dataset_info.json last."""
+  storage.makedirs(target)
+  for name in sorted(storage.listdir(source), key=lambda n: n == "dataset_info.json"):
+    child = storage.join(source, name)
+    if storage.isdir(child):
+      _copy_tree(child, storage.join(target, name))
+    else:
+      storage.write_bytes(storage.join(target, name), storage.read_bytes(child))
 
 
 def _quiet_build(builder: tfds.core.DatasetBuilder) -> None:

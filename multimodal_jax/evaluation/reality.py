@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from typing import Any
 
@@ -47,6 +46,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from multimodal_jax import storage
 from multimodal_jax.data import pipeline
 from multimodal_jax.data import registry
 
@@ -344,17 +344,15 @@ def load_or_train_segmenter(workdir: str, data_config: ml_collections.ConfigDict
   Returns:
     (params, the sidecar dict).
   """
-  params_path = os.path.join(workdir, SEGMENTER_FILE)
-  info_path = os.path.join(workdir, SEGMENTER_INFO_FILE)
+  params_path = storage.join(workdir, SEGMENTER_FILE)
+  info_path = storage.join(workdir, SEGMENTER_INFO_FILE)
   key = _cache_key(data_config, num_steps, batch_size, seed, max_train_examples)
   num_classes = num_classes_of(data_config)
-  if os.path.exists(params_path) and os.path.exists(info_path):
-    with open(info_path) as f:
-      info = json.load(f)
+  if storage.exists(params_path) and storage.exists(info_path):
+    info = json.loads(storage.read_text(info_path))
     stale = {k: (info.get(k), v) for k, v in key.items() if info.get(k) != v}
     if not stale:
-      with open(params_path, "rb") as f:
-        params = serialization.msgpack_restore(f.read())
+      params = serialization.msgpack_restore(storage.read_bytes(params_path))
       print(f"Loaded the reality segmenter from {params_path} (held-out real pixel accuracy "
             f"{info['heldout_pixel_accuracy']:.4f}, mIoU {info['heldout_mean_iou']:.4f}).", flush=True)
       return jax.tree.map(jnp.asarray, params), info
@@ -366,14 +364,9 @@ def load_or_train_segmenter(workdir: str, data_config: ml_collections.ConfigDict
   params, train_info = train_segmenter(data_config, num_steps, batch_size, seed,
                                        max_train_examples=max_train_examples)
   info = {**key, **train_info, **heldout_scores(params, data_config, num_heldout), "num_classes": num_classes}
-  os.makedirs(workdir, exist_ok=True)
-  tmp = params_path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
-  os.replace(tmp, params_path)  # Never a half-written params file next to a valid sidecar.
-  with open(info_path + ".tmp", "w") as f:
-    json.dump(info, f, indent=2)
-  os.replace(info_path + ".tmp", info_path)
+  # Each written whole (storage.write_bytes): never a half-written params file next to a valid sidecar.
+  storage.write_bytes(params_path, serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
+  storage.write_text(info_path, json.dumps(info, indent=2))
   print(f"Trained the reality segmenter in {info['seconds']:.1f}s: held-out real pixel accuracy "
         f"{info['heldout_pixel_accuracy']:.4f}, mIoU {info['heldout_mean_iou']:.4f} on "
         f"{info['num_heldout']} test images; saved to {params_path}.", flush=True)
