@@ -1,6 +1,7 @@
 """CRN (cimle_semantic_layouts §3.3): shapes, noise inputs, k outputs, the registry, the paper's size."""
 
 import functools
+import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import REPO
 from multimodal_jax.models import crn
 from multimodal_jax.models import registry
 
@@ -205,6 +207,72 @@ def test_a_vector_code_is_one_draw_for_the_whole_image():
   assert float(change[:, :2, :4].min()) > 0 and float(change[:, -2:, -4:].min()) > 0  # opposite corners
 
 
+def test_a_full_resolution_code_reaches_each_pixel():
+  """noise_encoder_code='full' (cimle_srim_ijcv §5.2.5): z is [B, H, W, e] and the encoder runs at (H, W).
+
+  On a label map of one class and a zero code, the encoded noise is the same at
+  two interior pixels p and q; setting the code at p alone makes them differ,
+  and changes z_hat only within the 7 x 7 receptive field of the encoder's three
+  3x3 convs around p. p and q lie 5 pixels apart in one 8 x 8 cell of M_0's
+  4 x 8 grid: a code pooled to M_0's resolution ('spatial') would move q too.
+  """
+  d, e, hw = 3, 2, (32, 64)
+  model = crn.CRN(features=(8, 8, 8, 8), noise_channels=d, noise_encoder=True, encoder_features=6,
+                  noise_encoder_input_channels=e, noise_encoder_code="full")
+  x = jax.nn.one_hot(jnp.zeros((B, *hw), jnp.int32), CLASSES)  # every pixel class 0
+  assert model.code_shape(x.shape[1:]) == (*hw, e)
+  assert crn.code_shape(crn_config(noise_encoder=True, noise_encoder_code="full"), (16, 32, CLASSES)) == (16, 32, 3)
+  z0 = jnp.zeros((B, *hw, e))
+  p, q = (9, 9), (14, 14)  # one M_0 cell: rows and columns 8..15
+  z1 = z0.at[:, p[0], p[1], :].set(1.0)
+  variables = jax.jit(model.init)(key(0), x, z0)
+  assert variables["params"]["noise_encoder"]["conv1"]["kernel"].shape == (3, 3, CLASSES + e, 6)
+  apply_sown = jax.jit(functools.partial(model.apply, mutable=["intermediates"]))
+  y0, state0 = apply_sown(variables, x, z0)
+  y1, state1 = apply_sown(variables, x, z1)
+  assert y0.shape == y1.shape == (B, *hw, 3)
+  assert float(jnp.max(jnp.abs(y1 - y0))) > 1e-4
+  (z_hat0,) = state0["intermediates"]["noise_encoder_output"]
+  (z_hat1,) = state1["intermediates"]["noise_encoder_output"]
+  assert z_hat0.shape == (B, *hw, d)
+  changed = np.asarray(jnp.any(z_hat1 != z_hat0, axis=(0, 3)))
+  assert changed[p] and not changed[q]
+  window = np.zeros(hw, bool)
+  window[p[0] - 3:p[0] + 4, p[1] - 3:p[1] + 4] = True
+  assert not np.any(changed & ~window)
+  np.testing.assert_allclose(z_hat0[:, p[0], p[1]], z_hat0[:, q[0], q[1]], atol=1e-6)
+  assert float(jnp.min(jnp.max(jnp.abs(z_hat1[:, p[0], p[1]] - z_hat1[:, q[0], q[1]]), axis=-1))) > 1e-3
+
+
+def test_the_noise_encoder_resizes_nothing_at_the_label_maps_resolution():
+  """A full-resolution code: the encoded noise is conv3's output itself, not a resize of it."""
+  encoder = crn.NoiseEncoder(features=4, out_channels=2)
+  x = label_map(key(1), (8, 16))
+  z = jax.random.normal(key(2), (B, 8, 16, 3))
+  variables = jax.jit(encoder.init)(key(0), x, z)
+  z_hat, state = encoder.apply(variables, x, z, capture_intermediates=True)
+  np.testing.assert_array_equal(z_hat, state["intermediates"]["conv3"]["__call__"][0])
+  assert crn._resize(x, (8, 16)) is x  # pylint: disable=protected-access
+  # And jax.image.resize to the same size would be the identity anyway (it skips unscaled dimensions).
+  np.testing.assert_array_equal(jax.image.resize(z, z.shape, "bilinear"), z)
+
+
+def test_a_full_code_of_another_shape_fails_naming_the_expected_shape():
+  model = crn.CRN(features=(8, 8), noise_channels=3, noise_encoder=True, encoder_features=6,
+                  noise_encoder_input_channels=2, noise_encoder_code="full")
+  x = label_map(key(1), (8, 16))
+  with pytest.raises(ValueError, match=r"noise_encoder_code='full' takes a code z of shape \[B, 8, 16, 2\].*"
+                                       r"got \[4, 8, 2\]"):
+    model.init(key(0), x, jnp.zeros((B, 4, 8, 2)))  # a code at M_0's resolution ('spatial')
+  with pytest.raises(ValueError, match=r"\[B, 8, 16, 2\].*got \[2\]"):
+    model.init(key(0), x, jnp.zeros((B, 2)))  # a vector
+  cfg = crn_config(noise_encoder=True, noise_encoder_code="full")
+  with pytest.raises(ValueError, match=r"\[B, 16, 32, 3\].*got \[4, 8, 3\]"):
+    registry.make_model(cfg, registry.ModelIO((16, 32, CLASSES), (16, 32, 3), code_shape=(4, 8, 3)))
+  with pytest.raises(ValueError, match=r"noise_encoder_code must be one of 'full', 'spatial', 'vector', got 'ful'"):
+    model.clone(noise_encoder_code="ful").code_shape(x.shape[1:])
+
+
 def test_the_noise_encoder_is_linear_in_its_last_layer_and_upsamples_bilinearly():
   encoder = crn.NoiseEncoder(features=4, out_channels=2)
   x = label_map(key(1), (8, 16))
@@ -315,3 +383,24 @@ def test_parameter_count_of_the_paper_network_at_256x512():
   assert expected == 9_719_808 + 4 * 19_156_992 + 7_219_200 + 4_859_904 + 1_539 == 98_428_419
   assert count == expected
   assert shapes["M5"]["conv1"]["kernel"].shape == (3, 3, label + 1024, 512)
+
+
+def test_the_gta5_and_cityscapes_configs_use_the_ijcv_noise_encoder():
+  """configs/layout_imle.py:gta5 (and :cityscapes): cimle_srim_ijcv §5.2.5's 256x512x10 code, d = 10, width 100."""
+  spec = importlib.util.spec_from_file_location("layout_imle_config", REPO / "configs" / "layout_imle.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  x_shape, classes = (256, 512, 20), 20  # data/street_layouts.py: 19 classes + void
+  for variant in ("gta5", "cityscapes"):
+    m = module.get_config(variant).model
+    assert (m.noise_encoder, m.noise_encoder_code, m.noise_encoder_input_channels, m.noise_channels,
+            m.encoder_features, m.noise_encoder_output_gain) == (True, "full", 10, 10, 100, 0.0), variant
+    assert crn.code_shape(m, x_shape) == (256, 512, 10)
+  model = registry.make_model(m, registry.ModelIO(x_shape, (256, 512, 3), code_shape=(256, 512, 10)))
+  shapes = jax.eval_shape(model.init, key(0), jax.ShapeDtypeStruct((1, *x_shape), jnp.float32),
+                          jax.ShapeDtypeStruct((1, 256, 512, 10), jnp.float32))["params"]
+  encoder = shapes["noise_encoder"]
+  assert encoder["conv1"]["kernel"].shape == (3, 3, classes + 10, 100)
+  assert encoder["conv2"]["kernel"].shape == (3, 3, 100, 100)
+  assert encoder["conv3"]["kernel"].shape == (3, 3, 100, 10)
+  assert shapes["M0"]["conv1"]["kernel"].shape == (3, 3, classes + 10, 1024)

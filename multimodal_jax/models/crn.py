@@ -24,14 +24,20 @@ Choices where the paper is silent, or where we depart from it:
   * Output: CRN maps the last features to the image with a linear 1x1 conv;
     we squash it into [0, 1] as every generator here: y = (tanh(o) + 1) / 2
     (as `rrdb`).
-  * Noise encoder input: the paper gives only "noise sampled from a
-    Gaussian", forced onto "a low-dimensional manifold". Two choices
-    (`noise_encoder_code`): 'spatial', a code at M0's resolution (4 x 8 x e),
-    or 'vector', one e-vector per example broadcast over M0's grid: the
-    lowest-dimensional reading, and what an appearance that is a property of
-    the whole image (a palette, a time of day) needs, as no receptive field
-    has to agree across independent spatial draws. The encoder runs at M0's
-    resolution and its output is upsampled bilinearly to the label map's.
+  * Noise encoder input (`noise_encoder_code`): cimle_srim_ijcv §5.2.5 gives
+    it for GTA-5 at 256 x 512: a code z~ of 256 x 512 x 10 and the label map
+    (256 x 512 x 30 there; data/street_layouts.py has 20 classes) in, the
+    encoded z' of 256 x 512 x 10 out, hidden width 100. That is 'full': z is
+    [B, H, W, e] at the label map's resolution and the encoder runs there, with
+    no resize. The ICCV'19 paper says only "noise sampled from a Gaussian",
+    forced onto "a low-dimensional manifold" (§3.3.2), and "10 noise
+    channels" (§4.2); IJCV §5.2.1 calls z~ "lower-dimensional", though §5.2.5's
+    z~ is as large as z'. For the local toy data, two low-dimensional codes:
+    'spatial', at M0's resolution (4 x 8 x e), and 'vector', one e-vector per
+    example broadcast over M0's grid, for an appearance that is one property
+    of the whole image (a palette): no receptive field has to agree across
+    independent spatial draws. Both run the encoder at M0's resolution and
+    upsample its output bilinearly to the label map's.
   * Noise encoder output (`noise_encoder_output_gain` g): the paper's
     encoder ends in a linear conv (g = 0, the default). With g > 0 we bound it,
     z_hat = tanh(g E(L, z)). Why: with a linear output, leaky ReLU, and
@@ -59,6 +65,8 @@ from multimodal_jax.models import registry
 from multimodal_jax.models import rrdb
 
 _LEAK = 0.2
+# `CRN.noise_encoder_code`: where the noise encoder's Gaussian code lives (module docstring).
+NOISE_ENCODER_CODES = ("full", "spatial", "vector")
 # §3.3.1: channels of F_0..F_8 for 1024 x 2048 outputs (M0 at 4 x 8). At the
 # IMLE paper's 256 x 512 the network is M0..M6: the first seven entries.
 PAPER_FEATURES = (1024,) * 5 + (512, 512, 128, 32)
@@ -101,7 +109,9 @@ class NoiseEncoder(nn.Module):
   and concatenated with z; 3x3 convs of `features` channels with leaky ReLU,
   then a linear 3x3 conv to `out_channels` = d (squashed by tanh(output_gain
   * .) when output_gain > 0, module docstring); the result is upsampled
-  bilinearly to the label map's (H, W).
+  bilinearly to the label map's (H, W). A code at the label map's resolution
+  (cimle_srim_ijcv §5.2.5, 'full') is never resized: `_resize` returns its
+  input unchanged at equal size.
   """
   features: int
   out_channels: int
@@ -110,7 +120,8 @@ class NoiseEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, label_BxHxWxC: jax.Array, z_Bxhxwxe: jax.Array) -> jax.Array:
-    """z_hat [B, H, W, out_channels]; z is [B, h, w, e] (spatial) or [B, h, w, e] broadcast from a vector."""
+    """z_hat [B, H, W, out_channels]; z is [B, h, w, e]: (h, w) = (H, W) ('full'), M_0's grid ('spatial',
+    or a vector broadcast over it)."""
     code_hw = z_Bxhxwxe.shape[1:3]
     h = jnp.concatenate([_resize(label_BxHxWxC, code_hw), z_Bxhxwxe.astype(label_BxHxWxC.dtype)], axis=-1)
     h = _lrelu(nn.Conv(self.features, (3, 3), dtype=self.dtype, name="conv1")(h))
@@ -135,12 +146,13 @@ class CRN(nn.Module):
     * d > 0, noise_encoder=False ("Additional Noise Channels"): z is
       [B, H, W, d] at the label map's resolution (or a vector [B, d],
       broadcast over space as `registry.concat_code` does); L^ = concat(L, z).
-    * d > 0, noise_encoder=True ("Noise Encoder"): z is low-dimensional
-      Gaussian noise, [B, base_height, base_width, e] at M_0's resolution
-      (noise_encoder_code='spatial') or a vector [B, e] broadcast over M_0's
-      grid ('vector'), e = noise_encoder_input_channels; z_hat =
-      NoiseEncoder(L, z) [B, H, W, d] (sown as
-      intermediates/noise_encoder_output) and L^ = concat(L, z_hat).
+    * d > 0, noise_encoder=True ("Noise Encoder"): z is Gaussian noise,
+      [B, H, W, e] at the label map's resolution (noise_encoder_code='full',
+      cimle_srim_ijcv §5.2.5), [B, base_height, base_width, e] at M_0's
+      resolution ('spatial') or a vector [B, e] broadcast over M_0's grid
+      ('vector'), e = noise_encoder_input_channels; z_hat = NoiseEncoder(L, z)
+      [B, H, W, d] (sown as intermediates/noise_encoder_output) and
+      L^ = concat(L, z_hat).
   With d > 0, z is required (z = 0 gives the deterministic network).
 
   Attributes:
@@ -153,9 +165,10 @@ class CRN(nn.Module):
     noise_encoder: whether z goes through the noise encoder first.
     encoder_features: width of the noise encoder's hidden convs (100).
     noise_encoder_input_channels: e, channels of the encoder's Gaussian input
-      (the paper does not give its size).
-    noise_encoder_code: 'spatial' (z at M_0's resolution) or 'vector' (one
-      e-vector per example); module docstring.
+      (10 in cimle_srim_ijcv §5.2.5; the ICCV'19 paper does not give it).
+    noise_encoder_code: 'full' (z at the label map's resolution, IJCV §5.2.5),
+      'spatial' (z at M_0's resolution) or 'vector' (one e-vector per example);
+      module docstring.
     noise_encoder_output_gain: g; 0 keeps the paper's linear encoder output,
       g > 0 gives z_hat = tanh(g E(L, z)) (module docstring).
     num_outputs: k; k > 1 is Chen & Koltun's multi-output baseline (one 1x1
@@ -180,12 +193,16 @@ class CRN(nn.Module):
     """(h_i, w_i) of M_0..M_{n-1}."""
     return [(self.base_height * 2**i, self.base_width * 2**i) for i in range(len(self.features))]
 
+  def _check_noise_encoder_code(self) -> None:
+    if self.noise_encoder_code not in NOISE_ENCODER_CODES:
+      raise ValueError(f"CRN noise_encoder_code must be one of {', '.join(map(repr, NOISE_ENCODER_CODES))}, got "
+                       f"{self.noise_encoder_code!r}.")
+
   def check_label_shape(self, x_shape: Sequence[int]) -> None:
     """Raises unless one label map's (H, W, ...) is the last module's resolution."""
     if not self.features:
       raise ValueError("CRN needs at least one module: `features` is empty.")
-    if self.noise_encoder_code not in ("spatial", "vector"):
-      raise ValueError(f"CRN noise_encoder_code must be 'spatial' or 'vector', got {self.noise_encoder_code!r}.")
+    self._check_noise_encoder_code()
     if not self.noise_encoder_output_gain >= 0:
       raise ValueError(f"CRN noise_encoder_output_gain must be >= 0 (0: a linear encoder output), got "
                        f"{self.noise_encoder_output_gain}.")
@@ -203,11 +220,14 @@ class CRN(nn.Module):
     """The shape of one example's code z for a label map of shape x_shape = (H, W, C); () for none."""
     if self.noise_channels == 0:
       return ()
-    if self.noise_encoder and self.noise_encoder_code == "vector":
+    if not self.noise_encoder:
+      return (*x_shape[:2], self.noise_channels)
+    self._check_noise_encoder_code()
+    if self.noise_encoder_code == "full":
+      return (*x_shape[:2], self.noise_encoder_input_channels)
+    if self.noise_encoder_code == "vector":
       return (self.noise_encoder_input_channels,)
-    if self.noise_encoder:
-      return (self.base_height, self.base_width, self.noise_encoder_input_channels)
-    return (*x_shape[:2], self.noise_channels)
+    return (self.base_height, self.base_width, self.noise_encoder_input_channels)
 
   def check_code_shape(self, x_shape: Sequence[int], code_shape: Sequence[int] | None) -> None:
     """Raises unless one example's code (None: no code) fits a label map of shape x_shape."""
@@ -218,7 +238,8 @@ class CRN(nn.Module):
     if not expected:
       return  # plain CRN: any code is ignored
     if code_shape is None or tuple(code_shape) not in accepted:
-      raise ValueError(f"CRN with noise_channels={self.noise_channels}, noise_encoder={self.noise_encoder} "
+      encoder = f", noise_encoder_code={self.noise_encoder_code!r}" if self.noise_encoder else ""
+      raise ValueError(f"CRN with noise_channels={self.noise_channels}, noise_encoder={self.noise_encoder}{encoder} "
                        f"takes a code z of shape [B, {', '.join(map(str, expected))}] for label maps "
                        f"{tuple(x_shape)}; got {'none' if code_shape is None else list(code_shape)}.")
 
@@ -267,16 +288,17 @@ def code_shape(cfg: ml_collections.ConfigDict, x_shape: Sequence[int]) -> tuple[
   """The code shape (one example) that the `crn` built from `cfg` takes for label maps x_shape = (H, W, C).
 
   For a method that must know what to draw before building the model: () (no
-  code), (H, W, d) (noise channels), or for the noise encoder (base_height,
-  base_width, e) ('spatial') or (e,) ('vector'), e = noise_encoder_input_channels.
+  code), (H, W, d) (noise channels), or for the noise encoder (H, W, e)
+  ('full'), (base_height, base_width, e) ('spatial') or (e,) ('vector'),
+  e = noise_encoder_input_channels.
   """
   return _from_config(cfg, out_channels=1).code_shape(x_shape)
 
 
 def build(cfg: ml_collections.ConfigDict, io: registry.ModelIO) -> CRN:
   """`model.name='crn'`: fields features, base_height, base_width, noise_channels, noise_encoder,
-  noise_encoder_input_channels, noise_encoder_code (optional, 'spatial'), noise_encoder_output_gain
-  (optional, 0), encoder_features, num_outputs.
+  noise_encoder_input_channels, noise_encoder_code (optional, 'spatial'; `NOISE_ENCODER_CODES`),
+  noise_encoder_output_gain (optional, 0), encoder_features, num_outputs.
 
   The label map (x) and the image (y) must have the same spatial size, equal to
   the last module's resolution, and `io.code_shape` must be what the network
