@@ -32,11 +32,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Iterator
-
-from etils import epath
+from typing import Any, Iterator
 
 GCS_API = "https://storage.googleapis.com"
+
+
+def _path(path: str):
+  """`etils.epath.Path(path)`, imported on first use: `main` takes the workdir lock before it loads."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return epath.Path(path)
 
 
 def is_remote(path: str) -> bool:
@@ -58,37 +62,45 @@ def dirname(path: str) -> str:
 
 
 def exists(path: str) -> bool:
-  return epath.Path(path).exists()
+  return _path(path).exists() if is_remote(path) else os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
-  return epath.Path(path).is_dir()
+  return _path(path).is_dir() if is_remote(path) else os.path.isdir(path)
 
 
 def listdir(path: str) -> list[str]:
   """The names in directory `path`; [] if it does not exist."""
-  p = epath.Path(path)
+  if not is_remote(path):
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+  p = _path(path)
   return sorted(child.name for child in p.iterdir()) if p.is_dir() else []
 
 
 def makedirs(path: str) -> None:
   """Creates the directory (a bucket has none: a prefix exists once an object is under it)."""
-  epath.Path(path).mkdir(parents=True, exist_ok=True)
+  if is_remote(path):
+    _path(path).mkdir(parents=True, exist_ok=True)
+  else:
+    os.makedirs(path, exist_ok=True)
 
 
 def read_bytes(path: str) -> bytes:
-  return epath.Path(path).read_bytes()
+  if is_remote(path):
+    return _path(path).read_bytes()
+  with open(path, "rb") as f:
+    return f.read()
 
 
 def read_text(path: str) -> str:
-  return epath.Path(path).read_text()
+  return read_bytes(path).decode()
 
 
 def write_bytes(path: str, data: bytes) -> None:
   """Writes `path` whole or not at all: a temporary file and a rename locally, one upload remotely."""
   makedirs(dirname(path))
   if is_remote(path):
-    epath.Path(path).write_bytes(data)
+    _path(path).write_bytes(data)
     return
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "wb") as f:
@@ -103,13 +115,16 @@ def write_text(path: str, text: str) -> None:
 def remove(path: str) -> None:
   """Deletes the file `path`; no error if it is already gone."""
   try:
-    epath.Path(path).unlink()
+    if is_remote(path):
+      _path(path).unlink()
+    else:
+      os.remove(path)
   except FileNotFoundError:
     pass
 
 
 def remove_tree(path: str) -> None:
-  p = epath.Path(path)
+  p = _path(path)
   if p.exists():
     p.rmtree()
 
@@ -120,7 +135,7 @@ def move(source: str, target: str) -> None:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     shutil.move(source, target)
     return
-  src = epath.Path(source)
+  src = _path(source)
   if not src.is_dir():
     makedirs(dirname(target))
     src.copy(target)
@@ -132,7 +147,7 @@ def move(source: str, target: str) -> None:
   src.rmtree()
 
 
-def _walk_files(root: epath.Path) -> Iterator[epath.Path]:
+def _walk_files(root: Any) -> Iterator[Any]:
   for child in root.iterdir():
     if child.is_dir():
       yield from _walk_files(child)
