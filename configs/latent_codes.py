@@ -10,12 +10,13 @@ targets of its nearest training inputs, assigned to different hypotheses.
 Default: `toy_scenes` (layout -> image, 12 exactly known appearance modes per
 layout), the 'shared' architecture (channel-wise drop-out, Eq. 2, r = 0.5, after
 module M1 of a 4-module CRN of widths 32-32-24-16, n = 16 training codes; batch 4,
-800 steps: ~8-10 min on a busy 2-core CPU), N = 11 neighbours picked by HSV
+800 steps: ~8-10 min on a busy 2-core CPU), N = 2 neighbours picked by HSV
 k-means among the 48 nearest layouts (l1 on 8x16 reduced one-hot maps), the pixel
 l1 loss (no VGG weights here; Eq. 6's VGG distance on the paper variants), Adam
-with the poly schedule (power 0.9). Nearest-mode recall 1.00 against L1
-regression's 0.083, but mode recall 0.39 at precision 0.07 (a neighbour's target
-has another layout, so boundaries blur). Variants:
+with the poly schedule (power 0.9). N from the sweep over {0, 2, 4, 6, 11}
+(experiments/results/latent_codes.md): with the 16 training codes, mode recall /
+precision 0.583 / 0.473 at N = 2 (0.391 / 0.293 at the former N = 11); Eq. 4
+alone (`:no_neighbours`) 0.760 / 0.570; fresh codes 0. Variants:
 
   :runlocal         tiny scenes, a narrow network, a few steps (smoke test, seconds)
   :conditional      toy_scenes_conditional: each layout its own 1-16 modes (evaluate's `mode_sets`)
@@ -77,7 +78,7 @@ def get_config(arg=None):
 
   config.latent_codes = ml_collections.ConfigDict()
   config.latent_codes.loss = "best_neighbour" if arg.no_neighbours else "neighbours_enhanced"
-  config.latent_codes.num_neighbours = 11  # N: with Y^0, 12 targets for 16 hypotheses
+  config.latent_codes.num_neighbours = 2  # N: with Y^0, 3 targets for 16 hypotheses (the sweep: docstring)
   config.latent_codes.neighbour_metric = "l1"
   config.latent_codes.neighbour_threshold = 0.1  # theta, mean |x_i - x_0| on the reduced inputs
   config.latent_codes.neighbour_resolution = 8  # short side of the reduced inputs
