@@ -46,6 +46,7 @@ def load_trained(workdir: str, step: int | None = None):
   devices, replicated. The user modules the run was trained with (`--import`)
   are imported first: they register its dataset or method.
   """
+  storage.check_client(workdir)
   path = storage.join(workdir, workdir_lib.RUN_INFO)
   if not storage.exists(path):
     raise NotARunError(f"{path} not found: is {workdir} the --workdir of a training run?")

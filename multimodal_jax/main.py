@@ -169,6 +169,7 @@ def main(argv):
              "--workdir=/tmp/regression (--list shows the configs).")
   config = _loaded_config()
   workdir = storage.resolve(_WORKDIR.value)  # gs://bucket/run stays a URL
+  storage.check_client(workdir)
   if finished_read_only(config, workdir):
     return
   workdir_lib.check_free_space(workdir)  # A full disk, before the minutes of start-up (train checks again).

@@ -34,6 +34,8 @@ import urllib.request
 import uuid
 from typing import Any, Iterator
 
+from multimodal_jax import errors
+
 GCS_API = "https://storage.googleapis.com"
 
 
@@ -41,6 +43,25 @@ def _path(path: str):
   """`etils.epath.Path(path)`, imported on first use: `main` takes the workdir lock before it loads."""
   from etils import epath  # pylint: disable=g-import-not-at-top
   return epath.Path(path)
+
+
+class MissingClientError(errors.UserError, ImportError):
+  """A gs:// path without the Cloud Storage client that orbax needs (`pip install -e '.[gcs]'`)."""
+
+
+def check_client(path: str) -> None:
+  """Raises MissingClientError (one line) if `path` is in a bucket and google-cloud-storage is missing.
+
+  orbax asks a gs:// checkpoint directory's bucket for its layout through
+  google-cloud-storage; without it a run would fail deep inside orbax.
+  """
+  if not str(path).startswith("gs://"):
+    return
+  try:
+    from google.cloud import storage as _  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    raise MissingClientError(f"{path}: a gs:// workdir needs the Cloud Storage client: pip install -e '.[gcs]' "
+                             "(google-cloud-storage), then rerun.") from e
 
 
 def is_remote(path: str) -> bool:

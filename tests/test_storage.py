@@ -56,3 +56,12 @@ def test_move_takes_a_directory_whole(tmp_path):
 def test_exclusive_create_refuses_a_scheme_it_cannot_lock():
   with pytest.raises(ValueError, match="local paths and gs:// only"):
     storage.create_exclusive("s3://bucket/.lock", "x")
+
+
+def test_a_bucket_without_the_cloud_storage_client_is_one_line(monkeypatch):
+  import sys  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, "google.cloud.storage", None)  # as if not installed
+  with pytest.raises(storage.MissingClientError, match=r"gs://b/run: a gs:// workdir needs the Cloud Storage "
+                                                       r"client: pip install -e '\.\[gcs\]'"):
+    storage.check_client("gs://b/run")
+  storage.check_client("/tmp/run")  # a local path needs nothing
