@@ -32,7 +32,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any, Iterator
 
 from multimodal_jax import errors
 
@@ -150,30 +149,33 @@ def remove_tree(path: str) -> None:
     p.rmtree()
 
 
+def copy_tree(source: str, target: str, last: str | None = None) -> None:
+  """Copies the files under `source` to `target`, file by file, between a disk and a bucket either way.
+
+  `last`: a file name copied after every other in its folder (a dataset's
+  dataset_info.json, tfds' mark of a prepared dataset).
+  """
+  makedirs(target)
+  for name in sorted(listdir(source), key=lambda n: n == last):
+    child = join(source, name)
+    if isdir(child):
+      copy_tree(child, join(target, name), last)
+    else:
+      write_bytes(join(target, name), read_bytes(child))
+
+
 def move(source: str, target: str) -> None:
   """Moves a file or directory (remote: copied object by object, then deleted: no rename in a bucket)."""
   if not is_remote(source) and not is_remote(target):
     os.makedirs(os.path.dirname(target), exist_ok=True)
     shutil.move(source, target)
     return
-  src = _path(source)
-  if not src.is_dir():
-    makedirs(dirname(target))
-    src.copy(target)
-    src.unlink()
-    return
-  for child in _walk_files(src):
-    relative = str(child)[len(str(src)):].lstrip("/")
-    write_bytes(join(target, relative), child.read_bytes())
-  src.rmtree()
-
-
-def _walk_files(root: Any) -> Iterator[Any]:
-  for child in root.iterdir():
-    if child.is_dir():
-      yield from _walk_files(child)
-    else:
-      yield child
+  if isdir(source):
+    copy_tree(source, target)
+    remove_tree(source)
+  else:
+    write_bytes(target, read_bytes(source))
+    remove(source)
 
 
 def free_bytes(path: str) -> int | None:

@@ -223,11 +223,16 @@ def _running(holder: dict[str, Any]) -> bool:
   """
   if holder["pid"] == os.getpid():
     return holder.get("token") in _held_tokens
+  return pid_running(holder["pid"])
+
+
+def pid_running(pid: Any) -> bool:
+  """Whether process `pid` of this host runs (an unreadable pid counts as running: never take its lock)."""
   try:
-    os.kill(int(holder["pid"]), 0)
+    os.kill(int(pid), 0)
   except ProcessLookupError:
     return False
-  except PermissionError:  # Someone else's process.
+  except (PermissionError, TypeError, ValueError):  # Someone else's process; or a pid we cannot read.
     return True
   return True
 

@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from multimodal_jax import storage
+from multimodal_jax import workdir as workdir_lib
 from multimodal_jax.data import registry
 
 DATA_DIR_ENV = "MULTIMODAL_JAX_DATA_DIR"
@@ -96,7 +97,7 @@ def _remote_build_lock(data_dir: str, name: str, poll_seconds: float = 2.0) -> I
       holder = json.loads(storage.read_text(path))
     except (FileNotFoundError, ValueError):
       holder = None  # Released (or being written) between the two calls.
-    if isinstance(holder, dict) and holder.get("host") == mine["host"] and not _pid_alive(holder.get("pid")):
+    if isinstance(holder, dict) and holder.get("host") == mine["host"] and not workdir_lib.pid_running(holder.get("pid")):
       print(f"Removing the build lock {path} of a process that no longer runs ({holder}).", flush=True)
       storage.remove(path)
       continue
@@ -109,16 +110,6 @@ def _remote_build_lock(data_dir: str, name: str, poll_seconds: float = 2.0) -> I
     yield
   finally:
     storage.remove(path)
-
-
-def _pid_alive(pid: Any) -> bool:
-  try:
-    os.kill(int(pid), 0)
-  except ProcessLookupError:
-    return False
-  except (PermissionError, TypeError, ValueError):
-    return True
-  return True
 
 
 def get_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -225,27 +216,16 @@ def _through_local_mirror(data_dir: str, make_builder, build_into, key: str) -> 
             f"--data_dir and copy that folder's {'/'.join(relative)} to {remote}.")
       builder = build_into(mirror)
       print(f"Uploading {builder.data_dir} to {remote}...", flush=True)
-      _copy_tree(str(builder.data_dir), remote)
+      storage.copy_tree(str(builder.data_dir), remote, last="dataset_info.json")
       return builder
   with _build_lock(mirror, key):  # Another process of this host may be downloading it too.
     if not make_builder(mirror).is_prepared():
       print(f"Downloading the prepared dataset {remote} to {builder.data_dir}...", flush=True)
       partial = f"{builder.data_dir}.incomplete{os.getpid()}"
       storage.remove_tree(partial)
-      _copy_tree(remote, partial)
+      storage.copy_tree(remote, partial, last="dataset_info.json")
       os.replace(partial, str(builder.data_dir))
   return make_builder(mirror)
-
-
-def _copy_tree(source: str, target: str) -> None:
-  """Copies a dataset folder between a bucket and a disk, file by file, dataset_info.json last."""
-  storage.makedirs(target)
-  for name in sorted(storage.listdir(source), key=lambda n: n == "dataset_info.json"):
-    child = storage.join(source, name)
-    if storage.isdir(child):
-      _copy_tree(child, storage.join(target, name))
-    else:
-      storage.write_bytes(storage.join(target, name), storage.read_bytes(child))
 
 
 def _quiet_build(builder: tfds.core.DatasetBuilder) -> None:
