@@ -30,15 +30,14 @@ import hashlib
 import importlib
 import io
 import json
-import os
 import time
 from typing import Callable
 
-from etils import epath
 import jax
 import ml_collections
 import numpy as np
 
+from multimodal_jax import storage
 from multimodal_jax.methods import base as methods_base
 
 PREPARED_FILE = "prepared.npz"
@@ -80,22 +79,18 @@ def has_prepare(config: ml_collections.ConfigDict) -> bool:
 
 
 def save(workdir: str, arrays: Prepared, fp: str) -> None:
-  """Writes `prepared.npz` atomically (a temporary file, then a rename)."""
+  """Writes `prepared.npz` whole or not at all (`storage.write_bytes`: a disk or a bucket)."""
   buffer = io.BytesIO()
   np.savez(buffer, **{_FINGERPRINT_KEY: np.array(fp)}, **{k: np.asarray(v) for k, v in arrays.items()})
-  path = epath.Path(workdir) / PREPARED_FILE
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f".{PREPARED_FILE}.tmp{os.getpid()}"
-  tmp.write_bytes(buffer.getvalue())
-  tmp.replace(path)
+  storage.write_bytes(storage.join(workdir, PREPARED_FILE), buffer.getvalue())
 
 
 def load(workdir: str) -> tuple[dict[str, np.ndarray], str] | None:
   """(arrays, fingerprint) from `workdir/prepared.npz`, or None if there is none."""
-  path = epath.Path(workdir) / PREPARED_FILE
-  if not path.exists():
+  path = storage.join(workdir, PREPARED_FILE)
+  if not storage.exists(path):
     return None
-  with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
+  with np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False) as data:
     arrays = {k: data[k] for k in data.files if k != _FINGERPRINT_KEY}
     return arrays, str(data[_FINGERPRINT_KEY])
 
@@ -128,7 +123,7 @@ def prepare_or_restore(config: ml_collections.ConfigDict, workdir: str,
   fp = fingerprint(config)
   stored = load(workdir)
   if stored is not None and stored[1] == fp:
-    print(f"Restored the prepared dataset state from {os.path.join(workdir, PREPARED_FILE)}.", flush=True)
+    print(f"Restored the prepared dataset state from {storage.join(workdir, PREPARED_FILE)}.", flush=True)
     return stored[0]
   if stored is not None:
     print(f"The prepared state in {workdir} was made for other settings (fingerprint {stored[1]} != "
@@ -146,9 +141,9 @@ def for_inference(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   stored = load(workdir)
   if stored is not None:
     if stored[1] != fingerprint(config):
-      raise ValueError(f"{os.path.join(workdir, PREPARED_FILE)} does not match the run's config "
+      raise ValueError(f"{storage.join(workdir, PREPARED_FILE)} does not match the run's config "
                        f"(fingerprint {stored[1]} != {fingerprint(config)}); was the workdir reused?")
     return stored[0]
-  print(f"{os.path.join(workdir, PREPARED_FILE)} is missing: recomputing the prepared state from the "
+  print(f"{storage.join(workdir, PREPARED_FILE)} is missing: recomputing the prepared state from the "
         "training data.", flush=True)
   return compute(config)
