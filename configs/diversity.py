@@ -82,6 +82,9 @@ def get_config(arg=None):
   config.diversity.l1_weight = 100.0  # alpha, Eq. 2 (pix2pix)
   # False: the noise channel is zeros, the base network as published (pix2pix's only noise is dropout).
   config.diversity.noise_input = not arg.no_noise_input
+  # pix2pix samples with its dropout on, as at test time in pix2pix; False: only the noise input varies them
+  # (evaluate --override=diversity.sample_dropout=false does the same on a trained run).
+  config.diversity.sample_dropout = True
 
   config.model = ml_collections.ConfigDict()
   config.discriminator = ml_collections.ConfigDict()

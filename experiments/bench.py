@@ -2,6 +2,9 @@ r"""Every method's training and sampling speed, memory and FLOP/s in one run (is
 
   python experiments/bench.py [--methods=regression,srim] [--rounds=3] [--min_seconds=10] [--record]
   python experiments/bench.py --quick     # 5 of the 10 rows, m = 4, 16, 64
+  python experiments/bench.py --methods= --selection_m= --flow_workdir=/tmp/flow_matching \
+      --output=experiments/results/bench_flow_matching.md \
+      --imle_workdir=/tmp/layout_imle    # flow matching's recall and speed at N = 1 ... 64 vs IMLE
 
 --quick with its 5 rows took 13 min on the 2-core CPU beside three training
 jobs (5.6 min of CPU time, most of it compilation); with 7 rows
@@ -37,6 +40,12 @@ configs/layout_imle.py's default (select_nearest_latents with its CRN
 generator, pixel l1 and rarity mask, |S| = 32, chunks of min(m, 16)) for
 m = 4 ... 64: seconds per selection of the pool and samples per second.
 `--record` also writes the numbers as JSON (bench_common.write_record).
+With `--flow_workdir` (a trained configs/flow_matching.py run) and
+`--imle_workdir` (e.g. configs/layout_imle.py's default on the same data):
+flow matching's mode recall, precision and sampling images/s at each sampler
+step count N (`evaluate --override=flow_matching.sample_steps=N`), the IMLE
+run's, and the ratio of IMLE's images/s to flow matching's at the first N
+whose recall reaches IMLE's (issue 42).
 
 The CPU this was written on is shared with other jobs and noisy: only ratios
 measured in one run (one method against another, against the matmul peak
@@ -78,6 +87,7 @@ METHODS = {
     "pix2pix_diversity": ("diversity.py", None),
     "crn_diversity": ("diversity.py", "crn"),
     "srim": ("srim.py", None),
+    "flow_matching": ("flow_matching.py", None),
 }
 # --quick: one config per kind of round (one step; IMLE's select + L updates with a CRN and with an RRDB;
 # cGML's z, Z, G steps; a GAN's D and G steps); the other rows differ from these in their configs only.
@@ -102,6 +112,14 @@ _SELECTION_M = flags.DEFINE_list("selection_m", [str(m) for m in SELECTION_M],
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "Datasets' dir ('': $MULTIMODAL_JAX_DATA_DIR).")
 _OUTPUT = flags.DEFINE_string("output", RESULTS_MD, "Where the Markdown table goes.")
 _RECORD = flags.DEFINE_bool("record", False, "Also write the JSON record to experiments/results/.")
+_FLOW_WORKDIR = flags.DEFINE_string("flow_workdir", None, "A trained configs/flow_matching.py run: its mode recall "
+                                    "and sampling speed at each of --flow_steps, against --imle_workdir's.")
+_IMLE_WORKDIR = flags.DEFINE_string("imle_workdir", None, "The trained run flow matching is compared with "
+                                    "(e.g. configs/layout_imle.py's default, on the same data).")
+_FLOW_STEPS = flags.DEFINE_list("flow_steps", ["1", "2", "4", "8", "16", "32", "64"],
+                                "Sampler steps N of the flow comparison.")
+_FLOW_INPUTS = flags.DEFINE_integer("flow_inputs", 16, "Eval inputs of the flow comparison's mode recall "
+                                    "(64 samples each, as evaluate's default).")
 
 
 class MeasuredSteps(train.CompiledSteps):
@@ -198,6 +216,72 @@ def bench_method(name: str, config, peak_flops: float, *, config_name: str = "",
           "peak_gflop_per_s": peak_flops / 1e9, "flops_over_peak": flops / round_seconds / peak_flops}
 
 
+def recall_and_speed(workdir: str, overrides: list[str], inputs: int, repeats: int) -> dict:
+  """Mode recall / precision (`evaluate`, 64 samples per input) and sampling images/s of a trained run."""
+  from multimodal_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from multimodal_jax import inference  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory(prefix="bench_eval_") as scratch:
+    metrics = evaluate.evaluate(workdir, num_inputs=inputs, num_samples=2, mode_samples=64, evals="modes",
+                                out=os.path.join(scratch, "eval.json"), overrides=overrides)["metrics"]
+  config, method, state, _ = inference.load_trained(workdir, overrides=overrides)
+  replicated = sharding.replicated(sharding.make_mesh())
+  rate = sampling_rate(config, method, state, replicated, _SAMPLE_INPUTS.value, _SAMPLES_PER_INPUT.value, repeats)
+  return {"recall": metrics.get("mode_recall"), "precision": metrics.get("mode_precision"),
+          "recall_nearest": metrics.get("mode_recall_nearest"), "images_per_s": rate,
+          "description": method.description}
+
+
+def flow_comparison(flow_workdir: str, imle_workdir: str | None, steps: list[int], inputs: int,
+                    repeats: int) -> dict:
+  """Issue 42: flow matching's recall and speed per N, and the speed ratio at the N matching IMLE's recall.
+
+  The ratio is IMLE's images/s over flow matching's at the smallest N whose
+  mode recall reaches the IMLE run's (None when no N does), all in this run.
+  """
+  flow = []
+  for n in steps:
+    print(f"== flow matching, N = {n}", flush=True)
+    flow.append({"steps": n, **recall_and_speed(flow_workdir, [f"flow_matching.sample_steps={n}"], inputs, repeats)})
+    print(f"   recall {flow[-1]['recall']:.3f} precision {flow[-1]['precision']:.3f}, "
+          f"{flow[-1]['images_per_s']:.1f} images/s", flush=True)
+  out = {"flow": flow, "imle": None, "matching_steps": None, "speed_ratio": None}
+  if imle_workdir:
+    print("== the IMLE run", flush=True)
+    out["imle"] = recall_and_speed(imle_workdir, [], inputs, repeats)
+    out["matching_steps"], out["speed_ratio"] = speed_ratio(flow, out["imle"])
+  return out
+
+
+def speed_ratio(flow: list[dict], imle: dict) -> tuple[int | None, float | None]:
+  """(N, IMLE images/s ÷ flow images/s at N) for the smallest N whose recall reaches IMLE's; (None, None) if none."""
+  reached = sorted((row for row in flow if row["recall"] is not None and row["recall"] >= imle["recall"]),
+                   key=lambda row: row["steps"])
+  if not reached:
+    return None, None
+  return reached[0]["steps"], imle["images_per_s"] / reached[0]["images_per_s"]
+
+
+def flow_markdown(result: dict, inputs: int = 16) -> list[str]:
+  lines = ["", "Flow matching against the sampler's steps N (`--flow_workdir`; mode recall and precision from "
+           f"`evaluate`, {inputs} inputs x 64 samples; images/s: jit(method.sample), the best repeat):", "",
+           "| sampler | mode recall | precision | recall (nearest, no tolerance) | images/s | IMLE images/s ÷ this |",
+           "|---|--:|--:|--:|--:|--:|"]
+  imle = result["imle"]
+  ratio = lambda row: f"{imle['images_per_s'] / row['images_per_s']:.1f}" if imle else "—"
+  for row in result["flow"]:
+    lines.append(f"| flow matching, x {row['steps']} steps | {row['recall']:.3f} | {row['precision']:.3f} "
+                 f"| {row['recall_nearest']:.3f} | {row['images_per_s']:.1f} | {ratio(row)} |")
+  if imle:
+    lines.append(f"| IMLE run (one forward pass) | {imle['recall']:.3f} | {imle['precision']:.3f} "
+                 f"| {imle['recall_nearest']:.3f} | {imle['images_per_s']:.1f} | 1 |")
+    if result["speed_ratio"] is None:
+      lines += ["", f"No N reached the IMLE run's mode recall {imle['recall']:.3f}."]
+    else:
+      lines += ["", f"IMLE images/s ÷ flow matching images/s at N = {result['matching_steps']} (the first N whose "
+                f"recall reaches IMLE's {imle['recall']:.3f}): **{result['speed_ratio']:.1f}x**."]
+  return lines
+
+
 def selection_scaling(m_values: list[int], repeats: int, peak_of: Callable[[str], float], data_dir: str,
                       workdir: str) -> list[dict]:
   """Seconds per selection of the pool and samples/s of layout_imle's compiled select step, per m."""
@@ -240,9 +324,12 @@ def markdown(rows: list[dict], selection: list[dict], peaks: dict[str, float], c
       f"{info['backend']} device(s) ({info['device_kind']}), jax {info['jax']}, commit {info['commit']}.",
       "Matmul peak measured in this run: " + ", ".join(f"{d} {p / 1e9:.1f} GFLOP/s" for d, p in peaks.items())
       + ".", "",
-      "| method | config | trains | batch | updates/round | updates/s | examples/s | images/s (sampling) "
-      "| peak memory (MiB) | GFLOP/round | GFLOP/s | ÷ matmul peak |",
-      "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+  ]
+  if rows:
+    lines += [
+        "| method | config | trains | batch | updates/round | updates/s | examples/s | images/s (sampling) "
+        "| peak memory (MiB) | GFLOP/round | GFLOP/s | ÷ matmul peak |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
   for r in rows:
     lines.append(f"| {r['method']} | {r['config']} | {r['trains']} | {r['batch_size']} "
                  f"| {r['updates_per_round']:g} | {r['updates_per_s']:.2f} | {r['examples_per_s']:.1f} "
@@ -295,7 +382,10 @@ def main(argv):
       print(f"{dtype} matmul peak: {peaks[dtype] / 1e9:.1f} GFLOP/s", flush=True)
     return peaks[dtype]
 
-  rows, selection = [], []
+  rows, selection, flow = [], [], None
+  if _FLOW_WORKDIR.value:
+    flow = flow_comparison(_FLOW_WORKDIR.value, _IMLE_WORKDIR.value, [int(n) for n in _FLOW_STEPS.value],
+                           _FLOW_INPUTS.value, run["repeats"])
   with tempfile.TemporaryDirectory(prefix="bench_") as root:
     workdir = lambda file_arg: os.path.join(root, config_name(file_arg))  # prepared states, shared
     for name in run["methods"]:
@@ -315,14 +405,17 @@ def main(argv):
       selection = selection_scaling(run["selection_m"], run["repeats"], peak, _DATA_DIR.value,
                                     workdir(SELECTION_CONFIG))
   text = markdown(rows, selection, peaks, " ".join(["python experiments/bench.py"] + sys.argv[1:]))
+  if flow:
+    text += "\n".join(flow_markdown(flow, _FLOW_INPUTS.value)) + "\n"
   print("\n" + text)
   os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
   with open(_OUTPUT.value, "w") as f:
     f.write(text)
   print(f"table: {_OUTPUT.value}")
   if _RECORD.value:
-    path = bench_common.write_record("bench", "/".join(peaks), max(peaks.values()),
-                                     {"methods": rows, "selection": selection}, dict(run, quick=_QUICK.value))
+    path = bench_common.write_record("bench", "/".join(peaks) or "none", max(peaks.values(), default=0.0),
+                                     {"methods": rows, "selection": selection, "flow_matching": flow},
+                                     dict(run, quick=_QUICK.value))
     print(f"record: {path}")
 
 

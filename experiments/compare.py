@@ -99,11 +99,14 @@ RUNS = (
     Run("pix2pix_published", "pix2pix as published (dropout noise only)", TOY, "diversity.py", "no_noise_input", 60),
     Run("crn_diversity", "CRN + diversity loss", TOY, "diversity.py", "crn", 60),
     Run("crn", "CRN (+ noise channel)", TOY, "diversity.py", "crn,no_diversity", 60),
+    Run("flow_matching", "flow matching (iterative reference)", TOY, "flow_matching.py", "", 240),
     Run("sr_regression", "L1 regression", SR, "regression.py", "data=local_photos_sr", 150),
     Run("srim", "SRIM (conditional IMLE)", SR, "srim.py", "", 150),
+    Run("sr_flow_matching", "flow matching (iterative reference)", SR, "flow_matching.py", "sr", 150),
     Run("digits_regression", "L1 regression", DIGITS, "regression.py", "data=digits_completion", 150),
     Run("digits_cgml", "cGML", DIGITS, "cgml.py", "completion", 42),
     Run("digits_imle", "conditional IMLE", DIGITS, "imle_digits", "", 160),
+    Run("digits_flow_matching", "flow matching (iterative reference)", DIGITS, "flow_matching.py", "digits", 150),
 )
 
 

@@ -134,6 +134,13 @@ def define_import_flag() -> None:
         "dataset or a method; it must be importable (its directory on PYTHONPATH or the current one).")
 
 
+def define_override_flag() -> None:
+  """Defines evaluate's and sample's repeatable `--override=KEY=VALUE` (inference.apply_overrides)."""
+  if "override" not in flags.FLAGS:
+    flags.DEFINE_multi_string("override", [], "KEY=VALUE: an inference-time setting of the run's method, e.g. "
+                              "flow_matching.sample_steps=8 (repeatable; the method's INFERENCE_KEYS).")
+
+
 def import_flagged_modules() -> None:
   """Imports the `--import` modules, in order (`plugins.import_modules`)."""
   plugins.import_modules(flags.FLAGS[IMPORT_FLAG].value)

@@ -25,7 +25,7 @@ import errno
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from absl import app
 from absl import flags
@@ -75,20 +75,23 @@ def evaluator_names(config, evals: str | None = None, reality_mode: str = "auto"
 
 def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: int | None = None,
              seed: int = 0, weights_dir: str | None = None, mode_samples: int = 64, evals: str | None = None,
-             reality_mode: str = "auto", return_samples: bool = False, out: str | None = None) -> dict[str, Any]:
+             reality_mode: str = "auto", return_samples: bool = False, out: str | None = None,
+             overrides: Sequence[str] = ()) -> dict[str, Any]:
   """Evaluates the run in `workdir`; prints, writes eval.json and TensorBoard scalars; returns the json dict.
 
   `mode_samples`: samples per input for the mode metrics (a second draw with the
   same seed; the same samples when equal to `num_samples`). `return_samples`:
   also return the drawn arrays under "arrays" (samples, mode_samples, true_modes, label).
   `out`: write the json there instead of `workdir`'s eval.json and eval_<step>.json.
+  `overrides`: "KEY=VALUE" inference-time settings (`inference.apply_overrides`,
+  e.g. flow_matching.sample_steps=8), recorded in the json.
   """
   if num_samples < 2:
     raise ArgumentError(f"--num_samples must be >= 2 to measure diversity; got {num_samples}.")
   if mode_samples < 1:
     raise ArgumentError(f"--mode_samples must be >= 1; got {mode_samples}.")
   start = time.time()
-  config, method, state, _ = inference.load_trained(workdir, step)
+  config, method, state, _ = inference.load_trained(workdir, step, overrides=overrides)
   names = evaluator_names(config, evals, reality_mode)
   batch = pipeline.load_eval_examples(config, num_inputs, allow_fewer=True)
   ctx = evaluators.Context(config, method, state, workdir, batch, samples=None, seed=seed,
@@ -98,7 +101,7 @@ def evaluate(workdir: str, num_inputs: int = 16, num_samples: int = 16, step: in
   result = {"workdir": storage.resolve(workdir), "step": int(jax.device_get(state.step)), "method": config.method,
             "dataset": config.data.name, "builder_config": config.data.builder_config,
             "num_inputs": len(batch["x"]), "num_samples": num_samples, "mode_samples": mode_samples,
-            "seed": seed, "evals": names, "parameters": evaluators.parameter_counts(state), **ctx.info,
+            "seed": seed, "evals": names, **({"overrides": list(overrides)} if overrides else {}), "parameters": evaluators.parameter_counts(state), **ctx.info,
             "metrics": ctx.scalars, "skipped": ctx.skipped}
   print(summary(result, time.time() - start), flush=True)
   if jax.process_index() == 0:
@@ -189,6 +192,7 @@ def _define_flags() -> None:
   flags.DEFINE_string("evals", None, "Comma-separated evaluators to run instead of the config's `evals`.")
   flags.DEFINE_enum("reality", "auto", REALITY_CHOICES, "Reality metrics of layout datasets (a segmentation "
                     "net trained on real images, cached in the workdir): auto = as the config's `evals` say.")
+  cli.define_override_flag()
   cli.define_import_flag()
 
 
@@ -201,7 +205,7 @@ def main(argv):
   # (errors.UserError, cli.user_errors).
   evaluate(f.workdir, num_inputs=f.num_inputs, num_samples=f.num_samples, step=f.step, seed=f.seed,
            weights_dir=f.weights_dir, mode_samples=f.mode_samples, evals=f.evals, reality_mode=f.reality,
-           out=f.out)
+           out=f.out, overrides=f.override)
 
 
 if __name__ == "__main__":

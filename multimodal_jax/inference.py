@@ -10,12 +10,15 @@ multimodal_jax/sharding.py.
 
 from __future__ import annotations
 
+import importlib
+from typing import Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
 from multimodal_jax import checkpointing
+from multimodal_jax import errors
 from multimodal_jax import plugins
 from multimodal_jax import prepared as prepared_lib
 from multimodal_jax import sharding
@@ -38,13 +41,64 @@ def _missing_config_key(error: AttributeError) -> str | None:
   return str(cause.args[0]).strip("'") if isinstance(cause, KeyError) and cause.args else None
 
 
-def load_trained(workdir: str, step: int | None = None):
+class OverrideError(errors.UserError, ValueError):
+  """A bad `--override KEY=VALUE` of evaluate / sample (printed as one line)."""
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+  """`config` (unlocked copy) with "KEY=VALUE" settings applied; only the method's `INFERENCE_KEYS` may change.
+
+  Those are the keys that act at sampling alone (e.g. flow matching's
+  `flow_matching.sample_steps`), so the trained state restores unchanged.
+  VALUE is read as the key's current type (int, float, bool or str).
+  """
+  allowed = getattr(importlib.import_module(methods_base.METHODS[config.method]), "INFERENCE_KEYS", ())
+  config = ml_collections.ConfigDict(config.to_dict())
+  for item in overrides:
+    key, sep, text = item.partition("=")
+    if not sep or key not in allowed:
+      valid = ", ".join(allowed) if allowed else f"none: method {config.method!r} has no inference-time settings"
+      raise OverrideError(f"--override {item!r}: expected KEY=VALUE with KEY one of the run's inference-time "
+                          f"settings ({valid}).")
+    section, name = key.rsplit(".", 1)
+    # A run recorded before the key existed: the method's default (its `.get`) had the key's type.
+    current = config[section].get(name, _literal(text))
+    try:
+      if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+          raise ValueError(text)
+        value = text.lower() in ("true", "1")
+      else:
+        value = type(current)(text)
+    except ValueError:
+      kind = type(current).__name__
+      raise OverrideError(f"--override {item!r}: {key} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}; "
+                          f"got {text!r}.") from None
+    config[section][name] = value
+  return config
+
+
+def _literal(text: str):
+  """'true' / 'false' -> bool, then int, float, or the text itself."""
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
+
+
+def load_trained(workdir: str, step: int | None = None, overrides: Sequence[str] = ()):
   """Restores a trained run for inference: (config, method, state, batch_spec).
 
   Reads `run_info.json`, the prepared state (`prepared.npz`) and the newest (or
   the given) checkpoint of `workdir`; the state is placed on the local
   devices, replicated. The user modules the run was trained with (`--import`)
-  are imported first: they register its dataset or method.
+  are imported first: they register its dataset or method. `overrides`:
+  "KEY=VALUE" inference-time settings (`apply_overrides`), validated like a
+  training config.
   """
   storage.check_client(workdir)
   path = storage.join(workdir, workdir_lib.RUN_INFO)
@@ -52,13 +106,21 @@ def load_trained(workdir: str, step: int | None = None):
     raise NotARunError(f"{path} not found: is {workdir} the --workdir of a training run?")
   info = workdir_lib.read_run_info(workdir)
   plugins.import_modules(info.get("imports", []), origin=f"recorded in {path}")
-  config = ml_collections.ConfigDict(info["config"])
+  config = recorded = ml_collections.ConfigDict(info["config"])
+  recorded.lock()
+  if overrides:
+    config = apply_overrides(recorded, overrides)
+    try:
+      methods_base.validate_method_config(config)
+    except ValueError as e:
+      raise OverrideError(f"--override: {e}") from None
   config.lock()
   batch_spec = {k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
                 for k, (shape, dtype) in info["batch_spec"].items()}
   replicated = sharding.replicated(sharding.make_mesh())
   try:
-    method = methods_base.make_method(config, batch_spec, prepared_lib.for_inference(config, workdir))
+    # The prepared state was computed for the recorded config (an override acts at sampling only).
+    method = methods_base.make_method(config, batch_spec, prepared_lib.for_inference(recorded, workdir))
     abstract_state = sharding.abstract_state(method.init, jax.random.PRNGKey(config.seed), replicated)
   except AttributeError as e:
     key = _missing_config_key(e)

@@ -78,6 +78,7 @@ if __name__ == "__main__":  # Ctrl-C while the imports below load: one line, not
 import io
 import os
 import warnings
+from typing import Sequence
 
 from absl import app
 from absl import flags
@@ -247,7 +248,7 @@ def _grid_description(out, grid, config, extra, outputs, rows, columns, has_refe
 def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_samples: int | None = None,
                   num_inputs: int = 4, extra: str | None = None, step: int | None = None, seed: int = 0,
                   diff_gain: float = 1.0, same_code: bool = False, labels: bool = True,
-                  std_map: bool | None = None) -> np.ndarray:
+                  std_map: bool | None = None, overrides: Sequence[str] = ()) -> np.ndarray:
   """Draws samples (or the outputs of `method.extras[extra]`) of the run in `workdir` into a PNG grid.
 
   With `same_code` every input gets the same random codes (`draw_outputs`).
@@ -256,7 +257,8 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
   10 per input on super-resolution runs, 16 on others. `std_map` adds the
   per-pixel standard deviation across the drawn samples as a column
   (`grids.std_map`, scaled by its maximum); None: on for the samples of
-  super-resolution runs, off otherwise.
+  super-resolution runs, off otherwise. `overrides`: "KEY=VALUE" inference-time
+  settings of the method (`inference.apply_overrides`).
 
   Returns:
     The grid, float32 [rows, cols, 3] in [0, 1], as written to `out`.
@@ -266,7 +268,7 @@ def sample_to_png(workdir: str, out: str, input_path: str | None = None, num_sam
     open_image(input_path)  # A bad input fails before the run is restored and sampled.
   if diff_gain <= 0:
     raise InputError(f"--diff_gain must be > 0, got {diff_gain}.")
-  config, method, state, batch_spec = inference.load_trained(workdir, step)
+  config, method, state, batch_spec = inference.load_trained(workdir, step, overrides=overrides)
   if extra is None:
     fn = method.sample
   elif extra in method.extras:
@@ -340,6 +342,7 @@ def _define_flags() -> None:
   flags.DEFINE_bool("labels", True, "Title the grid's columns (input, bicubic, 1..N, std, truth) and rows.")
   flags.DEFINE_bool("std_map", None, "A column of each pixel's standard deviation across the samples, scaled "
                     "by its maximum (the column's title); default: on for super-resolution samples.")
+  cli.define_override_flag()
   cli.define_import_flag()
 
 
@@ -351,7 +354,7 @@ def main(argv):
   # A bad input or out, not a run, no checkpoint restores: one line (errors.UserError, cli.user_errors).
   sample_to_png(f.workdir, f.out, input_path=f.input, num_samples=f.num_samples,
                 num_inputs=f.num_inputs, extra=f.extra, step=f.step, seed=f.seed, diff_gain=f.diff_gain,
-                same_code=f.same_code, labels=f.labels, std_map=f.std_map)
+                same_code=f.same_code, labels=f.labels, std_map=f.std_map, overrides=f.override)
 
 
 if __name__ == "__main__":

@@ -115,3 +115,14 @@ def test_bench_row_of_a_tiny_method_has_positive_rates_and_a_sane_flop_ratio(dat
   assert row["gflop_per_round"] > 0 and 0 < row["flops_over_peak"] < 10
   assert row["peak_bytes"] is None or row["peak_bytes"] > 0
   assert "| regression | regression.py:runlocal |" in bench.markdown([row], [], {"float32": peak}, "bench.py")
+
+
+def test_flow_speed_ratio_is_taken_at_the_first_n_reaching_the_imle_recall():
+  flow = [{"steps": n, "recall": r, "precision": 0.5, "recall_nearest": r, "images_per_s": 100.0 / n}
+          for n, r in [(1, 0.2), (4, 0.91), (2, 0.6), (8, 0.95)]]
+  imle = {"recall": 0.9, "precision": 0.9, "recall_nearest": 0.95, "images_per_s": 400.0}
+  assert bench.speed_ratio(flow, imle) == (4, 16.0)  # 400 / 25: N = 4 is the smallest N with recall >= 0.9
+  assert bench.speed_ratio(flow, dict(imle, recall=0.99)) == (None, None)
+  text = "\n".join(bench.flow_markdown({"flow": flow, "imle": imle, "matching_steps": 4, "speed_ratio": 16.0}))
+  assert "| flow matching, x 4 steps | 0.910 | 0.500 | 0.910 | 25.0 | 16.0 |" in text
+  assert "at N = 4" in text and "**16.0x**" in text

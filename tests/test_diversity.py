@@ -255,3 +255,58 @@ def test_evaluate_summary_names_each_class_ratio_and_per_segment_modes():
   assert "rarer half" not in text
   m["mode_recall_rare"] = 0.328
   assert "precision 0.000; recall of the rarer half of the modes 0.328\n" in evaluate.summary(result, 1.0)
+
+
+@pytest.mark.parametrize("arg", ["no_noise_input,runlocal", "runlocal"])
+def test_sample_dropout_off_leaves_only_the_noise_input_to_vary_the_samples(arg):
+  """Issue 38: without dropout at sampling, the published pix2pix (no noise input) repeats one image;
+  with the noise input the samples still differ, and dropout on varies both."""
+  config, _ = load_config(CONFIG, arg)
+  spec = {"x": jax.ShapeDtypeStruct((2, 32, 64, 6), jnp.float32), "y": jax.ShapeDtypeStruct((2, 32, 64, 3), jnp.float32),
+          "label": jax.ShapeDtypeStruct((2, 32, 64), jnp.int32)}
+  label = np.zeros((2, 32, 64), np.int32)
+  label[:, 16:] = 2
+  x = jnp.asarray(np.eye(6, dtype=np.float32)[label])
+  spread = {}
+  for dropout in (True, False):
+    with config.unlocked():
+      config.diversity.sample_dropout = dropout
+    method = methods_base.make_method(config, spec, {})
+    state = jax.jit(method.init)(jax.random.PRNGKey(0))
+    samples = np.asarray(method.sample(state, x, jax.random.PRNGKey(1), 3))
+    spread[dropout] = np.abs(samples - samples[:, :1]).max()
+  assert spread[True] > 1e-5
+  if arg.startswith("no_noise_input"):
+    assert spread[False] == 0.0
+  else:
+    assert spread[False] > 1e-5
+
+
+def test_sample_dropout_override_reaches_a_run_recorded_before_the_key():
+  from multimodal_jax import inference  # pylint: disable=g-import-not-at-top
+  config, _ = load_config(CONFIG, "runlocal")
+  recorded = config.to_dict()
+  del recorded["diversity"]["sample_dropout"]
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  old = ml_collections.ConfigDict(recorded)
+  assert inference.apply_overrides(old, ["diversity.sample_dropout=false"]).diversity.sample_dropout is False
+  assert inference.apply_overrides(config, ["diversity.sample_dropout=0"]).diversity.sample_dropout is False
+  with pytest.raises(inference.OverrideError, match=r"diversity.sample_dropout is a bool; got 'maybe'\.$"):
+    inference.apply_overrides(config, ["diversity.sample_dropout=maybe"])
+
+
+def test_a_trained_run_restores_with_sample_dropout_overridden(data_dir, tmp_path):
+  """The prepared state's fingerprint covers `config.diversity`: an override must not break the restore."""
+  from multimodal_jax import inference  # pylint: disable=g-import-not-at-top
+  from multimodal_jax import train  # pylint: disable=g-import-not-at-top
+  config, _ = load_config(CONFIG, "no_noise_input,runlocal")
+  with config.unlocked():
+    config.data.data_dir = data_dir
+    config.train.final_evals = ()
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  overridden, method, state, batch_spec = inference.load_trained(workdir, overrides=["diversity.sample_dropout=false"])
+  assert overridden.diversity.sample_dropout is False
+  x = jnp.asarray(np.eye(batch_spec["x"].shape[-1], dtype=np.float32)[np.zeros((1,) + batch_spec["x"].shape[1:3], int)])
+  samples = np.asarray(method.sample(state, x, jax.random.PRNGKey(0), 3))
+  assert np.abs(samples - samples[:, :1]).max() == 0.0  # no noise input, no dropout: one image

@@ -504,8 +504,8 @@ def _with_extras(monkeypatch, **extras):
   """Makes sample_to_png see the run's method with `extras` (fn(method) -> inference function)."""
   load_trained = inference.load_trained
 
-  def with_extras(workdir, step=None):
-    config, method, state, batch_spec = load_trained(workdir, step)
+  def with_extras(workdir, step=None, **kwargs):
+    config, method, state, batch_spec = load_trained(workdir, step, **kwargs)
     made = {name: make(method) for name, make in extras.items()}
     return config, dataclasses.replace(method, extras=made), state, batch_spec
 

@@ -135,6 +135,10 @@ def _models():
                               registry.ModelIO((32, 32, 1), (32, 32, 1), (z_dim,))),
       "cgml_mlp": _cgml_case(load_config("cgml.py", "toy3d,runlocal").model,
                              registry.ModelIO((1, 1, 1), (1, 1, 3), (z_dim,))),
+      # x (the input) and y_t (the flow's state) at once: z stands in for y_t here.
+      "velocity_unet": (load_config("flow_matching.py", "runlocal").model, registry.ModelIO((32, 64, 6), (32, 64, 3)),
+                        (32, 64, 3), lambda m, rng, x, z: m.init(rng, x, z, jnp.zeros(x.shape[:1])),
+                        lambda m, v, x, z, rng: m.apply(v, x, z, jnp.full(x.shape[:1], 0.5))),
   }
 
 

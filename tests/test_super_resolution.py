@@ -201,8 +201,8 @@ def _with_noisy_samples(monkeypatch):
   """Makes sample_to_png see the SR regression with noise added to its samples: N different images."""
   load_trained = inference.load_trained
 
-  def noisy(workdir, step=None):
-    config, method, state, batch_spec = load_trained(workdir, step)
+  def noisy(workdir, step=None, **kwargs):
+    config, method, state, batch_spec = load_trained(workdir, step, **kwargs)
     def sample(state, x, rng, n):
       y = method.sample(state, x, rng, n)
       return jnp.clip(y + 0.1 * jax.random.normal(jax.random.fold_in(rng, 1), y.shape), 0.0, 1.0)
@@ -250,8 +250,8 @@ def test_identical_sr_samples_give_an_all_zero_std_map_and_10_samples_by_default
 def test_an_explicit_std_map_of_iterates_is_a_one_line_error(sr_workdir, tmp_path, monkeypatch):
   load_trained = inference.load_trained
 
-  def with_trajectory(workdir, step=None):
-    config, method, state, batch_spec = load_trained(workdir, step)
+  def with_trajectory(workdir, step=None, **kwargs):
+    config, method, state, batch_spec = load_trained(workdir, step, **kwargs)
     trajectory = lambda state, x, rng, n: jnp.stack([method.sample(state, x, rng, n)] * 2, axis=2)
     return config, dataclasses.replace(method, extras={"trajectory": trajectory}), state, batch_spec
 

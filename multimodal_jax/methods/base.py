@@ -117,6 +117,7 @@ METHODS: dict[str, str] = {
     "cgml": "multimodal_jax.methods.cgml",
     "latent_codes": "multimodal_jax.methods.latent_codes",
     "diversity": "multimodal_jax.methods.diversity",
+    "flow_matching": "multimodal_jax.methods.flow_matching",
 }
 
 

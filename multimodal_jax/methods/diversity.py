@@ -36,7 +36,9 @@ the paper cites (§III-A, §IV-B "Comparison").
 
 Sampling (which sees only x) takes the class ids as argmax of the one-hot layout
 x, and draws a fresh n per sample (and, for pix2pix, keeps dropout on, as
-pix2pix does at test time). Extras `gradation_<c>` (class id c; §IV-B, Fig. 2-3): for
+pix2pix does at test time; `diversity.sample_dropout = False` turns it off,
+also on a trained run: `evaluate --override=diversity.sample_dropout=false`,
+to tell the variation the noise input makes from the dropout's). Extras `gradation_<c>` (class id c; §IV-B, Fig. 2-3): for
 each input, the outputs as n^c sweeps from -1 to 1 with the other entries fixed
 at one random draw; `evaluate` turns them into the noise-linking ratio.
 """
@@ -65,7 +67,10 @@ BASES = ("pix2pix", "crn")
 # The prepared state's config sections (besides data): the base, and the distance's calibration.
 PREPARE_DEPENDS_ON = ("diversity", "distance")
 # The keys of `config.diversity` this module reads (`config_lib.check_section_keys`).
-CONFIG_SCHEMA = {"diversity": dict.fromkeys(("base", "beta", "l1_weight", "lambda_c", "noise_input"))}
+CONFIG_SCHEMA = {"diversity": dict.fromkeys(("base", "beta", "l1_weight", "lambda_c", "noise_input",
+                                             "sample_dropout"))}
+# Keys `evaluate --override` / `sample --override` may change on a trained run (inference.apply_overrides).
+INFERENCE_KEYS = ("diversity.sample_dropout",)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -109,9 +114,9 @@ class _Parts(NamedTuple):
   def gan(self) -> bool:
     return self.discriminator is not None
 
-  def generate(self, params, x, z, rng, paired: bool = False):
+  def generate(self, params, x, z, rng, paired: bool = False, dropout: bool = True):
     """G(x, z); `paired`: x is two halves that share one dropout mask (`div.paired_outputs`)."""
-    kwargs = {"train": True, "paired_dropout": paired} if self.takes_train else {}
+    kwargs = {"train": dropout, "paired_dropout": paired} if self.takes_train else {}
     return self.generator.apply({"params": params}, x, z, rngs={"dropout": rng}, **kwargs)
 
   def logits(self, params, x, y):
@@ -130,7 +135,9 @@ class _Parts(NamedTuple):
     """[B, N, H, W, C]: G(l, n_j) for N noise vectors per input (the layout's argmax is its label)."""
     params = state.networks["generator"].params
     label = jnp.argmax(x, axis=-1)
-    y_NxB = jax.lax.map(lambda a: self.generate(params, x, self.channel(label, a[0]), a[1]), (n_NxBxC, rngs_N))
+    dropout = self.dv.get("sample_dropout", True)  # runs recorded before the key sampled with dropout
+    y_NxB = jax.lax.map(lambda a: self.generate(params, x, self.channel(label, a[0]), a[1], dropout=dropout),
+                        (n_NxBxC, rngs_N))
     return jnp.swapaxes(y_NxB, 0, 1)
 
 

@@ -53,6 +53,7 @@ GENERATOR = "generator"  # one module following the generator convention below
 CGML = "cgml"  # cGML's {encoder, generator, znet}
 DISCRIMINATOR = "discriminator"  # a GAN's D(x, y) -> logits, built from config.discriminator
 BRANCHED = "branched"  # n hypotheses per input: apply(x, z=None) -> [B, N, H, W, Cy] (models/dropout_codes.py)
+VELOCITY = "velocity"  # a flow's field: apply(x, y_t, t) -> v [B, H, W, Cy] (models/velocity_unet.py)
 
 MODELS: dict[str, tuple[str, str]] = {
     # name -> ("module:builder", kind)
@@ -64,6 +65,7 @@ MODELS: dict[str, tuple[str, str]] = {
     "cgml_unet": ("multimodal_jax.models.cgml_nets:build_unet", CGML),
     "unet": ("multimodal_jax.models.pix2pix:build_unet", GENERATOR),
     "patchgan": ("multimodal_jax.models.pix2pix:build_patchgan", DISCRIMINATOR),
+    "velocity_unet": ("multimodal_jax.models.velocity_unet:build", VELOCITY),
 }
 
 
