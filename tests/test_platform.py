@@ -113,7 +113,7 @@ def test_model_registry_builds_by_name_and_lists_the_valid_names():
   params = generator.init(jax.random.PRNGKey(0), x, z)
   assert generator.apply(params, x, z, bilinear=True).shape == (2, 32, 32, 3)
   with pytest.raises(ValueError, match=r"Unknown model name 'resnet'; valid: \['cgml_mlp', 'cgml_unet', "
-                     r"'conv_generator', 'crn', 'dropout_crn', 'patchgan', 'rrdb', 'unet'\]"):
+                     r"'conv_generator', 'crn', 'dropout_crn', 'patchgan', 'rrdb', 'unet', 'velocity_unet'\]"):
     cfg.unlock()
     cfg.name = "resnet"
     models.make_model(cfg, io)
