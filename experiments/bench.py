@@ -67,6 +67,8 @@ import bench_common
 import exp_util
 from multimodal_jax import cli
 from multimodal_jax import config_lib
+from multimodal_jax import evaluate
+from multimodal_jax import inference
 from multimodal_jax import prepared as prepared_lib
 from multimodal_jax import sharding
 from multimodal_jax import train
@@ -218,8 +220,6 @@ def bench_method(name: str, config, peak_flops: float, *, config_name: str = "",
 
 def recall_and_speed(workdir: str, overrides: list[str], inputs: int, repeats: int) -> dict:
   """Mode recall / precision (`evaluate`, 64 samples per input) and sampling images/s of a trained run."""
-  from multimodal_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from multimodal_jax import inference  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory(prefix="bench_eval_") as scratch:
     metrics = evaluate.evaluate(workdir, num_inputs=inputs, num_samples=2, mode_samples=64, evals="modes",
                                 out=os.path.join(scratch, "eval.json"), overrides=overrides)["metrics"]

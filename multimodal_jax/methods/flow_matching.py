@@ -42,6 +42,7 @@ pixel does not leave that noise in the samples (experiments/results/flow_matchin
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax
@@ -151,39 +152,61 @@ def trajectory_steps(num_steps: int, points: int = TRAJECTORY_POINTS) -> tuple[i
   return tuple(sorted({int(round(k)) for k in np.linspace(0, num_steps, min(points, num_steps + 1))}))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Flow:
+  """The flow's space and field: images <-> u = (y - ref) * scale, and v(u_t, t, x) from the network."""
+  model: Any
+  prediction: str  # 'velocity' or 'sample'
+  min_one_minus_t: float
+  skip: str  # 'none' or an upsampling method (`resolve_skip`)
+  scale: float
+  y_shape: tuple[int, ...]
+  factor: int  # output size / input size
+
+  def reference(self, x):
+    if self.skip == "none":
+      return jnp.full((x.shape[0],) + self.y_shape, 0.5, jnp.float32)
+    return models.upsample_reference(x[..., :self.y_shape[-1]], self.factor, self.skip)
+
+  def to_flow(self, y, x):
+    return (y - self.reference(x)) * self.scale
+
+  def to_image(self, u, x):
+    return jnp.clip(self.reference(x) + u / self.scale, 0.0, 1.0)
+
+  def field(self, params, x, u_t, t, floor=None):
+    """v(u_t, t, x) [B, ...]: the network's output, or derived from its clean-sample prediction.
+
+    Training bounds 1 - t below by `min_one_minus_t` (the loss's weight; `floor` None); the sampler,
+    whose t stays below 1, divides by 1 - t itself, so its last Euler step lands on the prediction.
+    """
+    out = self.model.apply({"params": params}, x, u_t, t)
+    if self.prediction == "velocity":
+      return out
+    floor = self.min_one_minus_t if floor is None else floor
+    return (out - u_t) / jnp.maximum(1.0 - t, floor)[:, None, None, None]
+
+
+def _description(fm: ml_collections.ConfigDict, flow: _Flow) -> str:
+  nfe = 2 * fm.sample_steps - 1 if fm.solver == "heun" else fm.sample_steps
+  time_text = ("t ~ U(0, 1)" if fm.time_sampling == "uniform" else
+               f"t ~ logit-normal({fm.logit_normal_mean:g}, {fm.logit_normal_std:g})")
+  return (f"conditional flow matching (straight path, {time_text}, predicts {flow.prediction}, skip {flow.skip}, "
+          f"scale {fm.scale:g}, EMA {fm.ema_decay:g}), {fm.solver} x {fm.sample_steps} steps "
+          f"({nfe} evaluations per sample)")
+
+
 def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
                 prepared: base.Prepared | None = None) -> base.Method:
   """Conditional flow matching bound to `config` and the batch shapes."""
   del prepared
   fm = config.flow_matching
-  # Runs recorded before `prediction` existed predicted the velocity.
-  prediction, min_one_minus_t = fm.get("prediction", "velocity"), fm.get("min_one_minus_t", 0.05)
   x_shape, y_shape = tuple(batch_spec["x"].shape[1:]), tuple(batch_spec["y"].shape[1:])
   model = models.make_model(config.model, models.ModelIO.of(batch_spec))
-  skip = resolve_skip(fm.skip, x_shape, y_shape)
-  factor = y_shape[0] // x_shape[0]
-
-  def reference(x):
-    if skip == "none":
-      return jnp.full((x.shape[0],) + y_shape, 0.5, jnp.float32)
-    return models.upsample_reference(x[..., :y_shape[-1]], factor, skip)
-
-  def to_flow(y, x):
-    return (y - reference(x)) * fm.scale
-
-  def to_image(u, x):
-    return jnp.clip(reference(x) + u / fm.scale, 0.0, 1.0)
-
-  def field(params, x, u_t, t, floor=min_one_minus_t):
-    """v(u_t, t, x) [B, ...]: the network's output, or derived from its clean-sample prediction.
-
-    Training bounds 1 - t below by `min_one_minus_t` (the loss's weight); the sampler, whose t
-    stays below 1, divides by 1 - t itself, so its last Euler step lands on the prediction.
-    """
-    out = model.apply({"params": params}, x, u_t, t)
-    if prediction == "velocity":
-      return out
-    return (out - u_t) / jnp.maximum(1.0 - t, floor)[:, None, None, None]
+  # Runs recorded before `prediction` existed predicted the velocity.
+  flow = _Flow(model=model, prediction=fm.get("prediction", "velocity"),
+               min_one_minus_t=fm.get("min_one_minus_t", 0.05), skip=resolve_skip(fm.skip, x_shape, y_shape),
+               scale=fm.scale, y_shape=y_shape, factor=y_shape[0] // x_shape[0])
 
   def init(rng):
     params_rng, state_rng = jax.random.split(rng)
@@ -196,13 +219,13 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   def train_step(state: FlowState, batch):
     rngs = common.step_rngs(state.rng, state.step, "noise", "time")
     x, y = batch["x"], batch["y"]
-    u1 = to_flow(y, x)
+    u1 = flow.to_flow(y, x)
     u0 = jax.random.normal(rngs["noise"], u1.shape)
     t = sample_times(fm, rngs["time"], u1.shape[0])
     u_t = (1.0 - t)[:, None, None, None] * u0 + t[:, None, None, None] * u1
 
     def loss_fn(params):
-      return jnp.mean(jnp.square(field(params, x, u_t, t) - (u1 - u0)))
+      return jnp.mean(jnp.square(flow.field(params, x, u_t, t) - (u1 - u0)))
 
     loss, grads = jax.value_and_grad(loss_fn)(state.networks["velocity"].params)
     state = state.apply_gradients("velocity", grads)
@@ -222,7 +245,7 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
 
     def one(sample_rng):
       u0 = jax.random.normal(sample_rng, (x.shape[0],) + y_shape)
-      velocity = lambda u, t: field(params, x, u, jnp.full((x.shape[0],), t, jnp.float32), floor=1e-6)
+      velocity = lambda u, t: flow.field(params, x, u, jnp.full((x.shape[0],), t, jnp.float32), floor=1e-6)
       return integrate(velocity, u0, fm.sample_steps, fm.solver, keep)
 
     return jax.vmap(one)(jax.random.split(rng, num_samples))
@@ -230,20 +253,15 @@ def make_method(config: ml_collections.ConfigDict, batch_spec: base.Batch,
   def sample(state, x, rng, num_samples):
     """N samples per input: [B, N, H, W, C] in [0, 1]."""
     u_NxB = draw(state, x, rng, num_samples)
-    return jnp.swapaxes(jax.vmap(lambda u: to_image(u, x))(u_NxB), 0, 1)
+    return jnp.swapaxes(jax.vmap(lambda u: flow.to_image(u, x))(u_NxB), 0, 1)
 
   def trajectory(state, x, rng, num_samples):
     """y_t at `trajectory_steps(sample_steps)` of the sampler: [B, N, P, H, W, C] (same rng: `sample`'s)."""
     _, kept_NxPxB = draw(state, x, rng, num_samples, keep=trajectory_steps(fm.sample_steps))
-    images = jax.vmap(jax.vmap(lambda u: to_image(u, x)))(kept_NxPxB)  # [N, P, B, ...]
+    images = jax.vmap(jax.vmap(lambda u: flow.to_image(u, x)))(kept_NxPxB)  # [N, P, B, ...]
     return jnp.transpose(images, (2, 0, 1) + tuple(range(3, images.ndim)))
 
-  nfe = 2 * fm.sample_steps - 1 if fm.solver == "heun" else fm.sample_steps
-  time_text = ("t ~ U(0, 1)" if fm.time_sampling == "uniform" else
-               f"t ~ logit-normal({fm.logit_normal_mean:g}, {fm.logit_normal_std:g})")
-  description = (f"conditional flow matching (straight path, {time_text}, predicts {prediction}, skip {skip}, "
-                 f"scale {fm.scale:g}, "
-                 f"EMA {fm.ema_decay:g}), {fm.solver} x {fm.sample_steps} steps ({nfe} evaluations per sample)")
+  description = _description(fm, flow)
   return base.Method(init=init, steps={"train": train_step}, run_round=base.single_step_round("train"),
                      sample=sample, steps_per_round=1, description=description,
                      learning_rates=common.learning_rates(config, velocity=config.optimizer),
