@@ -51,9 +51,11 @@ from typing import Any
 
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
 
 import bench_common
+import compare_records as records
 import exp_util
 from multimodal_jax import cli
 from multimodal_jax import evaluate
@@ -61,25 +63,37 @@ from multimodal_jax.data import toy_scenes
 from multimodal_jax.evaluation import metrics
 from multimodal_jax.evaluation.evaluators import base as evaluator_base
 
-TOY, SR, DIGITS = "toy_scenes", "super_resolution", "digit_completion"
+TOY, SKEWED, CONDITIONAL, SR, DIGITS = ("toy_scenes", "toy_scenes_skewed_mild", "toy_scenes_conditional",
+                                         "super_resolution", "digit_completion")
+TABLES = (TOY, SKEWED, CONDITIONAL, SR, DIGITS)
 TABLE_TITLES = {TOY: "Layouts -> images on toy_scenes (K = 12 exactly known modes per layout)",
-                SR: "Super-resolution x8 on local_photos_sr (8x8 -> 64x64)",
+                SKEWED: "Rare modes: toy_scenes:skewed_mild (p(mode k) ~ 0.85^k; mode 11 is 2.9% of the images)",
+                CONDITIONAL: "Input-dependent modes: toy_scenes_conditional (each layout its own 1-16 modes)",
+                SR: "Super-resolution x8 on local_photos_sr (8x8 -> 64x64), the NTIRE 2021 protocol",
                 DIGITS: "Digit completion on digits_completion (masked top -> whole digit)"}
 README_BEGIN, README_END = "<!-- compare.py:begin -->", "<!-- compare.py:end -->"
 SHEET_SAMPLES = 8
+SEEDS = (0, 1, 2)
+_SKEWED_MILD = (("data.builder_config", "skewed_mild"),)
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One row: a config (file and argument, as on the command line) and its quick budget."""
+  """One row: a config (file, argument and overrides, as on the command line) and its quick budget."""
   slug: str
   name: str
   table: str
   config: str  # configs/<file>, or "imle_digits" (see `imle_digits_config`)
   arg: str = ""
   quick_steps: int = 0  # train.num_steps under --quick (a whole number of the method's rounds)
+  overrides: tuple[tuple[str, Any], ...] = ()  # (dotted config key, value): --config.KEY=VALUE
+
+  @property
+  def spec(self) -> str:
+    return f"{self.config}:{self.arg}" + "".join(f" --config.{k}={v}" for k, v in self.overrides)
 
 
+_FM = "flow matching (iterative reference: 16 Euler steps, x-prediction)"
 RUNS = (
     Run("regression", "L1 regression (baseline)", TOY, "regression.py", "", 150),
     Run("crn_best_of_9", "CRN, 9 outputs, best-of-k", TOY, "layout_imle.py", "crn_best_of_k", 150),
@@ -87,7 +101,9 @@ RUNS = (
     Run("cimle", "cIMLE (noise encoder, rebalancing)", TOY, "layout_imle.py", "", 240),
     Run("cimle_no_rebalance", "cIMLE w/o rebalancing", TOY, "layout_imle.py", "no_rebalance", 240),
     Run("cimle_no_encoder", "cIMLE w/o noise encoder", TOY, "layout_imle.py", "no_encoder", 240),
-    Run("cgml", "cGML", TOY, "cgml.py", "toy_scenes", 60),
+    Run("cgml", "cGML default (best-of-M starts, Eq. 4 with a fitted gain: 0 where Z learned no direction)",
+        TOY, "cgml.py", "toy_scenes", 60),
+    Run("cgml_paper", "cGML as published (persistent codes, Eq. 4)", TOY, "cgml.py", "toy_scenes,paper", 60),
     Run("codes_shared", "drop-out codes, shared", TOY, "latent_codes.py", "", 24),
     Run("codes_shared_no_neighbours", "drop-out codes, shared, w/o neighbours", TOY, "latent_codes.py",
         "no_neighbours", 24),
@@ -99,14 +115,35 @@ RUNS = (
     Run("pix2pix_published", "pix2pix as published (dropout noise only)", TOY, "diversity.py", "no_noise_input", 60),
     Run("crn_diversity", "CRN + diversity loss", TOY, "diversity.py", "crn", 60),
     Run("crn", "CRN (+ noise channel)", TOY, "diversity.py", "crn,no_diversity", 60),
-    Run("flow_matching", "flow matching (iterative reference)", TOY, "flow_matching.py", "", 240),
-    Run("sr_regression", "L1 regression", SR, "regression.py", "data=local_photos_sr", 150),
+    Run("flow_matching", _FM, TOY, "flow_matching.py", "", 240),
+    Run("skewed_regression", "L1 regression (baseline)", SKEWED, "regression.py", "", 150, _SKEWED_MILD),
+    Run("skewed_cimle", "cIMLE (noise encoder, rebalancing)", SKEWED, "layout_imle.py", "skewed_mild", 240),
+    Run("skewed_cimle_no_rebalance", "cIMLE w/o rebalancing", SKEWED, "layout_imle.py", "skewed_mild,no_rebalance",
+        240),
+    Run("skewed_cgml", "cGML default", SKEWED, "cgml.py", "toy_scenes", 60, _SKEWED_MILD),
+    Run("skewed_codes_shared", "drop-out codes, shared", SKEWED, "latent_codes.py", "", 24, _SKEWED_MILD),
+    Run("skewed_pix2pix_diversity", "pix2pix + diversity loss", SKEWED, "diversity.py", "", 60, _SKEWED_MILD),
+    Run("skewed_flow_matching", _FM, SKEWED, "flow_matching.py", "", 240, _SKEWED_MILD),
+    Run("conditional_regression", "L1 regression (baseline)", CONDITIONAL, "regression.py", "conditional", 150),
+    Run("conditional_cimle", "cIMLE (noise encoder, rebalancing)", CONDITIONAL, "layout_imle.py", "conditional",
+        240),
+    Run("conditional_cimle_no_rebalance", "cIMLE w/o rebalancing", CONDITIONAL, "layout_imle.py",
+        "conditional,no_rebalance", 240),
+    Run("conditional_cgml", "cGML default", CONDITIONAL, "cgml.py", "conditional", 60),
+    Run("conditional_codes_shared", "drop-out codes, shared", CONDITIONAL, "latent_codes.py", "conditional", 24),
+    Run("conditional_pix2pix_diversity", "pix2pix + diversity loss", CONDITIONAL, "diversity.py", "conditional", 60),
+    Run("conditional_crn_diversity", "CRN + diversity loss", CONDITIONAL, "diversity.py", "crn,conditional", 60),
+    Run("sr_regression", "L1 regression (SRIM's RRDB and bicubic skip, pixel l1)", SR, "regression.py", "srim_net",
+        150),
+    Run("sr_regression_perceptual", "perceptual regression (SRIM's RRDB, pixels + VGG-16 relu5_3)", SR,
+        "regression.py", "srim_net,vgg16", 150),
     Run("srim", "SRIM (conditional IMLE)", SR, "srim.py", "", 150),
-    Run("sr_flow_matching", "flow matching (iterative reference)", SR, "flow_matching.py", "sr", 150),
+    Run("sr_flow_matching", "flow matching (iterative reference, bicubic residual)", SR, "flow_matching.py", "sr",
+        150),
     Run("digits_regression", "L1 regression", DIGITS, "regression.py", "data=digits_completion", 150),
-    Run("digits_cgml", "cGML", DIGITS, "cgml.py", "completion", 42),
+    Run("digits_cgml", "cGML default", DIGITS, "cgml.py", "completion", 42),
     Run("digits_imle", "conditional IMLE", DIGITS, "imle_digits", "", 160),
-    Run("digits_flow_matching", "flow matching (iterative reference)", DIGITS, "flow_matching.py", "digits", 150),
+    Run("digits_flow_matching", _FM, DIGITS, "flow_matching.py", "digits", 150),
 )
 
 
@@ -134,6 +171,7 @@ def run_config(run: Run, quick: bool, seed: int, data_dir: str):
   else:
     config = exp_util.load_config(run.config, run.arg, seed, data_dir)
   config.unlock()
+  config.update_from_flattened_dict(dict(run.overrides))
   config.train.sample_every = 0  # the final grid only: the table needs no intermediate grids
   config.train.eval_every = 0
   if "imle" in config:
@@ -150,7 +188,11 @@ def run_config(run: Run, quick: bool, seed: int, data_dir: str):
 
 
 def train_timed(config, workdir: str) -> dict[str, Any]:
-  """Trains (or reuses) the run; its wall time is kept in workdir/compare_train.json."""
+  """Trains (or reuses) the run; its wall time is kept in workdir/compare_train.json.
+
+  A run stopped early (SIGTERM, Ctrl-C: the loop saves and returns) is an error, not a result:
+  running the script again resumes it.
+  """
   record_path = os.path.join(workdir, "compare_train.json")
   if os.path.exists(record_path):
     with open(record_path) as f:
@@ -159,9 +201,13 @@ def train_timed(config, workdir: str) -> dict[str, Any]:
       exp_util.check_same_config(config, workdir)  # trained to the end: reuse it
       return record
   resumed = os.path.isdir(os.path.join(workdir, "checkpoints"))
-  start = time.time()
-  exp_util.train_or_reuse(config, workdir)
-  record = {"train_seconds": time.time() - start, "resumed": resumed, "num_steps": config.train.num_steps}
+  start, load = time.time(), os.getloadavg()[0]
+  state = exp_util.train_or_reuse(config, workdir)
+  step = int(np.asarray(jax.device_get(state.step)))
+  if step < config.train.num_steps:
+    raise RuntimeError(f"training stopped at step {step} of {config.train.num_steps}: run again to resume it")
+  record = {"train_seconds": time.time() - start, "resumed": resumed, "num_steps": config.train.num_steps,
+            "load_average": [round(load, 2), round(os.getloadavg()[0], 2)]}
   with open(record_path, "w") as f:
     json.dump(record, f)
   return record
@@ -180,113 +226,250 @@ def recall_at(mode_samples_BxMx, true_modes_BxKx, tolerance: float) -> dict[int,
   return out
 
 
-def evaluate_run(workdir: str, quick: bool, seed: int) -> dict[str, Any]:
-  """evaluate.evaluate's result (eval.json), the parameter count and the plots' data from its samples."""
+def _sheet(run: Run, arrays: dict[str, Any]) -> np.ndarray:
+  """The first eval input's first SHEET_SAMPLES samples side by side, after its label map on toy_scenes."""
+  images = list(np.asarray(arrays["samples"][0, :SHEET_SAMPLES], np.float32))
+  if run.table in (TOY, SKEWED, CONDITIONAL):
+    images.insert(0, toy_scenes.label_to_rgb(np.asarray(arrays["label"][0])))
+  return np.concatenate([np.clip(i, 0, 1)[..., :3] if i.shape[-1] >= 3 else np.repeat(np.clip(i, 0, 1), 3, -1)
+                         for i in images], axis=1)
+
+
+def evaluate_run(run: Run, workdir: str, quick: bool, seed: int) -> tuple[dict[str, Any], np.ndarray]:
+  """The record's evaluation part (evaluate.evaluate's result, as in eval.json) and the sample sheet."""
   result = evaluate.evaluate(workdir, num_inputs=8 if quick else 32, num_samples=16, seed=seed,
                              mode_samples=32 if quick else 64, reality_mode="off", return_samples=True)
   arrays = result.pop("arrays")
-  out = {"eval": result, "parameters": sum(result["parameters"].values()),
-         "sheet": arrays["samples"][0, :SHEET_SAMPLES], "label": arrays["label"]}
+  out = {"eval": {k: result.get(k) for k in ("step", "num_inputs", "num_samples", "mode_samples", "num_modes",
+                                             "mode_tolerance")} | {"metrics": result["metrics"]},
+         "parameters": int(sum(result["parameters"].values()))}
   if arrays["true_modes"] is not None:
-    out["recall_at"] = recall_at(arrays["mode_samples"], arrays["true_modes"], result["mode_tolerance"])
-  return out
+    scores = recall_at(arrays["mode_samples"], arrays["true_modes"], result["mode_tolerance"])
+    out["recall_at"] = {str(n): list(v) for n, v in scores.items()}
+  return out, _sheet(run, arrays)
 
 
-def run_all(runs: list[Run], args) -> list[dict[str, Any]]:
-  rows = []
+def _machine() -> dict[str, Any]:
+  info = bench_common.machine()
+  return {k: info[k] for k in ("cpu", "cpu_count", "backend", "device_kind", "device_count", "jax", "jaxlib")}
+
+
+def run_one(run: Run, workdir: str, seed: int, quick: bool, data_dir: str) -> tuple[dict[str, Any], np.ndarray]:
+  """Trains (or resumes, or reuses) and evaluates one run: its record and sample sheet."""
+  config = run_config(run, quick, seed, data_dir)
+  trained = train_timed(config, workdir)
+  evaluated, sheet = evaluate_run(run, workdir, quick, seed)
+  record = {"version": records.RECORD_VERSION, "run": run.slug, "name": run.name, "table": run.table,
+            "seed": seed, "config": run.spec, "budget": "quick" if quick else "full",
+            "command": f"python experiments/compare.py --{'quick' if quick else 'full'} --only={run.slug} "
+                       f"--seeds={seed} --workdir=WORKDIR",
+            "fingerprint": records.fingerprint(config), "source_files": records.source_files(config),
+            "commit": records.commit(), "date": records.utc_now(), "machine": _machine(), **trained, **evaluated}
+  return record, sheet
+
+
+def _error(e: BaseException) -> str:
+  return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def run_quick(runs: list[Run], args) -> list[dict[str, Any]]:
+  """--quick: every run at its quick budget with --seeds' first seed; rows from unwritten records."""
+  rows, seed = [], args["seeds"][0]
   for i, run in enumerate(runs):
     workdir = os.path.join(args["workdir"], run.slug)
-    config = run_config(run, args["quick"], args["seed"], args["data_dir"])
-    print(f"[{i + 1}/{len(runs)}] {run.name} ({run.table}): {run.config}:{run.arg}, "
-          f"{config.train.num_steps} steps -> {workdir}", flush=True)
-    row = {"run": run, "num_steps": config.train.num_steps}
+    print(f"[{i + 1}/{len(runs)}] {run.name} ({run.table}): {run.spec}, quick budget -> {workdir}", flush=True)
     try:
-      row.update(train_timed(config, workdir))
-      row.update(evaluate_run(workdir, args["quick"], args["seed"]))
-      print(f"  trained in {row['train_seconds']:.0f} s", flush=True)
+      record, sheet = run_one(run, workdir, seed, True, args["data_dir"])
+      rows.append(aggregate(run, [record], sheet=sheet))
+      print(f"  trained in {record['train_seconds']:.0f} s", flush=True)
     except Exception as e:  # pylint: disable=broad-except
       traceback.print_exc()
-      row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-      print(f"  FAILED: {row['error']}", flush=True)
-    rows.append(row)
+      rows.append(aggregate(run, [], error=_error(e)))
+      print(f"  FAILED: {rows[-1]['error']}", flush=True)
+  return rows
+
+
+def run_full(runs: list[Run], args, force: bool) -> list[str]:
+  """--full: each run x seed without a current record (or every one of them with `force`) is trained
+  in `<workdir>/seed<k>/<run>` (resumed where a sitting stopped) and evaluated, and its record
+  written. Returns the failures ('run seed k: error')."""
+  todo, failures = [], []
+  for run in runs:
+    for seed in args["seeds"]:
+      current = records.read(args["runs_dir"], run.table, run.slug, seed)
+      fp = records.fingerprint(run_config(run, False, seed, args["data_dir"]))
+      if force or current is None or current.get("fingerprint") != fp:
+        todo.append((run, seed, "no record" if current is None else ("stale record" if not force else "--only")))
+  print(f"{len(todo)} run(s) x seed(s) to train and evaluate: "
+        + (", ".join(f"{r.slug} seed {s} ({why})" for r, s, why in todo) or "every record is current"), flush=True)
+  for i, (run, seed, _) in enumerate(todo):
+    workdir = os.path.join(args["workdir"], f"seed{seed}", run.slug)
+    print(f"[{i + 1}/{len(todo)}] {run.slug} seed {seed}: {run.spec} -> {workdir}", flush=True)
+    try:
+      record, sheet = run_one(run, workdir, seed, False, args["data_dir"])
+      path = records.write(record, args["runs_dir"], sheet)
+      print(f"  trained in {record['train_seconds'] / 60:.1f} min; wrote {path}", flush=True)
+    except Exception as e:  # pylint: disable=broad-except
+      traceback.print_exc()
+      failures.append(f"{run.slug} seed {seed}: {_error(e)}")
+      print(f"  FAILED: {failures[-1]}", flush=True)
+  return failures
+
+
+# ------------------------------------------------------------------ rows from records
+
+def aggregate(run: Run, recs: list[dict[str, Any]], *, stale: int = 0, sheet: np.ndarray | None = None,
+              error: str | None = None) -> dict[str, Any]:
+  """One table row from a run's records: every metric's per-seed values, train times, parameters."""
+  keys = sorted({k for r in recs for k in r["eval"]["metrics"]})
+  row = {"run": run, "seeds": [r["seed"] for r in recs], "stale": stale, "error": error, "sheet": sheet,
+         "metrics": {k: [r["eval"]["metrics"].get(k) for r in recs] for k in keys},
+         "train_seconds": [r["train_seconds"] for r in recs],
+         "parameters": recs[0]["parameters"] if recs else None,
+         "num_steps": recs[0]["num_steps"] if recs else None,
+         "resumed": any(r.get("resumed") for r in recs),
+         "machines": sorted({f"{r['machine']['cpu_count']} x {r['machine']['cpu']}" if r["machine"]["backend"] == "cpu"
+                             else f"{r['machine']['device_count']} x {r['machine']['device_kind']}" for r in recs}),
+         "jax": sorted({r["machine"]["jax"] for r in recs})}
+  curves = [r["recall_at"] for r in recs if r.get("recall_at")]
+  if curves:
+    ns = sorted({int(n) for c in curves for n in c})
+    row["recall_at"] = {n: tuple(float(np.mean([c[str(n)][j] for c in curves if str(n) in c])) for j in range(2))
+                        for n in ns}
+  return row
+
+
+def assemble(runs: list[Run], runs_dir: str, data_dir: str = "") -> list[dict[str, Any]]:
+  """Every run's row from its committed records (stale ones kept and counted: the table marks them)."""
+  rows = []
+  for run in runs:
+    recs = records.read_all(runs_dir, run.table, run.slug)
+    fps = {seed: records.fingerprint(run_config(run, False, seed, data_dir)) for seed in {r["seed"] for r in recs}}
+    stale = sum(r.get("fingerprint") != fps[r["seed"]] for r in recs)
+    sheet = records.read_sheet(runs_dir, recs[0]) if recs else None
+    rows.append(aggregate(run, recs, stale=stale, sheet=sheet))
   return rows
 
 
 # ------------------------------------------------------------------ tables
 
-def _metric(row: dict[str, Any], key: str) -> float | None:
-  if "eval" not in row:
-    return None
-  m = row["eval"]["metrics"]
-  key = key.format(d=evaluator_base.PIXEL)
-  return m.get(key)
+def _values(row: dict[str, Any], key: str) -> list[float | None]:
+  return row["metrics"].get(key.format(d=evaluator_base.PIXEL), [])
+
+
+def _mean(row: dict[str, Any], key: str) -> float | None:
+  return records.mean_spread(_values(row, key))[0]
 
 
 def columns(table: str) -> list[tuple[str, str, str]]:
-  """(header, metric key ('{d}' = the diversity distance), format) of one table."""
-  quality = [("PSNR best", "psnr_best", ".2f"), ("SSIM best", "ssim_best", ".3f")]
+  """(header, metric key ('{d}' = the pixel diversity distance), format) of one table."""
+  lpips_div = ("LPIPS diversity", "lpips_diversity", ".3f")
   if table == TOY:
     return [("mode recall", "mode_recall", ".3f"), ("precision", "mode_precision", ".3f"),
-            ("recall (nearest)", "mode_recall_nearest", ".3f"),
-            ("pairwise diversity", "pairwise_{d}_40pairs", ".4f")] + quality
-  both = [("PSNR best", "psnr_best", ".2f"), ("PSNR mean", "psnr_mean", ".2f"),
-          ("SSIM best", "ssim_best", ".3f"), ("SSIM mean", "ssim_mean", ".3f"),
-          ("diversity", "diversity_{d}", ".4f")]
+            ("recall (nearest)", "mode_recall_nearest", ".3f"), lpips_div,
+            ("pixel diversity", "pairwise_{d}_40pairs", ".4f")]
+  if table == SKEWED:
+    return [("mode recall", "mode_recall", ".3f"), ("rare-mode recall", "mode_recall_rare", ".3f"),
+            ("precision", "mode_precision", ".3f"), ("recall (nearest)", "mode_recall_nearest", ".3f"), lpips_div]
+  if table == CONDITIONAL:
+    return [("recall, K > 1", "mode_set_recall/multimodal", ".3f"),
+            ("precision, K > 1", "mode_set_precision/multimodal", ".3f"), ("recall, all", "mode_set_recall", ".3f"),
+            ("spurious variation", "spurious_variation", ".4f"), ("free variation", "free_variation", ".4f"),
+            lpips_div]
   if table == SR:
-    return both + [(f"FWV σ={s:g}", metrics.fwv_key("{d}", s), ".3g") for s in metrics.FWV_SIGMAS]
-  return both
+    return [("LPIPS mean", "lpips_mean", ".3f"), ("LPIPS best", "lpips_best", ".3f"),
+            ("diversity score", "sr_diversity_score", ".2f"), ("LR-PSNR mean", "lr_psnr_mean", ".1f"),
+            ("LR-PSNR worst", "lr_psnr_worst", ".1f"), ("PSNR best", "psnr_best", ".2f"),
+            ("PSNR mean", "psnr_mean", ".2f"), ("SSIM mean", "ssim_mean", ".3f"),
+            ("PSNR-Y mean", "psnr_y_mean", ".2f"), ("SSIM-Y mean", "ssim_y_mean", ".3f"), lpips_div,
+            ("LPIPS FWV σ=0.3", "lpips_fwv_sigma0.3", ".4f")]
+  return [("PSNR best", "psnr_best", ".2f"), ("PSNR mean", "psnr_mean", ".2f"), ("SSIM best", "ssim_best", ".3f"),
+          ("SSIM mean", "ssim_mean", ".3f"), ("pixel diversity", "diversity_{d}", ".4f"), lpips_div]
 
 
-def _fmt(value, spec: str) -> str:
-  if value is None:
-    return "—"
-  if isinstance(value, float) and not np.isfinite(value):
+def _fmt(values: list[float | None], spec: str) -> str:
+  """'mean ± standard deviation' over the seeds ('mean' alone for one seed, '—' for none)."""
+  if values and all(v is not None and not np.isfinite(v) for v in values):
     return "nan"
-  return format(value, spec)
+  mean, spread, _ = records.mean_spread(values)
+  if mean is None:
+    return "—"
+  return format(mean, spec) + ("" if spread is None else f" ± {format(spread, spec)}")
+
+
+# bicubic upsampling's numbers are in every SR evaluation, under "bicubic/...": its row, from the first SR run's.
+_BICUBIC = {"lpips_mean": "bicubic/lpips", "lpips_best": "bicubic/lpips", "lr_psnr_mean": "bicubic/lr_psnr",
+            "lr_psnr_worst": "bicubic/lr_psnr", "psnr_best": "bicubic/psnr", "psnr_mean": "bicubic/psnr",
+            "ssim_mean": "bicubic/ssim", "psnr_y_mean": "bicubic/psnr_y", "ssim_y_mean": "bicubic/ssim_y"}
+
+
+def _bicubic_cells(rows: list[dict[str, Any]], cols) -> list[str] | None:
+  ref = next((r for r in rows if r["seeds"] and "bicubic/psnr" in r["metrics"]), None)
+  if ref is None:
+    return None
+  zero = ("sr_diversity_score", "lpips_diversity", "lpips_fwv_sigma0.3")
+  # One value: bicubic is the same on the same inputs whatever the seed.
+  return [_fmt(_values(ref, _BICUBIC[key])[:1] if key in _BICUBIC else ([0.0] if key in zero else []), spec)
+          for _, key, spec in cols]
 
 
 def table_rows(rows: list[dict[str, Any]], table: str) -> tuple[list[str], list[list[str]]]:
   """Header and formatted cells of one table (SR gets a bicubic row from the first SR run's evaluation)."""
   cols = columns(table)
-  header = ["method", *[c[0] for c in cols], "train time", "parameters", "steps"]
+  header = ["method", *[c[0] for c in cols], "seeds", "train time (min)", "parameters", "steps"]
   body = []
   selected = [r for r in rows if r["run"].table == table]
-  if table == SR and selected and "eval" in selected[0]:
-    ref = {"psnr_best": "bicubic/psnr", "psnr_mean": "bicubic/psnr", "ssim_best": "bicubic/ssim",
-           "ssim_mean": "bicubic/ssim"}
-    cells = [_fmt(_metric(selected[0], ref[key]) if key in ref else (0.0 if key.startswith("diversity") else None),
-                  spec) for _, key, spec in cols]
-    body.append(["bicubic upsampling (baseline)", *cells, "—", "0", "—"])
+  bicubic = _bicubic_cells(selected, cols) if table == SR else None
+  if bicubic:
+    body.append(["bicubic upsampling (baseline)", *bicubic, "—", "—", "0", "—"])
   for row in selected:
-    if "error" in row:
-      body.append([row["run"].name, *["—"] * len(cols), f"failed: {row['error']}", "—", str(row["num_steps"])])
+    name = row["run"].name + (f" ({row['stale']} stale record(s): code changed since)" if row["stale"] else "")
+    if row["error"] or not row["seeds"]:
+      status = f"failed: {row['error']}" if row["error"] else "no record yet"
+      body.append([name, *["—"] * len(cols), "0", status, "—", "—"])
       continue
-    cells = [_fmt(_metric(row, key), spec) for _, key, spec in cols]
-    body.append([row["run"].name, *cells, f"{row['train_seconds'] / 60:.1f} min" + (" (resumed: this part only)" if row["resumed"] else ""), f"{row['parameters']:,}",
-                 str(row["num_steps"])])
+    minutes = [s / 60 for s in row["train_seconds"]]
+    body.append([name, *[_fmt(_values(row, key), spec) for _, key, spec in cols], str(len(row["seeds"])),
+                 _fmt(minutes, ".1f") + (" (resumed: this part only)" if row["resumed"] else ""),
+                 f"{row['parameters']:,}", str(row["num_steps"])])
   return header, body
 
 
-def markdown(rows: list[dict[str, Any]], quick: bool, seed: int, seconds: float, plot_paths: list[str]) -> str:
-  budget = "`--quick` budget" if quick else "each config's full budget"
-  evaluated = "8 eval inputs, 16 samples each (32 for the mode metrics)" if quick else \
-      "32 eval inputs, 16 samples each (64 for the mode metrics)"
-  lines = [f"Generated by `python experiments/compare.py{' --quick' if quick else ''}` "
-           f"({budget}, seed {seed}; {evaluated}; {len(rows)} runs, {seconds / 60:.1f} min in all "
-           f"on {_machine_line()}). Mode recall counts the true modes hit by a sample within "
-           "the tolerance, precision the share of such samples; the diversity column is "
-           f"`{_diversity_name(rows)}`.", ""]
-  for table in (TOY, SR, DIGITS):
+def markdown(rows: list[dict[str, Any]], intro: str, plot_paths: list[str]) -> str:
+  lines = [intro, ""]
+  for table in TABLES:
     header, body = table_rows(rows, table)
-    if len(body) == 0:
+    if not body:
       continue
-    lines += [f"**{TABLE_TITLES[table]}**", "", "| " + " | ".join(header) + " |",
-              "|" + "---|" * len(header)]
+    lines += [f"**{TABLE_TITLES[table]}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     lines.append("")
   for path in plot_paths:
     lines.append(f"![{os.path.basename(path)}]({path})")
   return "\n".join(lines).rstrip() + "\n"
+
+
+def assembled_intro(rows: list[dict[str, Any]], runs_dir: str) -> str:
+  """What the tables are, from the records themselves (no clock, no machine of this call: reproducible)."""
+  done = [r for r in rows if r["seeds"]]
+  n_records = sum(len(r["seeds"]) for r in done)
+  machines = sorted({m for r in done for m in r["machines"]})
+  versions = sorted({v for r in done for v in r["jax"]})
+  hours = sum(sum(r["train_seconds"]) for r in done) / 3600
+  return (f"Assembled by `python experiments/compare.py --assemble` from {n_records} records in "
+          f"`{os.path.relpath(runs_dir, exp_util.REPO)}` ({len(done)} of {len(rows)} rows have one; "
+          f"{hours:.1f} CPU hours of training in all) on {'; '.join(machines) or 'no machine yet'}, "
+          f"jax {', '.join(versions) or '—'}. Each row is its config's full default budget; "
+          f"every number is the mean ± standard deviation over the seeds recorded (the `seeds` column), "
+          "evaluated on the first 32 test inputs with 16 samples each (64 per input for the mode metrics). "
+          "Mode recall counts the true modes hit by a sample within the tolerance, precision the share of "
+          "such samples; LPIPS is AlexNet v0.1.")
+
+
+def quick_intro(rows: list[dict[str, Any]], seed: int, seconds: float) -> str:
+  return (f"Smoke test: `python experiments/compare.py --quick` (each run 3-15% of its budget, seed {seed}; "
+          f"8 eval inputs, 16 samples each, 32 for the mode metrics; {len(rows)} runs, {seconds / 60:.1f} min "
+          f"on {_machine_line()}). It checks that every row trains and evaluates; its numbers rank nothing.")
 
 
 def _machine_line() -> str:
@@ -295,23 +478,19 @@ def _machine_line() -> str:
           else f"{info['device_count']} x {info['device_kind']}") + f", jax {info['jax']}"
 
 
-def _diversity_name(rows: list[dict[str, Any]]) -> str:
-  del rows  # the pixel metrics keep their distance's name; LPIPS has keys of its own (lpips_*)
-  return evaluator_base.PIXEL
-
-
 def write_csv(rows: list[dict[str, Any]], path: str) -> None:
-  """Every metric of every run, one row each (the evaluation's whole metric dict)."""
-  keys = sorted({k for r in rows if "eval" in r for k in r["eval"]["metrics"]})
+  """Every metric of every row: mean, standard deviation and seed count."""
+  keys = sorted({k for r in rows for k in r["metrics"]})
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["table", "run", "method", "config", "num_steps", "train_seconds", "parameters", "error",
-                     *keys])
+    writer.writerow(["table", "run", "method", "config", "seeds", "num_steps", "train_seconds", "parameters",
+                     "error", *[f"{k}{s}" for k in keys for s in ("", ":std")]])
     for r in rows:
-      run, m = r["run"], r.get("eval", {}).get("metrics", {})
-      writer.writerow([run.table, run.slug, run.name, f"{run.config}:{run.arg}", r["num_steps"],
-                       f"{r['train_seconds']:.1f}" if "train_seconds" in r else "", r.get("parameters", ""),
-                       r.get("error", ""), *[m.get(k, "") for k in keys]])
+      stats = [records.mean_spread(r["metrics"].get(k, [])) for k in keys]
+      train = records.mean_spread(r["train_seconds"])[0]
+      writer.writerow([r["run"].table, r["run"].slug, r["run"].name, r["run"].spec, len(r["seeds"]),
+                       r["num_steps"] or "", "" if train is None else f"{train:.1f}", r["parameters"] or "",
+                       r["error"] or "", *[("" if v is None else f"{v:.6g}") for s in stats for v in s[:2]]])
 
 
 def update_readme(section: str, path: str = os.path.join(exp_util.REPO, "README.md")) -> None:
@@ -331,23 +510,42 @@ def _pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  matplotlib.rcParams["svg.hashsalt"] = "compare"
   return plt
 
 
-def plot_quality_diversity(rows, path: str) -> None:
-  plt = _pyplot()
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-  for ax, table in zip(axes, (TOY, SR, DIGITS)):
-    for row in (r for r in rows if r["run"].table == table and "eval" in r):
-      x, y = _metric(row, "diversity_{d}"), _metric(row, "psnr_best")
-      ax.scatter([x], [y])
-      ax.annotate(row["run"].name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_title(TABLE_TITLES[table], fontsize=9)
-    ax.set_xlabel(f"diversity ({_diversity_name(rows)} between samples)")
-    ax.set_ylabel("best-of-16 PSNR (dB)")
+# (x, y) of each table's quality-diversity plot: (header, metric key)
+_QUALITY_DIVERSITY = {TOY: (("LPIPS diversity", "lpips_diversity"), ("mode precision", "mode_precision")),
+                      SKEWED: (("LPIPS diversity", "lpips_diversity"), ("rare-mode recall", "mode_recall_rare")),
+                      CONDITIONAL: (("LPIPS diversity", "lpips_diversity"),
+                                    ("precision, K > 1", "mode_set_precision/multimodal")),
+                      SR: (("LPIPS diversity", "lpips_diversity"), ("LPIPS to the truth (lower: better)",
+                                                                   "lpips_mean")),
+                      DIGITS: (("pixel diversity", "diversity_{d}"), ("best-of-16 PSNR (dB)", "psnr_best"))}
+
+
+def _save(fig, plt, path: str) -> None:
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=100, metadata={"Software": None})
   plt.close(fig)
+
+
+def plot_quality_diversity(rows, path: str) -> None:
+  """Per table, each row's quality against its diversity (He et al. Fig. 11 style), means over seeds."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, len(TABLES), figsize=(5 * len(TABLES), 4.5))
+  for ax, table in zip(axes, TABLES):
+    (x_name, x_key), (y_name, y_key) = _QUALITY_DIVERSITY[table]
+    for row in (r for r in rows if r["run"].table == table and r["seeds"]):
+      x, y = _mean(row, x_key), _mean(row, y_key)
+      if x is None or y is None:
+        continue
+      ax.scatter([x], [y])
+      ax.annotate(row["run"].name[:40], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_title(TABLE_TITLES[table][:60], fontsize=8)
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+  _save(fig, plt, path)
 
 
 def plot_recall(rows, path: str) -> None:
@@ -355,85 +553,134 @@ def plot_recall(rows, path: str) -> None:
   plt = _pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
   titles = ("mode recall (a sample within the tolerance)", "nearest-mode recall (no tolerance)")
-  for i, row in enumerate(r for r in rows if "recall_at" in r):
+  for i, row in enumerate(r for r in rows if r["run"].table == TOY and "recall_at" in r):
     ns = sorted(row["recall_at"])
     for j, ax in enumerate(axes):
       ax.plot(ns, [row["recall_at"][n][j] for n in ns], marker="os^v"[i % 4], linestyle=("-", "--")[i // 10 % 2],
-              label=row["run"].name)
+              label=row["run"].name[:50])
   for ax, title in zip(axes, titles):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("samples per layout")
     ax.set_ylabel("share of the K = 12 modes")
     ax.set_title(f"toy_scenes: {title}", fontsize=9)
   axes[1].legend(fontsize=6, loc="upper left")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, plt, path)
+
+
+def plot_sr_protocol(rows, path: str) -> None:
+  """The NTIRE diversity score against LR-PSNR, one point per SR record (bicubic: score 0)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  for row in (r for r in rows if r["run"].table == SR and r["seeds"]):
+    points = [(x, y) for x, y in zip(_values(row, "lr_psnr_mean"), _values(row, "sr_diversity_score"))
+              if x is not None and y is not None]
+    if points:
+      ax.scatter(*zip(*points), label=row["run"].name[:50])
+  ax.axvline(45, color="grey", linestyle=":", linewidth=1)
+  ax.axhline(10, color="grey", linestyle=":", linewidth=1)
+  ax.set_xlabel("LR-PSNR mean (dB; the challenge's target 45)")
+  ax.set_ylabel("diversity score (SRFlow x8: 10.6)")
+  ax.set_title("Super-resolution x8: diversity against LR consistency", fontsize=9)
+  ax.legend(fontsize=6)
+  _save(fig, plt, path)
 
 
 def sample_sheet(rows, path: str) -> None:
   """One toy_scenes layout (the first eval input), its label map and 8 samples per method, a row each."""
   plt = _pyplot()
-  toy = [r for r in rows if r["run"].table == TOY and "sheet" in r]
+  toy = [r for r in rows if r["run"].table == TOY and r["sheet"] is not None]
   if not toy:
     return
-  fig, axes = plt.subplots(len(toy), SHEET_SAMPLES + 1, figsize=(1.6 * (SHEET_SAMPLES + 1), 0.9 * len(toy)),
-                           squeeze=False)
-  for ax_row, row in zip(axes, toy):
-    images = [toy_scenes.label_to_rgb(row["label"][0])] + list(row["sheet"])
-    for ax, image in zip(ax_row, images):
-      ax.imshow(np.clip(image, 0, 1))
-      ax.set_xticks([])
-      ax.set_yticks([])
-    ax_row[0].set_ylabel(row["run"].name, rotation=0, ha="right", va="center", fontsize=7)
-  fig.tight_layout(pad=0.2)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  fig, axes = plt.subplots(len(toy), 1, figsize=(1.6 * (SHEET_SAMPLES + 1), 0.9 * len(toy)), squeeze=False)
+  for (ax,), row in zip(axes, toy):
+    ax.imshow(row["sheet"], interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_ylabel(row["run"].name[:40], rotation=0, ha="right", va="center", fontsize=7)
+  _save(fig, plt, path)
+
+
+PLOTS = {"compare_quality_diversity.png": plot_quality_diversity, "compare_recall.png": plot_recall,
+         "compare_sr.png": plot_sr_protocol, "compare_sheet.png": sample_sheet}
+
+
+def write_outputs(rows, intro: str, results_dir: str, prefix: str) -> str:
+  """Plots, <prefix>.md and <prefix>.csv in results_dir; returns the markdown with repo-relative plot paths."""
+  os.makedirs(results_dir, exist_ok=True)
+  names = []
+  for name, plot in PLOTS.items():
+    name = f"{prefix}{name[len('compare'):]}"
+    if os.path.exists(os.path.join(results_dir, name)):
+      os.remove(os.path.join(results_dir, name))  # a plot with nothing to show is not drawn: no stale one
+    plot(rows, os.path.join(results_dir, name))
+    if os.path.exists(os.path.join(results_dir, name)):
+      names.append(name)
+  with open(os.path.join(results_dir, f"{prefix}.md"), "w") as md:
+    md.write(markdown(rows, intro, names))
+  write_csv(rows, os.path.join(results_dir, f"{prefix}.csv"))
+  rel = os.path.relpath(results_dir, exp_util.REPO)
+  return markdown(rows, intro, [os.path.join(rel, name) for name in names])
 
 
 def _define_flags() -> None:
   # Defined only when run as a program, so tests can import this module next to the benchmarks.
-  flags.DEFINE_string("workdir", None, "Where the runs are trained (one sub-directory each).", required=True)
-  flags.DEFINE_bool("quick", False, "Each run's quick budget (13.7 minutes for all, measured on a 2-core CPU).")
-  flags.DEFINE_list("only", [], "Run only these runs (their slugs; default: all).")
-  flags.DEFINE_integer("seed", 0, "Training and sampling seed of every run.")
+  flags.DEFINE_bool("full", False, "Train and evaluate what has no current record (every run x --seeds), "
+                    "write the records, then assemble.")
+  flags.DEFINE_bool("assemble", False, "Only assemble the tables and plots from the committed records (instant).")
+  flags.DEFINE_bool("quick", False, "Smoke test: every run's quick budget, one seed (not the README's table).")
+  flags.DEFINE_string("workdir", None, "Where runs are trained (--full: <workdir>/seed<k>/<run>; --quick: "
+                      "<workdir>/<run>).")
+  flags.DEFINE_list("only", [], "Only these runs (their slugs); with --full they are rerun even where current.")
+  flags.DEFINE_list("seeds", [str(s) for s in SEEDS], "Seeds of --full (--quick: the first).")
   flags.DEFINE_string("data_dir", "", "tfds data dir (default: the configs' default).")
   flags.DEFINE_string("results_dir", os.path.join(exp_util.REPO, "experiments", "results"),
                       "Where the tables and plots go.")
-  flags.DEFINE_bool("update_readme", False, "Rewrite the README's Results section.")
+  flags.DEFINE_string("runs_dir", records.RUNS_DIR, "The per-run records.")
+  flags.DEFINE_bool("update_readme", False, "Rewrite the README's Results section (--full or --assemble).")
+
+
+def _check_flags(fl) -> list[Run]:
+  modes = [m for m in ("full", "assemble", "quick") if getattr(fl, m)]
+  if len(modes) != 1:
+    cli.fail("choose one of --full (train what has no current record), --assemble (tables from the records) "
+             "and --quick (smoke test)")
+  if modes[0] != "assemble" and not fl.workdir:
+    cli.fail(f"--{modes[0]} trains: give --workdir")
+  if fl.quick and fl.update_readme:
+    cli.fail("--quick is a smoke test: the README shows the assembled records (--assemble --update_readme)")
+  unknown = set(fl.only) - {r.slug for r in RUNS}
+  if unknown:
+    cli.fail(f"unknown --only runs {sorted(unknown)}; valid: {[r.slug for r in RUNS]}")
+  if not all(s.isdigit() for s in fl.seeds):
+    cli.fail(f"--seeds takes non-negative integers; got {fl.seeds}")
+  return [r for r in RUNS if not fl.only or r.slug in fl.only]
 
 
 def main(argv):
   del argv
   fl = flags.FLAGS
   logging.set_verbosity(logging.WARNING)
-  runs = [r for r in RUNS if not fl.only or r.slug in fl.only]
-  unknown = set(fl.only) - {r.slug for r in RUNS}
-  if unknown:
-    cli.fail(f"unknown --only runs {sorted(unknown)}; valid: {[r.slug for r in RUNS]}")
-  start = time.time()
-  rows = run_all(runs, {"workdir": fl.workdir, "quick": fl.quick, "seed": fl.seed,
-                        "data_dir": fl.data_dir})
-  os.makedirs(fl.results_dir, exist_ok=True)
-  out = lambda name: os.path.join(fl.results_dir, name)
-  plots = {"compare_quality_diversity.png": plot_quality_diversity, "compare_recall.png": plot_recall,
-           "compare_sheet.png": sample_sheet}
-  for name, plot in plots.items():
-    plot(rows, out(name))
-  seconds = time.time() - start
-  with open(out("compare.md"), "w") as md:
-    md.write(markdown(rows, fl.quick, fl.seed, seconds, list(plots)))
-  readme_dir = os.path.relpath(fl.results_dir, exp_util.REPO)
-  section = markdown(rows, fl.quick, fl.seed, seconds, [os.path.join(readme_dir, name) for name in plots])
-  write_csv(rows, out("compare.csv"))
+  runs = _check_flags(fl)
+  args = {"workdir": fl.workdir, "data_dir": fl.data_dir, "seeds": [int(s) for s in fl.seeds],
+          "runs_dir": fl.runs_dir}
+  start, failures = time.time(), []
+  if fl.quick:
+    rows = run_quick(runs, args)
+    section = write_outputs(rows, quick_intro(rows, args["seeds"][0], time.time() - start), fl.results_dir,
+                            "compare_quick")
+    failures = [f"{r['run'].slug}: {r['error']}" for r in rows if r["error"]]
+  else:
+    if fl.full:
+      failures = run_full(runs, args, force=bool(fl.only))
+    rows = assemble(list(RUNS), fl.runs_dir, fl.data_dir)
+    section = write_outputs(rows, assembled_intro(rows, fl.runs_dir), fl.results_dir, "compare")
   print(section)
-  print(f"Wrote {out('compare.md')}, compare.csv and {len(plots)} plots ({(time.time() - start) / 60:.1f} min).")
+  print(f"Wrote the tables and plots to {fl.results_dir} ({(time.time() - start) / 60:.1f} min).")
   if fl.update_readme:
     update_readme(section)
     print("Updated the README's Results section.")
-  failed = [r["run"].slug for r in rows if "error" in r]
-  if failed:
-    sys.exit(f"error: {len(failed)} run(s) failed: {', '.join(failed)} (tracebacks above).")
+  if failures:
+    sys.exit(f"error: {len(failures)} run(s) failed: {'; '.join(failures)} (tracebacks above).")
 
 
 if __name__ == "__main__":

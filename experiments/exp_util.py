@@ -33,7 +33,11 @@ def check_same_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       raise ValueError(f"{workdir} holds a run of another config: delete it or pass another --workdir.")
 
 
-def train_or_reuse(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Trains `config` in workdir, resuming a partial run; refuses a run of another config."""
+def train_or_reuse(config: ml_collections.ConfigDict, workdir: str):
+  """Trains `config` in workdir, resuming a partial run; refuses a run of another config.
+
+  Returns the final train state (its `step` is short of `train.num_steps` where a SIGTERM or
+  Ctrl-C stopped the run: the loop saves a checkpoint and returns).
+  """
   check_same_config(config, workdir)
-  train.train_and_evaluate(config, workdir)
+  return train.train_and_evaluate(config, workdir)
