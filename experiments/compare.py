@@ -1,41 +1,47 @@
-r"""One table for all methods: every method, same data, same metrics, same machine (issue #15).
+r"""One table for all methods: every method, same data, same metrics, at its defaults (issues #15, #43).
 
-  python experiments/compare.py --workdir=/tmp/compare --quick           # 13.7 min on a 2-core CPU
-  python experiments/compare.py --workdir=/tmp/compare                   # each config's own budget
-  python experiments/compare.py --workdir=/tmp/compare --quick --update_readme
-  python experiments/compare.py --workdir=/tmp/compare --only=cimle,regression
+  python experiments/compare.py --full --workdir=/tmp/compare                 # what has no current record
+  python experiments/compare.py --full --workdir=/tmp/compare --only=srim --seeds=1   # rerun chosen rows
+  python experiments/compare.py --assemble --update_readme                   # tables from the records: instant
+  python experiments/compare.py --quick --workdir=/tmp/compare_quick         # smoke test, ~15 min
 
-Trains every method of `RUNS` with a fixed, documented budget and seed, in one
-process, evaluates each with `multimodal_jax.evaluate.evaluate` (the same
-function as `python -m multimodal_jax.evaluate`) and writes, to --results_dir
-(default experiments/results/):
+`--full` trains each row of `RUNS` at its config's own default budget, for each of --seeds
+(0, 1, 2), in `<workdir>/seed<k>/<run>`, evaluates it with `multimodal_jax.evaluate.evaluate`
+(the function behind `python -m multimodal_jax.evaluate`: the first 32 test inputs, 16 samples,
+64 per input for the mode metrics) and writes one record per run and seed to
+experiments/results/runs/<table>/<run>/seed<k>.json (compare_records.py: the metrics, train
+wall time and steps, parameters, commit, machine, jax version, the command). It skips every run
+and seed whose record is current (its fingerprint: the config and the source of the method's,
+models' and dataset's modules), so the whole set (about 40 rows x 3 seeds, roughly a day of a
+2-core CPU) is produced in sittings of a few hours, each resuming where the last stopped; a run
+stopped half-way resumes from its checkpoint. `--only` reruns the named rows even where current.
+Records are small and committed; checkpoints are not.
 
-  compare.md, compare.csv      three tables: toy_scenes layouts -> images (12
-                               exactly known modes per layout: mode recall,
-                               precision, pairwise diversity, best-of-N PSNR/SSIM),
-                               super-resolution on local_photos_sr x8 (bicubic,
-                               L1 regression, SRIM: best-of-N and mean PSNR/SSIM,
-                               diversity, faithfulness-weighted variance, IJCV
-                               Table 1's columns) and digit completion; each with
-                               the train wall time and the parameter count
-  compare_quality_diversity.png  quality (best-of-N PSNR) against diversity, one point
-                               per method (He et al. Fig. 11 style)
-  compare_recall.png           mode recall against the number of samples drawn
-  compare_sheet.png            one layout, 8 samples per method, side by side
+`--assemble` (also run at the end of `--full`) reads the records alone and writes, to
+--results_dir (default experiments/results/):
 
-and with --update_readme, the README's Results section (between its
-`<!-- compare.py:begin -->` / `<!-- compare.py:end -->` markers).
+  compare.md, compare.csv      five tables, every number the mean ± standard deviation over the
+                               seeds recorded: toy_scenes layouts -> images (mode recall and
+                               precision against the 12 exactly known modes, LPIPS and pixel
+                               diversity), rare modes on toy_scenes:skewed_mild, input-dependent
+                               modes on toy_scenes_conditional (recall, precision, spurious
+                               variation), super-resolution x8 with the NTIRE 2021 protocol
+                               (LPIPS, diversity score, LR-PSNR, PSNR/SSIM RGB and Y; a bicubic
+                               row), digit completion; train time, parameters, steps, seeds
+  compare_quality_diversity.png  quality against diversity per table
+  compare_recall.png           mode recall against the number of samples drawn (toy_scenes)
+  compare_sr.png               the SR diversity score against LR-PSNR, one point per record
+  compare_sheet.png            one layout, 8 samples per toy_scenes method
 
-Budgets. Full (default): every config's own defaults (each config's
-docstring gives its budget and measured time; about 2.5 hours in all on a
-2-core CPU). `--quick`: each run's `quick_steps` (3-15% of its budget), 8
-evaluation inputs; the ranking of the methods, not their converged quality.
-Either way the seed is --seed (0) and the runs are trained in `--workdir/<run>`
-and reused when the script runs again with the same budget (a partial run
-resumes; a workdir of another budget is refused: delete it or use another
---workdir). The L1 regression baseline's mode recall is 0 (its samples are
-identical and blurred: nearest-mode recall exactly 1/K); a multimodal method
-is above it when its samples cover several modes.
+and with --update_readme the README's Results section (between its `<!-- compare.py:begin -->` /
+`<!-- compare.py:end -->` markers): the same records give the same bytes on any machine.
+A row whose records predate a change of its code is marked stale; a row without records says so.
+
+`--quick` is a smoke test (each run's `quick_steps`, 3-15% of its budget, one seed, 8 inputs:
+compare_quick.{md,csv} and plots, never the README): almost no sample is yet within a mode's
+tolerance at that budget, so it ranks nothing. The L1 regression baseline's mode recall is 0
+(its samples are identical and blurred: nearest-mode recall exactly 1/K); a multimodal method is
+above it when its samples cover several modes.
 """
 
 from __future__ import annotations
@@ -458,7 +464,7 @@ def assembled_intro(rows: list[dict[str, Any]], runs_dir: str) -> str:
   hours = sum(sum(r["train_seconds"]) for r in done) / 3600
   return (f"Assembled by `python experiments/compare.py --assemble` from {n_records} records in "
           f"`{os.path.relpath(runs_dir, exp_util.REPO)}` ({len(done)} of {len(rows)} rows have one; "
-          f"{hours:.1f} CPU hours of training in all) on {'; '.join(machines) or 'no machine yet'}, "
+          f"{hours:.1f} hours of training wall time in all) on {'; '.join(machines) or 'no machine yet'}, "
           f"jax {', '.join(versions) or '—'}. Each row is its config's full default budget; "
           f"every number is the mean ± standard deviation over the seeds recorded (the `seeds` column), "
           "evaluated on the first 32 test inputs with 16 samples each (64 per input for the mode metrics). "
@@ -604,8 +610,9 @@ PLOTS = {"compare_quality_diversity.png": plot_quality_diversity, "compare_recal
          "compare_sr.png": plot_sr_protocol, "compare_sheet.png": sample_sheet}
 
 
-def write_outputs(rows, intro: str, results_dir: str, prefix: str) -> str:
-  """Plots, <prefix>.md and <prefix>.csv in results_dir; returns the markdown with repo-relative plot paths."""
+def write_outputs(rows, intro: str, results_dir: str, prefix: str, link_dir: str | None = None) -> str:
+  """Plots, <prefix>.md and <prefix>.csv in results_dir; returns the markdown for the README, its plots
+  linked in link_dir (default: results_dir relative to the repository)."""
   os.makedirs(results_dir, exist_ok=True)
   names = []
   for name, plot in PLOTS.items():
@@ -618,8 +625,8 @@ def write_outputs(rows, intro: str, results_dir: str, prefix: str) -> str:
   with open(os.path.join(results_dir, f"{prefix}.md"), "w") as md:
     md.write(markdown(rows, intro, names))
   write_csv(rows, os.path.join(results_dir, f"{prefix}.csv"))
-  rel = os.path.relpath(results_dir, exp_util.REPO)
-  return markdown(rows, intro, [os.path.join(rel, name) for name in names])
+  link_dir = os.path.relpath(results_dir, exp_util.REPO) if link_dir is None else link_dir
+  return markdown(rows, intro, [os.path.join(link_dir, name) for name in names])
 
 
 def _define_flags() -> None:

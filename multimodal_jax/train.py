@@ -403,6 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, profile_
   """
   validation.validate(config)
   workdir = storage.resolve(workdir)  # A gs:// workdir stays a URL.
+  workdir_lib.check_path(workdir)
   # Process 0 locks for the run: its other processes share the workdir by design.
   with workdir_lib.lock(workdir, enabled=lock_workdir and jax.process_index() == 0):
     if checkpointing.has_checkpoint(workdir):

@@ -100,6 +100,19 @@ class DiskFullError(WorkdirError):
   """No room on the disk for the next checkpoint; every earlier one is kept."""
 
 
+# Characters orbax's checkpoint writer (tensorstore's OCDBT) mishandles in a path: a run under
+# one trains to the end and saves, and no checkpoint of it restores (found with `a[1]`).
+UNSAVABLE_PATH_CHARACTERS = "[]"
+
+
+def check_path(workdir: str) -> None:
+  """Raises WorkdirError, before anything is trained, for a path whose checkpoints would not restore."""
+  bad = sorted({c for c in workdir if c in UNSAVABLE_PATH_CHARACTERS})
+  if bad:
+    raise WorkdirError(f"--workdir={workdir} contains {' and '.join(repr(c) for c in bad)}: checkpoints saved "
+                       "under such a path do not restore (orbax/tensorstore); choose a path without them.")
+
+
 def write_run_info(workdir: str, config: ml_collections.ConfigDict, batch_spec,
                    imports: Sequence[str] | None = None) -> None:
   """Saves the config, the global batch shapes and the user modules, so CLIs can rebuild the method.

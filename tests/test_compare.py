@@ -134,6 +134,17 @@ def test_assembly_of_two_hand_made_records_is_exact_and_reproducible(tmp_path):
   assert "from 2 records" in intro and "1 of 2 rows" in intro and "2 x cpu X" in intro
 
 
+def test_the_readme_results_are_the_committed_records_assembled(tmp_path):
+  """`compare.py --assemble --update_readme` on a clone reproduces the README's section byte for byte."""
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  committed = readme[readme.index(compare.README_BEGIN) + len(compare.README_BEGIN) + 1:
+                     readme.index(compare.README_END)]
+  rows = compare.assemble(list(compare.RUNS), records.RUNS_DIR)
+  section = compare.write_outputs(rows, compare.assembled_intro(rows, records.RUNS_DIR), str(tmp_path), "compare",
+                                  link_dir="experiments/results")
+  assert section == committed, "README's Results differ from the records: run compare.py --assemble --update_readme"
+
+
 def test_readme_without_markers_is_one_clear_error(tmp_path):
   readme = tmp_path / "README.md"
   readme.write_text("no markers\n")

@@ -10,6 +10,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+import ml_collections
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
@@ -25,6 +26,7 @@ from multimodal_jax.losses import imle_selection
 from multimodal_jax.losses import perceptual
 from multimodal_jax.methods import base as methods_base
 from multimodal_jax.methods import imle
+from multimodal_jax.models import registry as models_registry
 from multimodal_jax.models import rrdb
 from multimodal_jax.models import vgg as vgg_lib
 
@@ -398,6 +400,31 @@ def test_imle_covers_both_modes_where_regression_collapses_to_the_mean():
   # ... a blend strictly between the two modes (for L1, any point between them is optimal;
   # it settles near the marginal mean 0.5).
   assert np.all(np.abs(reg_samples[:, 0] - x_test) < SPREAD)
+
+
+def test_conv_generator_vector_code_is_broadcast_over_space_and_imle_draws_it():
+  """`model.code_dim`: IMLE draws a vector code, and G(x, z) equals G on z broadcast to a constant map."""
+  config = mixture_config()
+  config.model = ml_collections.ConfigDict({"name": "conv_generator", "features": 8, "num_blocks": 1,
+                                            "global_skip": "none", "code_dim": 3})
+  x_spec = jax.ShapeDtypeStruct((64, 6, 6, 1), jnp.float32)
+  assert models_registry.code_shape(config.model, x_spec.shape[1:]) == (3,)
+  method = imle.make_method(config, {"x": x_spec, "y": x_spec})
+  assert "code (3,)" in method.description
+  config.model.code_dim = 0
+  assert models_registry.code_shape(config.model, x_spec.shape[1:]) is None
+  assert "code (6, 6, 2)" in imle.make_method(config, {"x": x_spec, "y": x_spec}).description
+
+  config.model.code_dim = 3
+  io = models_registry.ModelIO(x_shape=(6, 6, 1), y_shape=(6, 6, 1), code_shape=(3,))
+  net = models_registry.make_model(config.model, io)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 6, 6, 1))
+  z = jax.random.normal(jax.random.PRNGKey(1), (2, 3))
+  params = net.init(jax.random.PRNGKey(2), x, z)
+  z_map = jnp.broadcast_to(z[:, None, None, :], (2, 6, 6, 3))
+  np.testing.assert_array_equal(net.apply(params, x, z), net.apply(params, x, z_map))
+  samples = method.sample(method.init(jax.random.PRNGKey(0)), x, jax.random.PRNGKey(3), 4)
+  assert samples.shape == (2, 4, 6, 6, 1)
 
 
 def test_zero_code_phase_sampling_and_interpolation():

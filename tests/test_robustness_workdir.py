@@ -200,6 +200,15 @@ def _reaped_pid() -> int:
   return child.pid
 
 
+def test_a_workdir_whose_checkpoints_would_not_restore_is_refused_before_training(tmp_path, data_dir):
+  """Under `a[1]` orbax saved every checkpoint and none restored: now one line, nothing trained."""
+  workdir = str(tmp_path / "run[1]")
+  with pytest.raises(workdir_lib.WorkdirError, match=r"contains '\[' and '\]'.*do not restore"):
+    train.train_and_evaluate(tiny_config(data_dir), workdir)
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+  workdir_lib.check_path(str(tmp_path / "a b{c}*?%'"))  # the others save and restore (tried)
+
+
 def test_a_run_on_a_workdir_locked_by_a_live_process_fails_at_once_naming_it(tmp_path, data_dir):
   holder_proc = subprocess.Popen(["sleep", "60"])
   try:

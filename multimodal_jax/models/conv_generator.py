@@ -75,6 +75,18 @@ class ConvGenerator(nn.Module):
     return consistency.apply(self.consistency, y, x_BxHxWxC)
 
 
+def code_shape(cfg: ml_collections.ConfigDict, x_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+  """`code_dim` > 0: a vector code of that many entries, broadcast over space (`registry.concat_code`).
+
+  Unset or 0: the method chooses (IMLE: a code map at x's resolution with `imle.code_channels`). A
+  per-pixel noise map lets the generator turn noise into speckle that differs from pixel to pixel;
+  a vector can only change the whole output together (a different completion, not noisier pixels).
+  """
+  del x_shape
+  dim = cfg.get("code_dim", 0)
+  return (dim,) if dim else None
+
+
 def build(cfg: ml_collections.ConfigDict, io: registry.ModelIO) -> ConvGenerator:
   """`model.name='conv_generator'`: fields features, num_blocks, global_skip, consistency."""
   return ConvGenerator(out_channels=io.y_shape[-1], features=cfg.features, num_blocks=cfg.num_blocks,

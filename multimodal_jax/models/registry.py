@@ -164,8 +164,8 @@ def code_shape(cfg: ml_collections.ConfigDict, x_shape: tuple[int, ...]) -> tupl
   (IMLE: x's spatial size + `imle.code_channels`).
   """
   module = importlib.import_module(MODELS[cfg.name][0].partition(":")[0]) if cfg.name in MODELS else None
-  fn = getattr(module, "code_shape", None)
-  return None if fn is None else tuple(fn(cfg, tuple(x_shape)))
+  shape = getattr(module, "code_shape", lambda *_: None)(cfg, tuple(x_shape))
+  return None if shape is None else tuple(shape)
 
 
 def make_model(cfg: ml_collections.ConfigDict, io: ModelIO, dtype: jnp.dtype | None = None) -> Built:
