@@ -241,10 +241,16 @@ def _sheet(run: Run, arrays: dict[str, Any]) -> np.ndarray:
                          for i in images], axis=1)
 
 
-def evaluate_run(run: Run, workdir: str, quick: bool, seed: int) -> tuple[dict[str, Any], np.ndarray]:
-  """The record's evaluation part (evaluate.evaluate's result, as in eval.json) and the sample sheet."""
+def evaluate_run(run: Run, config, workdir: str, quick: bool, seed: int) -> tuple[dict[str, Any], np.ndarray]:
+  """The record's evaluation part (evaluate.evaluate's result, as in eval.json) and the sample sheet.
+
+  The config's evaluators, and on digit completion also `completion` (PSNR in the hole and with the
+  known pixels pasted: the rows' methods treat the visible pixels differently).
+  """
+  evals = list(config.evals) + (["completion"] if run.table == DIGITS and "completion" not in config.evals else [])
   result = evaluate.evaluate(workdir, num_inputs=8 if quick else 32, num_samples=16, seed=seed,
-                             mode_samples=32 if quick else 64, reality_mode="off", return_samples=True)
+                             mode_samples=32 if quick else 64, reality_mode="off", return_samples=True,
+                             evals=",".join(evals))
   arrays = result.pop("arrays")
   out = {"eval": {k: result.get(k) for k in ("step", "num_inputs", "num_samples", "mode_samples", "num_modes",
                                              "mode_tolerance")} | {"metrics": result["metrics"]},
@@ -264,7 +270,7 @@ def run_one(run: Run, workdir: str, seed: int, quick: bool, data_dir: str) -> tu
   """Trains (or resumes, or reuses) and evaluates one run: its record and sample sheet."""
   config = run_config(run, quick, seed, data_dir)
   trained = train_timed(config, workdir)
-  evaluated, sheet = evaluate_run(run, workdir, quick, seed)
+  evaluated, sheet = evaluate_run(run, config, workdir, quick, seed)
   record = {"version": records.RECORD_VERSION, "run": run.slug, "name": run.name, "table": run.table,
             "seed": seed, "config": run.spec, "budget": "quick" if quick else "full",
             "command": f"python experiments/compare.py --{'quick' if quick else 'full'} --only={run.slug} "
@@ -389,8 +395,10 @@ def columns(table: str) -> list[tuple[str, str, str]]:
             ("PSNR mean", "psnr_mean", ".2f"), ("SSIM mean", "ssim_mean", ".3f"),
             ("PSNR-Y mean", "psnr_y_mean", ".2f"), ("SSIM-Y mean", "ssim_y_mean", ".3f"), lpips_div,
             ("LPIPS FWV σ=0.3", "lpips_fwv_sigma0.3", ".4f")]
-  return [("PSNR best", "psnr_best", ".2f"), ("PSNR mean", "psnr_mean", ".2f"), ("SSIM best", "ssim_best", ".3f"),
-          ("SSIM mean", "ssim_mean", ".3f"), ("pixel diversity", "diversity_{d}", ".4f"), lpips_div]
+  return [("hole PSNR best", "psnr_hole_best", ".2f"), ("hole PSNR mean", "psnr_hole_mean", ".2f"),
+          ("pasted PSNR best", "psnr_pasted_best", ".2f"), ("PSNR best", "psnr_best", ".2f"),
+          ("PSNR mean", "psnr_mean", ".2f"), ("SSIM best", "ssim_best", ".3f"),
+          ("pixel diversity", "diversity_{d}", ".4f"), lpips_div]
 
 
 def _fmt(values: list[float | None], spec: str) -> str:
@@ -527,7 +535,7 @@ _QUALITY_DIVERSITY = {TOY: (("LPIPS diversity", "lpips_diversity"), ("mode preci
                                     ("precision, K > 1", "mode_set_precision/multimodal")),
                       SR: (("LPIPS diversity", "lpips_diversity"), ("LPIPS to the truth (lower: better)",
                                                                    "lpips_mean")),
-                      DIGITS: (("pixel diversity", "diversity_{d}"), ("best-of-16 PSNR (dB)", "psnr_best"))}
+                      DIGITS: (("pixel diversity", "diversity_{d}"), ("best-of-16 hole PSNR (dB)", "psnr_hole_best"))}
 
 
 def _save(fig, plt, path: str) -> None:

@@ -603,3 +603,20 @@ def test_evaluate_reports_lpips_from_the_installed_package(regression_workdir, t
   assert "alexnet.ckpt" in result["lpips_weights"] and "sha256 443c5bc3" in result["lpips_weights"]
   assert {"lpips_best", "lpips_mean", "lpips_diversity", "lpips_fwv_sigma0.3"} <= set(result["metrics"])
   assert result["metrics"]["lpips_diversity"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_completion_psnr_counts_the_hole_alone_and_pastes_the_known_pixels():
+  """Exact values: an error of 0.1 in the hole (half the image) and of 0.5 outside it."""
+  from multimodal_jax.evaluation.evaluators import completion  # pylint: disable=g-import-not-at-top
+  y = np.zeros((1, 4, 4, 1), np.float32)
+  mask = np.zeros((1, 4, 4, 1), np.float32)
+  mask[:, :2] = 1.0  # the top half is the hole
+  good = np.where(mask > 0, 0.1, 0.5)[:, None]  # sample 1: 0.1 in the hole, 0.5 on the visible pixels
+  bad = np.where(mask > 0, 0.3, 0.0)[:, None]  # sample 2: 0.3 in the hole, the visible pixels copied
+  m = completion.completion_psnr(np.concatenate([good, bad], 1), y, mask)
+  np.testing.assert_allclose(m["psnr_hole_best"], 20.0, rtol=1e-6)  # 10 log10(1 / 0.01)
+  np.testing.assert_allclose(m["psnr_hole_mean"], (20.0 + 10 * np.log10(1 / 0.09)) / 2, rtol=1e-6)
+  np.testing.assert_allclose(m["psnr_pasted_best"], 10 * np.log10(1 / 0.005), rtol=1e-6)  # half the pixels
+  # The whole-image PSNR ranks them the other way round: the visible error counts there.
+  whole = [10 * np.log10(1 / np.mean((s - y[0]) ** 2)) for s in (good[0, 0], bad[0, 0])]
+  assert whole[1] > whole[0]

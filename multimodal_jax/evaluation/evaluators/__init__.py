@@ -35,6 +35,7 @@ from multimodal_jax.evaluation.evaluators.base import Context, Evaluator, parame
 _PKG = "multimodal_jax.evaluation.evaluators"
 EVALUATORS: dict[str, str | Evaluator] = {
     "fidelity": f"{_PKG}.fidelity:FIDELITY",
+    "completion": f"{_PKG}.completion:COMPLETION",
     "lpips": f"{_PKG}.lpips:LPIPS",
     "diversity": f"{_PKG}.diversity:DIVERSITY",
     "lpips_diversity": f"{_PKG}.diversity:LPIPS_DIVERSITY",
