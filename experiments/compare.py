@@ -307,9 +307,9 @@ def run_full(runs: list[Run], args, force: bool) -> list[str]:
   written. Returns the failures ('run seed k: error')."""
   todo, failures = [], []
   for run in runs:
+    fp = records.fingerprint(run_config(run, False, 0, args["data_dir"]))  # the seed is not in it
     for seed in args["seeds"]:
       current = records.read(args["runs_dir"], run.table, run.slug, seed)
-      fp = records.fingerprint(run_config(run, False, seed, args["data_dir"]))
       if force or current is None or current.get("fingerprint") != fp:
         todo.append((run, seed, "no record" if current is None else ("stale record" if not force else "--only")))
   print(f"{len(todo)} run(s) x seed(s) to train and evaluate: "
@@ -340,8 +340,7 @@ def aggregate(run: Run, recs: list[dict[str, Any]], *, stale: int = 0, sheet: np
          "parameters": recs[0]["parameters"] if recs else None,
          "num_steps": recs[0]["num_steps"] if recs else None,
          "resumed": any(r.get("resumed") for r in recs),
-         "machines": sorted({f"{r['machine']['cpu_count']} x {r['machine']['cpu']}" if r["machine"]["backend"] == "cpu"
-                             else f"{r['machine']['device_count']} x {r['machine']['device_kind']}" for r in recs}),
+         "machines": sorted({_machine_name(r["machine"]) for r in recs}),
          "jax": sorted({r["machine"]["jax"] for r in recs})}
   curves = [r["recall_at"] for r in recs if r.get("recall_at")]
   if curves:
@@ -356,8 +355,8 @@ def assemble(runs: list[Run], runs_dir: str, data_dir: str = "") -> list[dict[st
   rows = []
   for run in runs:
     recs = records.read_all(runs_dir, run.table, run.slug)
-    fps = {seed: records.fingerprint(run_config(run, False, seed, data_dir)) for seed in {r["seed"] for r in recs}}
-    stale = sum(r.get("fingerprint") != fps[r["seed"]] for r in recs)
+    fp = records.fingerprint(run_config(run, False, 0, data_dir))  # the seed is not in it
+    stale = sum(r.get("fingerprint") != fp for r in recs)
     sheet = records.read_sheet(runs_dir, recs[0]) if recs else None
     rows.append(aggregate(run, recs, stale=stale, sheet=sheet))
   return rows
@@ -486,10 +485,15 @@ def quick_intro(rows: list[dict[str, Any]], seed: int, seconds: float) -> str:
           f"on {_machine_line()}). It checks that every row trains and evaluates; its numbers rank nothing.")
 
 
+def _machine_name(info: dict[str, Any]) -> str:
+  """'2 x <cpu model>' on CPU, '8 x <device kind>' elsewhere (a record's `machine` or bench_common.machine())."""
+  return (f"{info['cpu_count']} x {info['cpu']}" if info["backend"] == "cpu"
+          else f"{info['device_count']} x {info['device_kind']}")
+
+
 def _machine_line() -> str:
   info = bench_common.machine()
-  return (f"{info['cpu_count']} x {info['cpu']}" if info["backend"] == "cpu"
-          else f"{info['device_count']} x {info['device_kind']}") + f", jax {info['jax']}"
+  return f"{_machine_name(info)}, jax {info['jax']}"
 
 
 def write_csv(rows: list[dict[str, Any]], path: str) -> None:
@@ -524,7 +528,6 @@ def _pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  matplotlib.rcParams["svg.hashsalt"] = "compare"
   return plt
 
 
