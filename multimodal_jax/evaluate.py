@@ -7,8 +7,9 @@ Restores the newest (or `--step`) checkpoint of DIR, draws `num_samples`
 samples for each of the first `num_inputs` eval examples once, runs the
 evaluators the run's config lists (`config.evals`; evaluation/evaluators/,
 docs/evaluation.md), prints their summaries, then writes DIR/eval.json and a
-copy DIR/eval_<step>.json (or only `--out=FILE`), and the scalars to
-TensorBoard as `eval/*`. The numbers are printed before anything is written:
+copy DIR/eval_<step>.json (or only `--out=FILE`; with `--override`,
+DIR/eval_override.json), and the scalars to TensorBoard as `eval/*` (only for
+the run's own evaluation: no `--out`, no `--override`). The numbers are printed before anything is written:
 a workdir that cannot be written (an archive, a colleague's run) skips
 TensorBoard with a line, and eval.json fails in one line naming `--out`.
 Modules given with `--import` (and those the run was trained with) are
@@ -43,6 +44,7 @@ from multimodal_jax.evaluation import evaluators
 from multimodal_jax.evaluation.evaluators import modes
 
 EVAL_JSON = "eval.json"
+EVAL_OVERRIDE_JSON = "eval_override.json"  # the latest evaluation with --override (the overrides inside)
 REALITY_CHOICES = ("auto", "on", "off")
 
 
@@ -119,11 +121,26 @@ _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 def _write(workdir: str, result: dict[str, Any], out: str | None = None) -> None:
   """eval.json (the latest evaluation) and eval_<step>.json (kept per step), or `out`; eval/* in TensorBoard.
 
+  With overrides and no `out`: eval_override.json only, so the run's own
+  evaluation files are not replaced by one of changed settings.
+
   Each file written is named in a line. TensorBoard is skipped, with a line,
-  when the workdir cannot be written; the json then needs `out`.
+  when the workdir cannot be written (the json then needs `out`), and for an
+  evaluation written to `out` or run with overrides: its eval/* scalars would
+  sit at the run's step beside, and look like, the run's own evaluation.
   """
-  tensorboard = _write_tensorboard(workdir, result)
-  paths = [out] if out else [storage.join(workdir, name) for name in (EVAL_JSON, step_json(result["step"]))]
+  if out or result.get("overrides"):
+    print("  TensorBoard not written: only the run's own evaluation (no --out, no --override) goes there.",
+          flush=True)
+    tensorboard = False
+  else:
+    tensorboard = _write_tensorboard(workdir, result)
+  if out:
+    paths = [out]
+  elif result.get("overrides"):  # Beside the run's own evaluation, not over it.
+    paths = [storage.join(workdir, EVAL_OVERRIDE_JSON)]
+  else:
+    paths = [storage.join(workdir, name) for name in (EVAL_JSON, step_json(result["step"]))]
   for path in paths:
     try:
       storage.write_text(storage.resolve(path), json.dumps(result, indent=1))
