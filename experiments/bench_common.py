@@ -42,7 +42,6 @@ import math
 import os
 import platform
 import re
-import subprocess
 import time
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -56,6 +55,8 @@ from multimodal_jax import sharding
 from multimodal_jax import train
 from multimodal_jax.data import pipeline
 from multimodal_jax.methods import base as methods_base
+
+import exp_util  # experiments/ is on the path of whatever imports this module
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DTYPES = ("float32", "bfloat16")
@@ -253,14 +254,6 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def _git_commit() -> str:
-  try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                          cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    return ""
-
-
 def machine() -> dict[str, Any]:
   """Where the numbers come from: host, CPU, backend, device kind and count, library versions."""
   device = jax.devices()[0]
@@ -268,7 +261,7 @@ def machine() -> dict[str, Any]:
           "backend": jax.default_backend(), "device_kind": device.device_kind,
           "device_count": jax.device_count(), "jax": jax.__version__,
           "jaxlib": importlib.metadata.version("jaxlib"), "python": platform.python_version(),
-          "commit": _git_commit()}
+          "commit": exp_util.git_commit()}
 
 
 def write_record(benchmark: str, dtype: str, peak_flops: float, numbers: dict[str, Any],

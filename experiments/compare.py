@@ -276,7 +276,7 @@ def run_one(run: Run, workdir: str, seed: int, quick: bool, data_dir: str) -> tu
             "command": f"python experiments/compare.py --{'quick' if quick else 'full'} --only={run.slug} "
                        f"--seeds={seed} --workdir=WORKDIR",
             "fingerprint": records.fingerprint(config), "source_files": records.source_files(config),
-            "commit": records.commit(), "date": records.utc_now(), "machine": _machine(), **trained, **evaluated}
+            "commit": exp_util.git_commit(), "date": records.utc_now(), "machine": _machine(), **trained, **evaluated}
   return record, sheet
 
 

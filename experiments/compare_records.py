@@ -26,7 +26,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import subprocess
 from typing import Any, Iterable
 
 import ml_collections
@@ -90,18 +89,6 @@ def fingerprint(config: ml_collections.ConfigDict) -> str:
 
 def record_path(runs_dir: str, table: str, slug: str, seed: int, ext: str = "json") -> str:
   return os.path.join(runs_dir, table, slug, f"seed{seed}.{ext}")
-
-
-def commit() -> str:
-  """HEAD's hash, `+dirty` where tracked files differ from it ('' outside git)."""
-  def git(*args):
-    return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30, cwd=exp_util.REPO,
-                          check=False).stdout.strip()
-  try:
-    head = git("rev-parse", "HEAD")
-    return head + ("+dirty" if head and git("status", "--porcelain", "--untracked-files=no") else "")
-  except (OSError, subprocess.SubprocessError):
-    return ""
 
 
 def utc_now() -> str:

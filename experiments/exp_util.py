@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import subprocess
 
 import ml_collections
 
@@ -10,6 +11,18 @@ from multimodal_jax import train
 from multimodal_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def git_commit() -> str:
+  """HEAD's hash, `+dirty` where tracked files differ from it ('' outside git): what a record was made with."""
+  def git(*args):
+    return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30, cwd=REPO,
+                          check=False).stdout.strip()
+  try:
+    head = git("rev-parse", "HEAD")
+    return head + ("+dirty" if head and git("status", "--porcelain", "--untracked-files=no") else "")
+  except (OSError, subprocess.SubprocessError):
+    return ""
 
 
 def load_config(name: str, arg: str | None, seed: int, data_dir: str) -> ml_collections.ConfigDict:
