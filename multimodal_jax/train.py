@@ -47,6 +47,7 @@ import numpy as np
 
 from multimodal_jax import checkpointing
 from multimodal_jax import config_lib
+from multimodal_jax import errors
 from multimodal_jax import periodic_eval
 from multimodal_jax import prepared as prepared_lib
 from multimodal_jax import sharding
@@ -61,6 +62,10 @@ from multimodal_jax.methods import base as methods_base
 PyTree = Any
 _NO_NONFINITE = np.iinfo(np.int32).max
 _NONFINITE_KEY = "first_nonfinite_step"
+
+
+class TrainingDivergedError(errors.UserError, FloatingPointError):
+  """A non-finite loss or metric: the run stops at the last good checkpoint, and the CLI says so in one line."""
 
 
 class _Metrics:
@@ -374,10 +379,11 @@ class _Outputs:
     steps_per_sec = clock.steps_per_sec(at_step)  # After the sync: the steps are done.
     if first_bad is not None:
       checkpointing.wait_until_finished(manager)  # Commit the last good checkpoint, if one is in flight.
-      raise FloatingPointError(
+      raise TrainingDivergedError(
           f"Non-finite loss or metric at step {first_bad} (run {config.method} on {config.data.name}). "
           f"The last good checkpoint is step {manager.latest_step()} in {workdir}; nothing later "
-          "was saved.")
+          "was saved. Resuming repeats the same steps: train in a new workdir with a lower "
+          "config.optimizer.learning_rate or a config.optimizer.grad_clip_norm.")
     shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
     self.last_scalars = dict(scalars)
     scalars.update(_learning_rate_scalars(self.method, at_step), train_steps_per_sec=steps_per_sec)

@@ -18,6 +18,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import REPO, run_worker
+from multimodal_jax import cli
 from multimodal_jax import config_lib
 from multimodal_jax import sharding
 from multimodal_jax import train
@@ -268,9 +269,12 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(t
   monkeypatch.setitem(methods_base.METHODS, "nan_at_step_5", "nan_method")
   config = tiny_config(data_dir, num_steps=8, checkpoint_every=2, log_every=4)
   config.method = "nan_at_step_5"
-  with pytest.raises(FloatingPointError, match=r"at step 5 .*last good checkpoint is step 4"):
+  with pytest.raises(FloatingPointError, match=r"at step 5 .*last good checkpoint is step 4") as raised:
     train.train_and_evaluate(config, str(tmp_path))
   assert _committed_steps(tmp_path / "checkpoints") == [2, 4]
+  # The CLI prints it as its one error line, with what to do (it was a 25-line traceback).
+  line = cli.user_error_message(raised.value)
+  assert line == str(raised.value) and "\n" not in line and "config.optimizer.learning_rate" in line
 
 
 def _committed_steps(checkpoint_dir) -> list[int]:
