@@ -22,7 +22,7 @@ about 5.5 minutes on a 2-core CPU.
 
 `:srim_net` is the SR baseline at SRIM's cost: configs/srim.py's RRDB, minibatch
 and number of updates on local_photos_sr; `,vgg16` trains it with SRIM's VGG-16
-distance as the loss; like SRIM's default its outputs are projected onto the
+distance as the loss (at lr 2e-4: it diverges at 1e-3); like SRIM's default its outputs are projected onto the
 LR-consistent images (models/consistency.py), `,no_cem` leaves them as they are.
 
 Measurements: experiments/results/regression.md
@@ -78,6 +78,9 @@ def get_config(arg=None):
     if arg.vgg16:  # SRIM's :vgg16 distance as the loss: l2 pixels + l2 VGG-16 relu5_3, equal contribution
       config.distance = config_lib.default_distance_config("vgg16", pixel_norm="l2", pixel_weight=1.0,
                                                            layers=("relu5_3",), feature_norm="l2")
+      # At 1e-3 this loss grows the RRDB trunk's gain until its output is ~1e10 by step ~300 (parameters
+      # up ~30%): dead behind the clip before 2026-12-07, non-finite since (experiments/results/compare_runs.md).
+      config.optimizer.learning_rate = 2e-4
   config.train.log_every = 50
   config.train.checkpoint_every = 250
   config.train.sample_every = 250
