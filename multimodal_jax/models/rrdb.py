@@ -191,11 +191,10 @@ class RRDBNet(nn.Module):
       compiles fastest and runs the forward pass (selection) as fast.
     dtype: computation dtype (parameters stay float32).
     global_skip: 'none' (the paper: y = (tanh(o) + 1) / 2) or an upsampling
-      method ('bicubic', 'bilinear'): y = clip(up(x) + o, 0, 1), the
-      gradient passed straight through the clip (`clip_straight_through`),
-      with the last conv zero-initialised, so the untrained network is
-      exactly the upsampled input and learns the residual (not in the
-      paper; `model.global_skip`, models/registry.py).
+      method ('bicubic', 'bilinear'): y = clip(up(x) + o, 0, 1) with the last
+      conv zero-initialised, so the untrained network is exactly the upsampled
+      input and learns the residual (not in the paper; `model.global_skip`,
+      models/registry.py).
     consistency: 'none' (the paper) or 'bicubic': the output projected onto
       the images whose bicubic downscaling is exactly the input
       (models/consistency.py, Bahat & Michaeli's CEM; not in the paper).
@@ -246,20 +245,8 @@ class RRDBNet(nn.Module):
       residual = _conv(self.out_channels, "conv_last", dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
       base = registry.upsample_reference(x_BxhxwxC[..., :self.out_channels], self.upsample_factor,
                                          self.global_skip)
-      y = clip_straight_through(base + residual.astype(jnp.float32))
+      y = jnp.clip(base + residual.astype(jnp.float32), 0.0, 1.0)
     return consistency.apply(self.consistency, y, x_BxhxwxC)
-
-
-def clip_straight_through(y: jax.Array) -> jax.Array:
-  """clip(y, 0, 1) exactly, with the identity's gradient (a straight-through estimator).
-
-  With clip's own gradient, a pixel pushed out of [0, 1] gets no gradient and
-  stays there: under the VGG-16 relu5_3 loss the residual grew until every
-  pixel was saturated and the network stopped training for good
-  (experiments/results/compare_runs.md). Passing the gradient through lets
-  the loss pull such pixels back.
-  """
-  return jax.lax.stop_gradient(jnp.clip(y, 0.0, 1.0)) + (y - jax.lax.stop_gradient(y))
 
 
 def concat_kernel(split_params: dict, features: int, growth: int) -> dict:
