@@ -7,11 +7,12 @@ Restores the newest (or `--step`) checkpoint of DIR, draws `num_samples`
 samples for each of the first `num_inputs` eval examples once, runs the
 evaluators the run's config lists (`config.evals`; evaluation/evaluators/,
 docs/evaluation.md), prints their summaries, then writes DIR/eval.json and a
-copy DIR/eval_<step>.json (or only `--out=FILE`; with `--override`,
-DIR/eval_override.json), and the scalars to TensorBoard as `eval/*` (only for
-the run's own evaluation: no `--out`, no `--override`). The numbers are printed before anything is written:
-a workdir that cannot be written (an archive, a colleague's run) skips
-TensorBoard with a line, and eval.json fails in one line naming `--out`.
+copy DIR/eval_<step>.json, and the scalars to TensorBoard as `eval/*`; with
+`--out=FILE` only that file, with `--override` only DIR/eval_override.json (so
+the run's own evaluation is never replaced by one of changed settings). The
+numbers are printed before anything is written: a workdir that cannot be
+written (an archive, a colleague's run) skips TensorBoard with a line, and
+eval.json fails in one line naming `--out`.
 Modules given with `--import` (and those the run was trained with) are
 imported first.
 """
@@ -129,18 +130,15 @@ def _write(workdir: str, result: dict[str, Any], out: str | None = None) -> None
   evaluation written to `out` or run with overrides: its eval/* scalars would
   sit at the run's step beside, and look like, the run's own evaluation.
   """
-  if out or result.get("overrides"):
+  own = not out and not result.get("overrides")
+  if own:
+    tensorboard = _write_tensorboard(workdir, result)
+    paths = [storage.join(workdir, name) for name in (EVAL_JSON, step_json(result["step"]))]
+  else:
     print("  TensorBoard not written: only the run's own evaluation (no --out, no --override) goes there.",
           flush=True)
     tensorboard = False
-  else:
-    tensorboard = _write_tensorboard(workdir, result)
-  if out:
-    paths = [out]
-  elif result.get("overrides"):  # Beside the run's own evaluation, not over it.
-    paths = [storage.join(workdir, EVAL_OVERRIDE_JSON)]
-  else:
-    paths = [storage.join(workdir, name) for name in (EVAL_JSON, step_json(result["step"]))]
+    paths = [out or storage.join(workdir, EVAL_OVERRIDE_JSON)]  # Beside the run's own evaluation, not over it.
   for path in paths:
     try:
       storage.write_text(storage.resolve(path), json.dumps(result, indent=1))

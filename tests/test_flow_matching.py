@@ -182,9 +182,9 @@ def test_evaluate_override_changes_the_sampler_steps_and_records_them(trained, t
   evaluate_lib.evaluate(trained, num_inputs=2, num_samples=2, mode_samples=2, evals="diversity", out=str(out),
                         overrides=["flow_matching.sample_steps=2"])
   assert json.loads(out.read_text())["overrides"] == ["flow_matching.sample_steps=2"]
-  # Its eval/* scalars stay out of the run's TensorBoard (they were written at the run's step, as if the run's own).
+  # Neither --out nor --override touches the run's own evaluation: its TensorBoard eval/* scalars (they were
+  # written at the run's step, as if the run's own) and its eval.json / eval_<step>.json.
   events = lambda: sorted(glob.glob(os.path.join(trained, "**", "*tfevents*"), recursive=True))
-  # Nor do its numbers replace the run's own eval.json / eval_<step>.json: eval_override.json holds them.
   own = sorted(glob.glob(os.path.join(trained, "eval*.json")))
   before = {path: (os.path.getsize(path), os.path.getmtime(path)) for path in events() + own}
   for kwargs in ({"out": str(tmp_path / "f.json")}, {"overrides": ["flow_matching.sample_steps=2"]}):
