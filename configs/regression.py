@@ -22,8 +22,9 @@ about 5.5 minutes on a 2-core CPU.
 
 `:srim_net` is the SR baseline at SRIM's cost: configs/srim.py's RRDB, minibatch
 and number of updates on local_photos_sr; `,vgg16` trains it with SRIM's VGG-16
-distance as the loss (at lr 2e-4: it diverges at 1e-3); like SRIM's default its outputs are projected onto the
-LR-consistent images (models/consistency.py), `,no_cem` leaves them as they are.
+distance as the loss (at lr 2e-4: it diverges at 1e-3); like SRIM's default its
+outputs are projected onto the LR-consistent images (models/consistency.py),
+`,no_cem` leaves them as they are.
 
 Measurements: experiments/results/regression.md
 """
