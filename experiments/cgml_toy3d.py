@@ -112,6 +112,8 @@ def main(argv):
                                                                          _NUM_SAMPLES.value)
       y_t = toy3d.denormalize(np.asarray(traj).reshape(len(x_N), _NUM_SAMPLES.value, _MAX_T + 1, 3))
       curves[name] = [score(x_N, y_t[:, :, t]) for t in range(_MAX_T + 1)]
+      # t = 0: z_0 decoded, no Eq. 4 step (Fig. 3's claim is precision at t = T above it).
+      results[name].update({f"{k}_t0": v for k, v in curves[name][0].items() if k in ("precision", "coverage")})
 
   print(f"\nToy3d (cgml_iclr2021 Fig. 3), {len(test['x'])} test x, {_NUM_SAMPLES.value} samples each, "
         f"tolerance {_TOLERANCE:.0%} of the output range:")
