@@ -2,11 +2,10 @@ r"""How much could cGML's Z-network add on toy_scenes? An oracle for Eq. 4 (cgml
 
   python experiments/cgml_oracle.py --workdir=RUN [--num_inputs=32 --steps=2 --beta=0.5]
 
-RUN is a trained `configs/cgml.py:toy_scenes` (or `:conditional`) run. On the
-first `--num_inputs` test layouts, 64 codes z_0 ~ U(S^n) per layout (the draw
-of `evaluate`'s modes_t0 is another key: compare the rows of one run of this
-script), and prints mode recall / precision / nearest-mode recall
-(`metrics.mode_metrics`, the dataset's tolerance) for:
+RUN is a trained `configs/cgml.py:toy_scenes` run. On the first `--num_inputs`
+test layouts, `--samples` codes z_0 ~ U(S^n) per layout from PRNGKey(--seed)
+(all rows start from these codes), prints mode recall / precision /
+nearest-mode recall (`metrics.mode_metrics`, the dataset's tolerance) for:
   t = 0         G(z_0), no Z step (what the calibrated default samples where
                 every gain is 0);
   oracle t      each z_0 descends, t times, the L1 to the true mode its own
@@ -40,11 +39,6 @@ _BEST_OF = flags.DEFINE_integer("best_of", 1024, "Uniform codes per layout for t
 _SEED = flags.DEFINE_integer("seed", 0, "Key of the codes.")
 
 
-def _mean_abs_BxNxK(samples_BxNx, modes_BxKx):
-  """Mean |sample - mode| per (input, sample, mode)."""
-  return jnp.mean(jnp.abs(samples_BxNx[:, :, None] - modes_BxKx[:, None]), axis=(3, 4, 5))
-
-
 def _report(name: str, samples, modes, tolerance: float) -> None:
   m = metrics.mode_metrics(np.asarray(samples), np.asarray(modes), tolerance)
   print(f"{name:<34} recall {m['mode_recall']:.3f}  precision {m['mode_precision']:.3f}  "
@@ -69,8 +63,8 @@ def main(argv):
   samples0 = decode(z0)
   _report("t = 0 (z_0 decoded)", samples0, modes_BxKx, tolerance)
 
-  nearest_BxN = jnp.argmin(_mean_abs_BxNxK(samples0, modes_BxKx), axis=-1)
-  target = jnp.take_along_axis(modes_BxKx, nearest_BxN[:, :, None, None, None], axis=1)
+  nearest_BxN = np.argmin(metrics.mode_errors(samples0, modes_BxKx), axis=-1)
+  target = jnp.take_along_axis(modes_BxKx, jnp.asarray(nearest_BxN)[:, :, None, None, None], axis=1)
   grad = jax.jit(jax.grad(lambda z: jnp.sum(jnp.mean(jnp.abs(decode(z) - target), axis=(2, 3, 4)))))
   z = z0
   for t in range(1, _STEPS.value + 1):
@@ -78,12 +72,12 @@ def main(argv):
     move = float(jnp.mean(jnp.linalg.norm(z - z0, axis=-1)))
     _report(f"oracle, {t} step(s), mean move {move:.3f}", decode(z), modes_BxKx, tolerance)
 
-  best_BxK = jnp.full(modes_BxKx.shape[:2], jnp.inf)
+  best_BxK = np.full(modes_BxKx.shape[:2], np.inf)
   for i in range(max(_BEST_OF.value // _SAMPLES.value, 1)):
     codes = latent_geometry.sample_sphere(jax.random.PRNGKey(_SEED.value + 1 + i), shape)
-    best_BxK = jnp.minimum(best_BxK, _mean_abs_BxNxK(decode(codes), modes_BxKx).min(axis=1))
-  print(f"best of {_BEST_OF.value} codes per mode: {float(jnp.mean(best_BxK < tolerance)):.3f} of the modes "
-        f"within the tolerance {tolerance} (median error {float(jnp.median(best_BxK)):.4f})", flush=True)
+    best_BxK = np.minimum(best_BxK, metrics.mode_errors(decode(codes), modes_BxKx).min(axis=1))
+  print(f"best of {_BEST_OF.value} codes per mode: {np.mean(best_BxK < tolerance):.3f} of the modes "
+        f"within the tolerance {tolerance} (median error {np.median(best_BxK):.4f})", flush=True)
 
 
 if __name__ == "__main__":
